@@ -1,0 +1,58 @@
+# callscribe — live transcription of emergency calls.
+SHELL       := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO          ?= go
+# Kept constant so the cgo build cache stays valid (go-nvml warns a lot).
+export CGO_ENABLED := 1
+export CGO_CFLAGS  := -O2 -g -Wno-deprecated-declarations
+LDFLAGS     := -X main.version=$(VERSION)
+BIN         := bin/callscribe
+RUN_DATA    ?= $(CURDIR)/.run
+RUN_HTTP    ?= 127.0.0.1:8080
+RUN_QUIC    ?= 127.0.0.1:4433
+TEST_FLAGS  ?= -race -timeout 20m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: deps deps-test deps-bench
+deps: ## install the Debian packages needed to build and run
+	@scripts/deps.sh run
+deps-test:
+	@scripts/deps.sh test
+deps-bench:
+	@scripts/deps.sh bench
+
+.PHONY: build
+build: deps ## build every binary into bin/
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/callscribe
+
+.PHONY: run
+run: build ## run a whole appliance here and stream the bundled recording through it live
+	@scripts/run-demo.sh $(BIN) $(RUN_DATA) $(RUN_HTTP) $(RUN_QUIC) assets/demo-call.wav
+
+.PHONY: test
+test: deps-test build ## run every test with -race (installs what it needs)
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: bench
+bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
+	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md
+
+.PHONY: fuzz
+fuzz: deps ## fuzz the frame decoder for 60 s
+	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime 60s
+
+.PHONY: lint
+lint: ## gofmt and vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## remove build output and demo data
+	rm -rf bin $(RUN_DATA)

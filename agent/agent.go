@@ -1,0 +1,231 @@
+// Package agent is the node agent: it registers its server with the
+// coordinator, reports GPU and host telemetry in heartbeats, and starts and
+// supervises the worker processes the coordinator places on it. Workers keep
+// running while the agent reconnects, and stop with the agent.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/agent/host"
+	"github.com/callscribe/callscribe/agent/supervisor"
+	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// Config configures an agent.
+type Config struct {
+	NodeID      proto.NodeID
+	Coordinator string // QUIC host:port
+	CAFile      string
+	ServerName  string
+	Token       string
+	// WorkerCommand is the worker executable and the arguments that come
+	// before the per-worker ones (normally: callscribe worker).
+	WorkerCommand []string
+	ModelDir      string
+	StateDir      string
+	// GPUs overrides NVML discovery (a simulated server, in tests and
+	// demos). Nil means: use NVML, or run CPU-only without a driver.
+	GPUs   gpu.Collector
+	Logger *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	gpus gpu.Collector
+	host *host.Sampler
+	sup  *supervisor.Supervisor
+	kick chan struct{}
+}
+
+// New prepares an agent. Without an NVIDIA driver it runs CPU-only and says
+// so once.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if !proto.ValidID(string(cfg.NodeID)) {
+		return nil, fmt.Errorf("agent: invalid node id %q", cfg.NodeID)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), host: host.New(cfg.StateDir), kick: make(chan struct{}, 1)}
+	a.gpus = cfg.GPUs
+	if a.gpus == nil {
+		g, err := gpu.New(nil)
+		switch {
+		case errors.Is(err, gpu.ErrNoDriver):
+			a.log.Info("no NVIDIA driver found: running CPU-only", "detail", err)
+		case err != nil:
+			a.log.Warn("NVML unavailable: running CPU-only", "err", err)
+		default:
+			a.gpus = g
+			a.log.Info("NVML ready", "driver", g.Driver())
+		}
+	}
+	a.sup = supervisor.New(a.log.With("component", "supervisor"), supervisor.DefaultPolicy, a.nudge)
+	return a, nil
+}
+
+// Supervisor exposes the worker supervisor (tests use it to find PIDs).
+func (a *Agent) Supervisor() *supervisor.Supervisor { return a.sup }
+
+func (a *Agent) nudge() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run connects to the coordinator and serves it until ctx ends, then stops
+// every worker.
+func (a *Agent) Run(ctx context.Context) error {
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a.sup.StopAll(sctx)
+		if a.gpus != nil {
+			_ = a.gpus.Close()
+		}
+		a.log.Info("agent stopped")
+	}()
+	pool, err := pki.CertPool(a.cfg.CAFile)
+	if err != nil {
+		return err
+	}
+	tc := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, NextProtos: []string{proto.ALPNNode}, MinVersion: tls.VersionTLS13}
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.session(ctx, tc)
+		var pe *proto.Error
+		if errors.As(err, &pe) && !pe.Retryable() {
+			return fmt.Errorf("agent: coordinator refused: %w", err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 50 * time.Millisecond
+		}
+		a.log.Warn("coordinator session ended: reconnecting", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+	return nil
+}
+
+func (a *Agent) gpuList() []proto.GPU {
+	if a.gpus == nil {
+		return nil
+	}
+	gs, err := a.gpus.Devices()
+	if err != nil {
+		a.log.Warn("GPU readings failed", "err", err)
+	}
+	return gs
+}
+
+func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: time.Second})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)
+	}
+	defer conn.CloseWithError(0, "agent session ended")
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	r, w := proto.NewReader(st), proto.NewWriter(st)
+	hello := proto.AgentHello{Version: proto.Version, Token: a.cfg.Token, NodeID: a.cfg.NodeID, CPUOnly: a.gpus == nil,
+		GPUs: a.gpuList(), Host: a.host.Sample(ctx)}
+	if err := w.WriteJSON(proto.TAgentHello, hello); err != nil {
+		return err
+	}
+	var wel proto.AgentWelcome
+	if err := r.ReadJSON(proto.TAgentWelcome, &wel); err != nil {
+		return err
+	}
+	interval := time.Duration(wel.IntervalMS) * time.Millisecond
+	if interval <= 0 {
+		interval = time.Second
+	}
+	a.log.Info("registered with coordinator", "addr", a.cfg.Coordinator, "heartbeat", interval, "ttl_ms", wel.TTLMS)
+	errc := make(chan error, 1)
+	go func() { errc <- a.commands(ctx, r) }()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var seq uint64
+	for {
+		seq++
+		hb := proto.Heartbeat{Seq: seq, GPUs: a.gpuList(), Host: a.host.Sample(ctx), Workers: a.sup.Status()}
+		if err := w.WriteJSON(proto.THeartbeat, hb); err != nil {
+			return err
+		}
+		select {
+		case <-tick.C:
+		case <-a.kick: // a worker changed state: tell the coordinator now
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (a *Agent) commands(ctx context.Context, r *proto.Reader) error {
+	for {
+		m, err := r.Read()
+		if err != nil {
+			return err
+		}
+		switch m.Type {
+		case proto.TCommand:
+			var c proto.Command
+			if err := proto.Unmarshal(m, &c); err != nil {
+				a.log.Warn("bad command", "err", err)
+				continue
+			}
+			a.apply(c)
+		case proto.TError:
+			var e proto.Error
+			_ = proto.Unmarshal(m, &e)
+			return &e
+		}
+	}
+}
+
+func (a *Agent) apply(c proto.Command) {
+	switch c.Op {
+	case proto.OpStartWorker:
+		if !proto.ValidID(string(c.WorkerID)) {
+			a.log.Warn("start refused: bad worker id", "worker", c.WorkerID)
+			return
+		}
+		args := append(append([]string(nil), a.cfg.WorkerCommand[1:]...),
+			"--coordinator", a.cfg.Coordinator, "--ca", a.cfg.CAFile, "--server-name", a.cfg.ServerName,
+			"--worker-id", string(c.WorkerID), "--node", string(a.cfg.NodeID), "--model", c.Model)
+		if a.cfg.ModelDir != "" {
+			args = append(args, "--models", a.cfg.ModelDir)
+		}
+		a.sup.Start(supervisor.Spec{ID: c.WorkerID, Model: c.Model, Path: a.cfg.WorkerCommand[0], Args: args,
+			Env: []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}})
+	case proto.OpStopWorker:
+		a.sup.Stop(c.WorkerID)
+	default:
+		a.log.Warn("unknown command", "op", c.Op)
+	}
+}

@@ -1,0 +1,113 @@
+package gpu
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+)
+
+func TestNoDriverIsReported(t *testing.T) {
+	lib := &mock.Interface{InitFunc: func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }}
+	_, err := New(lib)
+	if !errors.Is(err, ErrNoDriver) {
+		t.Fatalf("want ErrNoDriver, got %v", err)
+	}
+}
+
+func TestDGXA100Inventory(t *testing.T) {
+	srv, err := NewSim("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(2, 55, 71, 10<<30)
+	n, err := New(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 8 {
+		t.Fatalf("want 8 GPUs, got %d", len(devs))
+	}
+	seen := map[string]bool{}
+	for _, d := range devs {
+		if d.UUID == "" || seen[d.UUID] {
+			t.Fatalf("GPU %d: missing or duplicate UUID %q", d.Index, d.UUID)
+		}
+		seen[d.UUID] = true
+		if d.MemTotalMB < 40000 {
+			t.Fatalf("GPU %d: %d MB total, want an A100's 40 GB", d.Index, d.MemTotalMB)
+		}
+		if !d.Healthy {
+			t.Fatalf("GPU %d unhealthy: %s", d.Index, d.Unhealthy)
+		}
+	}
+	n.SetHealth(devs[3].UUID, "xid 79: fallen off the bus")
+	devs, _ = n.Devices()
+	if devs[3].Healthy || devs[3].Unhealthy == "" {
+		t.Fatalf("GPU 3 should be unhealthy: %+v", devs[3])
+	}
+	n.SetHealth(devs[3].UUID, "")
+	devs, _ = n.Devices()
+	if !devs[3].Healthy {
+		t.Fatalf("GPU 3 should be healthy again: %+v", devs[3])
+	}
+}
+
+func TestReadingsFromPartialFake(t *testing.T) {
+	dev := &mock.Device{
+		GetUUIDFunc: func() (string, nvml.Return) { return "GPU-1234", nvml.SUCCESS },
+		GetNameFunc: func() (string, nvml.Return) { return "NVIDIA L4", nvml.SUCCESS },
+		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
+			return nvml.Memory{Total: 24 << 30, Used: 4 << 30, Free: 20 << 30}, nvml.SUCCESS
+		},
+		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) {
+			return nvml.Utilization{Gpu: 37}, nvml.SUCCESS
+		},
+		GetTemperatureFunc:     func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 61, nvml.SUCCESS },
+		GetPowerUsageFunc:      func() (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED },
+		GetPersistenceModeFunc: func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, nvml.SUCCESS },
+	}
+	lib := &mock.Interface{
+		InitFunc:                   func() nvml.Return { return nvml.SUCCESS },
+		SystemGetDriverVersionFunc: func() (string, nvml.Return) { return "550.54.15", nvml.SUCCESS },
+		DeviceGetCountFunc:         func() (int, nvml.Return) { return 1, nvml.SUCCESS },
+		DeviceGetHandleByIndexFunc: func(int) (nvml.Device, nvml.Return) { return dev, nvml.SUCCESS },
+	}
+	n, err := New(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := devs[0]
+	if g.UUID != "GPU-1234" || g.MemTotalMB != 24<<10 || g.MemFreeMB != 20<<10 || *g.UtilPct != 37 || *g.TempC != 61 || g.PowerW != nil || !*g.Persistence || g.DriverVer != "550.54.15" {
+		t.Fatalf("unexpected readings: %+v", g)
+	}
+}
+
+func TestSimReadingsReachTheCollector(t *testing.T) {
+	srv, err := NewSim("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(2, 55, 71, 10<<30)
+	n, err := New(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := n.Devices()
+	g := devs[2]
+	if *g.UtilPct != 55 || *g.TempC != 71 || g.MemUsedMB != 10<<10 || g.MemFreeMB != g.MemTotalMB-10<<10 {
+		t.Fatalf("readings not passed through: %+v", g)
+	}
+	if _, err := NewSim("nope"); err == nil {
+		t.Fatal("unknown simulated server accepted")
+	}
+}

@@ -1,0 +1,75 @@
+package gpu
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+)
+
+// Sim is a simulated GPU server built on go-nvml's mock package, for tests
+// and for running a rack of agents on one machine. Its telemetry can be set.
+type Sim struct {
+	*dgxa100.Server
+	mu    sync.Mutex
+	util  []uint32
+	temp  []uint32
+	power []uint32 // mW
+	used  []uint64 // bytes
+}
+
+// SimKinds lists the inventories NewSim knows.
+var SimKinds = []string{"dgxa100"}
+
+// NewSim returns a simulated server: "dgxa100" is eight A100-40GB GPUs.
+func NewSim(kind string) (*Sim, error) {
+	if kind != "dgxa100" {
+		return nil, fmt.Errorf("gpu: unknown simulated server %q (known: %v)", kind, SimKinds)
+	}
+	s := &Sim{Server: dgxa100.New()}
+	n := len(s.Devices)
+	s.util, s.temp, s.power, s.used = make([]uint32, n), make([]uint32, n), make([]uint32, n), make([]uint64, n)
+	for i, d := range s.Devices {
+		s.temp[i], s.power[i] = 35, 60000
+		md := &d.(*dgxa100.Device).Device
+		s.fill(i, md)
+	}
+	return s, nil
+}
+
+func (s *Sim) fill(i int, d *mock.Device) {
+	total := uint64(40 << 30)
+	if m, ret := d.GetMemoryInfo(); ret == nvml.SUCCESS {
+		total = m.Total
+	}
+	d.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return nvml.Memory{Total: total, Used: s.used[i], Free: total - s.used[i]}, nvml.SUCCESS
+	}
+	d.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return nvml.Utilization{Gpu: s.util[i]}, nvml.SUCCESS
+	}
+	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.temp[i], nvml.SUCCESS
+	}
+	d.GetPowerUsageFunc = func() (uint32, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.power[i], nvml.SUCCESS
+	}
+	d.GetPersistenceModeFunc = func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, nvml.SUCCESS }
+}
+
+// Set changes one GPU's readings.
+func (s *Sim) Set(i int, utilPct, tempC uint32, usedBytes uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.util[i], s.temp[i], s.used[i] = utilPct, tempC, usedBytes
+}

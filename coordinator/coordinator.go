@@ -1,0 +1,368 @@
+// Package coordinator is the centre of a callscribe appliance. It accepts
+// console streams (through ingest), makes every frame durable in the store
+// before acknowledging it, registers agents and workers, dispatches each
+// call channel to a worker in order, persists finals with their engine
+// checkpoints, moves channels to another worker when one fails, and serves
+// the HTTP API.
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	DataDir       string
+	QUICAddr      string
+	HTTPAddr      string
+	TLS           *tls.Config // serving certificate
+	ConsoleTokens []string
+	NodeTokens    []string
+	Models        models.Catalog
+	// WorkersPerNode is how many workers of the default model each agent
+	// is asked to run.
+	WorkersPerNode int
+	// HeartbeatInterval and HeartbeatTTL are handed to agents: an agent
+	// silent for TTL is declared lost.
+	HeartbeatInterval time.Duration
+	HeartbeatTTL      time.Duration
+	Logger            *slog.Logger
+}
+
+// Coordinator is a running coordinator.
+type Coordinator struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store.Store
+	reg     *registry
+	metrics metrics
+	ingest  *ingest.Server
+
+	mu    sync.Mutex
+	calls map[proto.CallID]*call
+
+	runCtx context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+
+	ql       *quic.Listener
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	probeMu  sync.Mutex
+	probeAt  time.Time
+	probeErr error
+}
+
+// New opens the store and recovers in-flight calls. Call Listen, then Serve.
+func New(cfg Config) (*Coordinator, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 250 * time.Millisecond
+	}
+	if cfg.HeartbeatTTL == 0 {
+		cfg.HeartbeatTTL = 900 * time.Millisecond
+	}
+	if cfg.Models == nil {
+		cat, err := models.Load("")
+		if err != nil {
+			return nil, err
+		}
+		cfg.Models = cat
+	}
+	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store")})
+	if err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}}
+	c.runCtx, c.stop = context.WithCancel(context.Background())
+	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, c.cfg.ConsoleTokens) }}
+	return c, nil
+}
+
+// Store returns the coordinator's store (for tests and tools in-process).
+func (c *Coordinator) Store() *store.Store { return c.store }
+
+// Listen binds the QUIC and HTTP listeners and recovers in-flight calls.
+func (c *Coordinator) Listen() error {
+	tc := c.cfg.TLS.Clone()
+	tc.NextProtos = []string{proto.ALPNConsole, proto.ALPNNode}
+	tc.MinVersion = tls.VersionTLS13
+	ql, err := quic.ListenAddr(c.cfg.QUICAddr, tc, &quic.Config{
+		MaxIdleTimeout:        5 * time.Second,
+		KeepAlivePeriod:       time.Second,
+		MaxIncomingStreams:    4096,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
+	}
+	hl, err := net.Listen("tcp", c.cfg.HTTPAddr)
+	if err != nil {
+		ql.Close()
+		return fmt.Errorf("coordinator: listen http %s: %w", c.cfg.HTTPAddr, err)
+	}
+	c.ql, c.httpLn = ql, hl
+	return c.recover()
+}
+
+// QUICAddr is the bound QUIC address.
+func (c *Coordinator) QUICAddr() net.Addr { return c.ql.Addr() }
+
+// HTTPAddr is the bound HTTP address.
+func (c *Coordinator) HTTPAddr() net.Addr { return c.httpLn.Addr() }
+
+// recover reloads every call that was not finalised.
+func (c *Coordinator) recover() error {
+	calls, err := c.store.Calls()
+	if err != nil {
+		return fmt.Errorf("coordinator: recover: %w", err)
+	}
+	n := 0
+	for _, rec := range calls {
+		if rec.State == store.StateFinalised {
+			continue
+		}
+		if _, err := c.loadCall(rec); err != nil {
+			return fmt.Errorf("coordinator: recover call %s: %w", rec.ID, err)
+		}
+		n++
+	}
+	if n > 0 {
+		c.log.Info("recovered in-flight calls", "calls", n)
+	}
+	return nil
+}
+
+// Serve runs until ctx is cancelled, then shuts down: it stops accepting,
+// lets in-flight writes finish and closes the store.
+func (c *Coordinator) Serve(ctx context.Context) error {
+	c.httpSrv = &http.Server{Handler: c.routes(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() {
+		if err := c.httpSrv.Serve(c.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	go func() { errc <- c.acceptLoop() }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	c.shutdown()
+	return err
+}
+
+func (c *Coordinator) shutdown() {
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.httpSrv.Shutdown(sctx)
+	c.stop()
+	_ = c.ql.Close()
+	c.wg.Wait()
+	if err := c.store.Close(); err != nil {
+		c.log.Error("store close", "err", err)
+	}
+	c.log.Info("coordinator stopped")
+}
+
+func (c *Coordinator) acceptLoop() error {
+	for {
+		conn, err := c.ql.Accept(c.runCtx)
+		if err != nil {
+			if c.runCtx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("quic accept: %w", err)
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			switch conn.ConnectionState().TLS.NegotiatedProtocol {
+			case proto.ALPNConsole:
+				c.ingest.ServeConn(c.runCtx, conn)
+			case proto.ALPNNode:
+				c.serveNode(conn)
+			default:
+				_ = conn.CloseWithError(1, "unknown ALPN")
+			}
+		}()
+	}
+}
+
+// serveNode handles an agent's or a worker's connection. Its first stream
+// carries the hello and, for agents, heartbeats and commands.
+func (c *Coordinator) serveNode(conn *quic.Conn) {
+	hctx, cancel := context.WithTimeout(c.runCtx, 10*time.Second)
+	st, err := conn.AcceptStream(hctx)
+	cancel()
+	if err != nil {
+		_ = conn.CloseWithError(1, "no control stream")
+		return
+	}
+	r, w := proto.NewReader(st), proto.NewWriter(st)
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	m, err := r.Read()
+	if err != nil {
+		_ = conn.CloseWithError(1, "no hello")
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	refuse := func(code, msg string) {
+		c.log.Warn("node refused", "remote", conn.RemoteAddr().String(), "code", code, "why", msg)
+		_ = w.WriteJSON(proto.TError, &proto.Error{Code: code, Message: msg, Fatal: true})
+		_ = st.Close()
+		time.Sleep(50 * time.Millisecond)
+		_ = conn.CloseWithError(1, code)
+	}
+	switch m.Type {
+	case proto.TWorkerHello:
+		var h proto.WorkerHello
+		if err := proto.Unmarshal(m, &h); err != nil {
+			refuse(proto.CodeBadRequest, err.Error())
+			return
+		}
+		if code, msg := c.checkNode(h.Version, h.Token, string(h.WorkerID)); code != "" {
+			refuse(code, msg)
+			return
+		}
+		if _, err := c.cfg.Models.Get(h.Model); err != nil || h.Slots < 1 {
+			refuse(proto.CodeUnknownModel, fmt.Sprintf("model %q with %d slots", h.Model, h.Slots))
+			return
+		}
+		if err := w.WriteJSON(proto.TWorkerWelcome, proto.WorkerWelcome{Version: proto.Version}); err != nil {
+			return
+		}
+		wc := c.reg.addWorker(h, conn)
+		c.log.Info("worker registered", "worker", h.WorkerID, "node", h.NodeID, "model", h.Model, "slots", h.Slots, "pid", h.PID, "self_test", h.SelfTest)
+		// The control stream stays open for the worker's life.
+		for {
+			if _, err := r.Read(); err != nil {
+				break
+			}
+		}
+		c.reg.removeWorker(wc, "control stream closed")
+	case proto.TAgentHello:
+		var h proto.AgentHello
+		if err := proto.Unmarshal(m, &h); err != nil {
+			refuse(proto.CodeBadRequest, err.Error())
+			return
+		}
+		if code, msg := c.checkNode(h.Version, h.Token, string(h.NodeID)); code != "" {
+			refuse(code, msg)
+			return
+		}
+		c.serveAgent(conn, h, r, w)
+	default:
+		refuse(proto.CodeBadRequest, fmt.Sprintf("first message type %d", m.Type))
+	}
+}
+
+func (c *Coordinator) checkNode(version int, token, id string) (string, string) {
+	switch {
+	case version < proto.MinVersion || version > proto.Version:
+		return proto.CodeBadVersion, fmt.Sprintf("protocol version %d not supported (want %d..%d)", version, proto.MinVersion, proto.Version)
+	case !pki.TokenEqual(token, c.cfg.NodeTokens):
+		return proto.CodeUnauthorized, "invalid node token"
+	case !proto.ValidID(id):
+		return proto.CodeBadRequest, fmt.Sprintf("invalid id %q", id)
+	}
+	return "", ""
+}
+
+// serveAgent runs an agent's control stream: welcome, worker commands,
+// heartbeats, and loss on a missed TTL.
+func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.Reader, w *proto.Writer) {
+	log := c.log.With("node", h.NodeID)
+	welcome := proto.AgentWelcome{Version: proto.Version, IntervalMS: c.cfg.HeartbeatInterval.Milliseconds(), TTLMS: c.cfg.HeartbeatTTL.Milliseconds()}
+	if err := w.WriteJSON(proto.TAgentWelcome, welcome); err != nil {
+		return
+	}
+	n := &node{id: h.NodeID, hello: h, lastSeen: time.Now(), conn: conn, send: func(cmd proto.Command) error { return w.WriteJSON(proto.TCommand, cmd) }}
+	lost := func(why string) {
+		c.reg.mu.Lock()
+		if c.reg.nodes[h.NodeID] != n || n.lost {
+			c.reg.mu.Unlock()
+			return
+		}
+		n.lost = true
+		c.reg.mu.Unlock()
+		log.Warn("node lost", "why", why)
+		c.reg.nodeLost(h.NodeID, "node lost: "+why)
+		_ = conn.CloseWithError(2, "node lost")
+	}
+	c.reg.mu.Lock()
+	if old, ok := c.reg.nodes[h.NodeID]; ok && old.ttl != nil {
+		old.ttl.Stop()
+		old.lost = true
+		_ = old.conn.CloseWithError(0, "replaced by a new agent session")
+	}
+	c.reg.nodes[h.NodeID] = n
+	n.ttl = time.AfterFunc(c.cfg.HeartbeatTTL, func() { lost("no heartbeat within TTL") })
+	c.reg.mu.Unlock()
+	log.Info("agent registered", "cpu_only", h.CPUOnly, "gpus", len(h.GPUs), "host", h.Host.Hostname, "cpus", h.Host.CPUs)
+
+	// The spine's placement: every node runs WorkersPerNode workers of the
+	// default model on CPU. (Hardware-aware placement refines this.)
+	for i := range c.cfg.WorkersPerNode {
+		id := proto.WorkerID(fmt.Sprintf("%s-w%d", h.NodeID, i))
+		if err := n.send(proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: models.Default}); err != nil {
+			return
+		}
+	}
+	for {
+		m, err := r.Read()
+		if err != nil {
+			lost("control stream closed: " + err.Error())
+			return
+		}
+		if m.Type != proto.THeartbeat {
+			continue
+		}
+		var hb proto.Heartbeat
+		if err := proto.Unmarshal(m, &hb); err != nil {
+			log.Warn("bad heartbeat", "err", err)
+			continue
+		}
+		c.reg.mu.Lock()
+		n.last, n.lastSeen = hb, time.Now()
+		n.ttl.Reset(c.cfg.HeartbeatTTL)
+		c.reg.mu.Unlock()
+		for _, ws := range hb.Workers {
+			if ws.State != proto.WorkerRunning && ws.State != proto.WorkerStarting {
+				c.reg.workerExited(ws.ID, "agent reports worker "+ws.State+": "+ws.LastExit)
+			}
+		}
+	}
+}
+
+// probe reports whether the store is writable, at most once a second.
+func (c *Coordinator) probe(ctx context.Context) error {
+	c.probeMu.Lock()
+	defer c.probeMu.Unlock()
+	if time.Since(c.probeAt) < time.Second {
+		return c.probeErr
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c.probeErr = c.store.Probe(pctx)
+	c.probeAt = time.Now()
+	return c.probeErr
+}

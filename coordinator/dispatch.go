@@ -1,0 +1,323 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/proto"
+)
+
+// runChannel keeps one channel of a call on a worker until it is decoded to
+// its end. When the worker fails, the channel moves to another worker and
+// resumes from the checkpoint of its last persisted final.
+func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
+	ch := cl.chans[idx]
+	log := c.log.With("call", cl.id, "channel", idx)
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		cl.mu.Lock()
+		complete := ch.complete
+		cl.mu.Unlock()
+		if complete {
+			c.channelComplete(cl, ch)
+			return
+		}
+		lost := time.Now()
+		w, release, err := c.reg.acquire(ctx, cl.rec.Model)
+		if err != nil {
+			return
+		}
+		err = c.dispatchOnce(ctx, cl, ch, w, attempt > 0, lost)
+		release()
+		if err == nil {
+			c.channelComplete(cl, ch)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("channel lost its worker: moving it", "worker", w.hello.WorkerID, "err", err)
+		c.metrics.failovers.Add(1)
+		// A broken worker connection is removed at once so the next
+		// acquire does not pick it again.
+		if w.conn.Context().Err() != nil {
+			c.reg.removeWorker(w, "connection lost")
+		}
+		select {
+		case <-time.After(min(time.Duration(attempt)*10*time.Millisecond, 500*time.Millisecond)):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dispatchOnce runs one assignment of a channel on worker w. It returns nil
+// once the worker has decoded the channel to its end.
+func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w *workerConn, resumed bool, lostAt time.Time) error {
+	last, err := c.resumePoint(cl.id, ch.idx)
+	if err != nil {
+		return err
+	}
+	a := proto.Assign{CallID: cl.id, Channel: ch.idx, Label: ch.label, Codec: cl.rec.Codec, Model: cl.rec.Model}
+	if last != nil {
+		a.FromSeq, a.Checkpoint = last.NextSeq, last.Checkpoint
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := w.conn.OpenStreamSync(actx)
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	defer st.CancelRead(0)
+	defer st.Close()
+	pw, pr := proto.NewWriter(st), proto.NewReader(st)
+	if err := pw.WriteJSON(proto.TAssign, a); err != nil {
+		return fmt.Errorf("assign: %w", err)
+	}
+	c.log.Info("channel assigned", "call", cl.id, "channel", ch.idx, "worker", w.hello.WorkerID, "from_seq", a.FromSeq, "resumed", resumed)
+	if resumed {
+		cl.mu.Lock()
+		cl.rec.Resumes++
+		if s := cl.sess; s != nil {
+			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: ch.idx, Label: ch.label}})
+		}
+		cl.mu.Unlock()
+		c.metrics.observeResume(time.Since(lostAt))
+	}
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- c.sendFrames(actx, cl, ch, a.FromSeq, pw) }()
+	for {
+		m, err := pr.Read()
+		if err != nil {
+			select {
+			case e := <-sendErr:
+				if e != nil {
+					return e
+				}
+			default:
+			}
+			return fmt.Errorf("worker stream: %w", err)
+		}
+		if m.Type != proto.TWorkerEvent {
+			return fmt.Errorf("worker sent message type %d", m.Type)
+		}
+		var ev proto.WorkerEvent
+		if err := proto.Unmarshal(m, &ev); err != nil {
+			return err
+		}
+		switch ev.Kind {
+		case proto.WorkerPartial:
+			cl.mu.Lock()
+			if s := cl.sess; s != nil && ev.Index >= ch.finals {
+				s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindPartial, Channel: ch.idx, Label: ch.label,
+					Index: ev.Index, Text: ev.Text, StartMS: samplesToMS(ev.Start), EndMS: samplesToMS(ev.End)}})
+			}
+			cl.mu.Unlock()
+		case proto.WorkerFinal:
+			if err := c.persistFinal(ctx, cl, ch, ev, w.hello.WorkerID); err != nil {
+				return err
+			}
+		case proto.WorkerDone:
+			return c.persistComplete(ctx, cl, ch, ev.Decoded)
+		case proto.WorkerError:
+			return fmt.Errorf("worker error: %s", ev.Error)
+		default:
+			return fmt.Errorf("worker sent event kind %q", ev.Kind)
+		}
+	}
+}
+
+// resumePoint is the last final that carries a checkpoint, or nil to start
+// the channel from its first frame.
+func (c *Coordinator) resumePoint(id proto.CallID, ch int) (*store.Final, error) {
+	last, err := c.store.LastFinal(id, ch)
+	if err != nil || last == nil || len(last.Checkpoint) > 0 {
+		return last, err
+	}
+	// The last final closed the channel without a checkpoint; continue from
+	// the one before it (its finals are recognised as duplicates).
+	fs, err := c.store.Finals(id, ch, 0)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(fs) - 1; i >= 0; i-- {
+		if len(fs[i].Checkpoint) > 0 {
+			return &fs[i], nil
+		}
+	}
+	return nil, nil
+}
+
+// sendFrames streams durable frames from seq on, then End once the console
+// has ended the call and every frame is sent.
+func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq uint32, pw *proto.Writer) error {
+	var buf []byte
+	for {
+		cl.mu.Lock()
+		next, ended := ch.nextSeq, ch.ended
+		cl.mu.Unlock()
+		if seq < next {
+			err := c.store.Frames(cl.id, ch.idx, seq, int(next-seq), func(f store.Frame) error {
+				if f.Seq != seq {
+					return fmt.Errorf("frame %d missing from the store (found %d)", seq, f.Seq)
+				}
+				buf = proto.AppendAudio(buf[:0], proto.Audio{Channel: uint8(ch.idx), Seq: f.Seq, Capture: f.Capture, Payload: f.Payload})
+				if _, err := pw.WriteRaw(buf); err != nil {
+					return err
+				}
+				cl.mu.Lock()
+				if t, ok := ch.recvAt[f.Seq]; ok {
+					c.metrics.observeToWorker(time.Since(t))
+					delete(ch.recvAt, f.Seq)
+				}
+				cl.mu.Unlock()
+				seq++
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("send frames: %w", err)
+			}
+			continue
+		}
+		if ended {
+			return pw.Write(proto.TEnd, []byte(`{}`))
+		}
+		select {
+		case <-ch.notify:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// persistFinal stores a final (once: a resumed worker repeats finals the
+// store already has, and those are skipped) and sends it to the console.
+func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, ev proto.WorkerEvent, w proto.WorkerID) error {
+	cl.mu.Lock()
+	have := ch.finals
+	cl.mu.Unlock()
+	if ev.Index < have {
+		return nil // a replayed final: already stored and sent
+	}
+	if ev.Index > have {
+		return fmt.Errorf("worker skipped finals: got %d, want %d", ev.Index, have)
+	}
+	f := store.Final{Channel: ch.idx, Index: ev.Index, Text: ev.Text, Start: ev.Start, End: ev.End, NextSeq: ev.NextSeq, Checkpoint: ev.Checkpoint, Worker: string(w)}
+	cl.mu.Lock()
+	rec := *cl.rec
+	rec.Decoded = append([]uint32(nil), rec.Decoded...)
+	rec.Decoded[ch.idx] = ev.Decoded
+	final := len(ev.Checkpoint) == 0
+	if final {
+		rec.Complete = append([]bool(nil), rec.Complete...)
+		rec.Complete[ch.idx] = true
+	}
+	cl.mu.Unlock()
+	if err := c.store.PutFinal(ctx, cl.id, f, &rec); err != nil {
+		return fmt.Errorf("persist final: %w", err)
+	}
+	cl.mu.Lock()
+	ch.finals = ev.Index + 1
+	ch.decoded = ev.Decoded
+	cl.rec.Decoded[ch.idx] = ev.Decoded
+	if final {
+		ch.complete = true
+		cl.rec.Complete[ch.idx] = true
+	}
+	if s := cl.sess; s != nil {
+		s.sendFinalLocked(cl, f)
+	}
+	cl.mu.Unlock()
+	c.metrics.finals.Add(1)
+	return nil
+}
+
+func (c *Coordinator) persistComplete(ctx context.Context, cl *call, ch *channel, decoded uint32) error {
+	cl.mu.Lock()
+	rec := *cl.rec
+	rec.Decoded = append([]uint32(nil), rec.Decoded...)
+	rec.Complete = append([]bool(nil), rec.Complete...)
+	rec.Decoded[ch.idx], rec.Complete[ch.idx] = decoded, true
+	cl.mu.Unlock()
+	if err := c.store.PutCall(ctx, &rec); err != nil {
+		return fmt.Errorf("persist completion: %w", err)
+	}
+	cl.mu.Lock()
+	ch.complete, ch.decoded = true, decoded
+	cl.rec.Decoded[ch.idx], cl.rec.Complete[ch.idx] = decoded, true
+	cl.mu.Unlock()
+	return nil
+}
+
+// channelComplete finalises the call when its last channel completes.
+func (c *Coordinator) channelComplete(cl *call, _ *channel) {
+	cl.mu.Lock()
+	for _, ch := range cl.chans {
+		if !ch.complete {
+			cl.mu.Unlock()
+			return
+		}
+	}
+	if cl.rec.State == store.StateFinalised {
+		cl.mu.Unlock()
+		return
+	}
+	now := time.Now().UTC()
+	rec := *cl.rec
+	rec.State, rec.Finalised = store.StateFinalised, &now
+	cl.mu.Unlock()
+	// Retry: a finalisation must not be lost to a passing storage error.
+	for attempt := 0; ; attempt++ {
+		err := c.store.PutCall(context.Background(), &rec)
+		if err == nil {
+			break
+		}
+		if attempt == 0 || errors.Is(err, context.Canceled) {
+			c.log.Error("cannot persist finalisation: retrying", "call", cl.id, "err", err)
+		}
+		if c.runCtx.Err() != nil {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	cl.mu.Lock()
+	cl.rec.State, cl.rec.Finalised = rec.State, rec.Finalised
+	if s := cl.sess; s != nil {
+		s.finalisedLocked(cl)
+	}
+	close(cl.done)
+	cl.mu.Unlock()
+	c.metrics.finalised.Add(1)
+	c.log.Info("call finalised", "call", cl.id)
+	// Keep a finalised call in memory a while for a console that is still
+	// collecting its transcript; after that it is served from the store.
+	time.AfterFunc(time.Minute, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		if c.calls[cl.id] == cl && cl.sess == nil {
+			delete(c.calls, cl.id)
+		}
+	})
+}
+
+// channelJSON is used by the HTTP API.
+type channelJSON struct {
+	Label     string `json:"label"`
+	Received  uint64 `json:"frames_received"`
+	Stored    uint32 `json:"frames_stored"`
+	Decoded   uint32 `json:"frames_decoded"`
+	Finals    uint32 `json:"finals"`
+	Complete  bool   `json:"complete"`
+	EndFrames uint32 `json:"end_frames,omitempty"`
+}
+
+func marshalIndent(v any) []byte {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return append(b, '\n')
+}

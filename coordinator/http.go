@@ -1,0 +1,224 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/proto"
+)
+
+func (c *Coordinator) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", c.handleReady)
+	mux.HandleFunc("GET /v1/calls", c.handleCalls)
+	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
+	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.handleTranscript)
+	mux.HandleFunc("GET /v1/status", c.handleStatus)
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(marshalIndent(v))
+}
+
+func httpError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// handleReady: ready when the store is writable and a worker passed its test
+// decode.
+func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
+	var why []string
+	if err := c.probe(r.Context()); err != nil {
+		why = append(why, "store not writable: "+err.Error())
+	}
+	if c.reg.readyWorkers() == 0 {
+		why = append(why, "no worker has passed a test decode yet")
+	}
+	if len(why) > 0 {
+		http.Error(w, strings.Join(why, "; "), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// CallView is a call as the API shows it.
+type CallView struct {
+	*store.Call
+	Live        bool          `json:"live"`
+	ChannelInfo []channelJSON `json:"channel_info"`
+}
+
+func (c *Coordinator) view(rec *store.Call) (CallView, error) {
+	v := CallView{Call: rec}
+	c.mu.Lock()
+	cl, live := c.calls[rec.ID]
+	c.mu.Unlock()
+	if live {
+		cl.mu.Lock()
+		cp := *cl.rec
+		v.Call, v.Live = &cp, cl.rec.State != store.StateFinalised
+		for _, ch := range cl.chans {
+			cj := channelJSON{Label: ch.label, Received: ch.received, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
+			v.ChannelInfo = append(v.ChannelInfo, cj)
+		}
+		cl.mu.Unlock()
+	} else {
+		for i, l := range rec.Channels {
+			n, err := c.store.NextSeq(rec.ID, i)
+			if err != nil {
+				return v, err
+			}
+			last, err := c.store.LastFinal(rec.ID, i)
+			if err != nil {
+				return v, err
+			}
+			cj := channelJSON{Label: l, Stored: n}
+			if i < len(rec.Decoded) {
+				cj.Decoded = rec.Decoded[i]
+			}
+			if i < len(rec.Complete) {
+				cj.Complete = rec.Complete[i]
+			}
+			if last != nil {
+				cj.Finals = last.Index + 1
+			}
+			v.ChannelInfo = append(v.ChannelInfo, cj)
+		}
+	}
+	for i := range v.ChannelInfo {
+		if i < len(v.EndFrames) {
+			v.ChannelInfo[i].EndFrames = v.EndFrames[i]
+		}
+	}
+	return v, nil
+}
+
+func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
+	recs, err := c.store.Calls()
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := make([]CallView, 0, len(recs))
+	for _, rec := range recs {
+		v, err := c.view(rec)
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		out = append(out, v)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (c *Coordinator) lookup(w http.ResponseWriter, r *http.Request) *store.Call {
+	id := r.PathValue("id")
+	if !proto.ValidID(id) {
+		httpError(w, http.StatusBadRequest, "invalid call id")
+		return nil
+	}
+	rec, err := c.store.Call(proto.CallID(id))
+	if errors.Is(err, store.ErrNotFound) {
+		httpError(w, http.StatusNotFound, "no such call")
+		return nil
+	}
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return nil
+	}
+	return rec
+}
+
+func (c *Coordinator) handleCall(w http.ResponseWriter, r *http.Request) {
+	rec := c.lookup(w, r)
+	if rec == nil {
+		return
+	}
+	v, err := c.view(rec)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// Utterance is one final as the transcript API shows it.
+type Utterance struct {
+	Channel int    `json:"channel"`
+	Label   string `json:"label"`
+	Index   uint32 `json:"index"`
+	StartMS int64  `json:"start_ms"`
+	EndMS   int64  `json:"end_ms"`
+	Text    string `json:"text"`
+}
+
+func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
+	rec := c.lookup(w, r)
+	if rec == nil {
+		return
+	}
+	var out []Utterance
+	for i, l := range rec.Channels {
+		fs, err := c.store.Finals(rec.ID, i, 0)
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		for _, f := range fs {
+			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text})
+		}
+	}
+	sortUtterances(out)
+	if r.URL.Query().Get("format") == "text" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, u := range out {
+			fmt.Fprintf(w, "[%s %d.%03d] %s\n", u.Label, u.StartMS/1000, u.StartMS%1000, u.Text)
+		}
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"call_id": rec.ID, "state": rec.State, "utterances": out})
+}
+
+func sortUtterances(u []Utterance) {
+	sort.SliceStable(u, func(i, j int) bool {
+		if u[i].StartMS != u[j].StartMS {
+			return u[i].StartMS < u[j].StartMS
+		}
+		return u[i].Channel < u[j].Channel
+	})
+}
+
+// Status is the /v1/status document.
+type Status struct {
+	Nodes   []NodeInfo   `json:"nodes"`
+	Workers []WorkerInfo `json:"workers"`
+	Calls   struct {
+		Live int `json:"live"`
+	} `json:"calls"`
+	Stats Stats `json:"stats"`
+}
+
+func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
+	var s Status
+	s.Nodes, s.Workers = c.reg.snapshot()
+	c.mu.Lock()
+	for _, cl := range c.calls {
+		cl.mu.Lock()
+		if cl.rec.State != store.StateFinalised {
+			s.Calls.Live++
+		}
+		cl.mu.Unlock()
+	}
+	c.mu.Unlock()
+	s.Stats = c.metrics.stats()
+	writeJSON(w, http.StatusOK, s)
+}

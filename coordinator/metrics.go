@@ -1,0 +1,84 @@
+package coordinator
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metrics are the coordinator's counters and latency windows, served at
+// /v1/stats.
+type metrics struct {
+	storeErrors atomic.Int64
+	failovers   atomic.Int64
+	finals      atomic.Int64
+	finalised   atomic.Int64
+	ack         window // frame received → durable
+	toWorker    window // frame received → written to the worker
+	resume      window // worker lost → channel reassigned
+}
+
+func (m *metrics) observeAck(d time.Duration)      { m.ack.add(d) }
+func (m *metrics) observeToWorker(d time.Duration) { m.toWorker.add(d) }
+func (m *metrics) observeResume(d time.Duration)   { m.resume.add(d) }
+
+// window keeps the last 8192 observations.
+type window struct {
+	mu  sync.Mutex
+	buf []time.Duration
+	pos int
+	n   int64
+}
+
+func (w *window) add(d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf == nil {
+		w.buf = make([]time.Duration, 0, 8192)
+	}
+	if len(w.buf) < cap(w.buf) {
+		w.buf = append(w.buf, d)
+	} else {
+		w.buf[w.pos] = d
+		w.pos = (w.pos + 1) % len(w.buf)
+	}
+	w.n++
+}
+
+// Quantiles summarises a window.
+type Quantiles struct {
+	Count int64   `json:"count"`
+	P50MS float64 `json:"p50_ms"`
+	P99MS float64 `json:"p99_ms"`
+	MaxMS float64 `json:"max_ms"`
+}
+
+func (w *window) quantiles() Quantiles {
+	w.mu.Lock()
+	s := slices.Clone(w.buf)
+	n := w.n
+	w.mu.Unlock()
+	if len(s) == 0 {
+		return Quantiles{}
+	}
+	slices.Sort(s)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return Quantiles{Count: n, P50MS: ms(s[len(s)/2]), P99MS: ms(s[min(len(s)-1, len(s)*99/100)]), MaxMS: ms(s[len(s)-1])}
+}
+
+// Stats is the /v1/stats document.
+type Stats struct {
+	StoreErrors int64     `json:"store_errors"`
+	Failovers   int64     `json:"failovers"`
+	Finals      int64     `json:"finals"`
+	Finalised   int64     `json:"calls_finalised"`
+	Ack         Quantiles `json:"ack_latency"`
+	ToWorker    Quantiles `json:"frame_to_worker_latency"`
+	Resume      Quantiles `json:"resume_latency"`
+}
+
+func (m *metrics) stats() Stats {
+	return Stats{StoreErrors: m.storeErrors.Load(), Failovers: m.failovers.Load(), Finals: m.finals.Load(), Finalised: m.finalised.Load(),
+		Ack: m.ack.quantiles(), ToWorker: m.toWorker.quantiles(), Resume: m.resume.quantiles()}
+}

@@ -1,0 +1,205 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// workerConn is a registered worker.
+type workerConn struct {
+	hello  proto.WorkerHello
+	conn   *quic.Conn
+	used   int
+	since  time.Time
+	closed bool
+}
+
+// node is a registered agent.
+type node struct {
+	id       proto.NodeID
+	hello    proto.AgentHello
+	last     proto.Heartbeat
+	lastSeen time.Time
+	lost     bool
+	send     func(proto.Command) error
+	ttl      *time.Timer
+	conn     *quic.Conn
+}
+
+// registry tracks agents and workers and lends worker slots.
+type registry struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	workers map[proto.WorkerID]*workerConn
+	nodes   map[proto.NodeID]*node
+	changed chan struct{} // closed and replaced when a slot may have freed
+}
+
+func newRegistry(log *slog.Logger) *registry {
+	return &registry{log: log, workers: map[proto.WorkerID]*workerConn{}, nodes: map[proto.NodeID]*node{}, changed: make(chan struct{})}
+}
+
+func (r *registry) wakeLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// addWorker registers a worker, replacing an earlier instance of the same ID.
+func (r *registry) addWorker(h proto.WorkerHello, conn *quic.Conn) *workerConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.workers[h.WorkerID]; ok {
+		old.closed = true
+		_ = old.conn.CloseWithError(0, "replaced by a newer instance")
+	}
+	w := &workerConn{hello: h, conn: conn, since: time.Now()}
+	r.workers[h.WorkerID] = w
+	r.wakeLocked()
+	return w
+}
+
+// removeWorker unregisters w (if it is still the registered instance) and
+// closes its connection, which fails its assignment streams at once.
+func (r *registry) removeWorker(w *workerConn, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removeLocked(w, why)
+}
+
+func (r *registry) removeLocked(w *workerConn, why string) {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	if cur := r.workers[w.hello.WorkerID]; cur == w {
+		delete(r.workers, w.hello.WorkerID)
+	}
+	_ = w.conn.CloseWithError(0, why)
+	r.log.Info("worker removed", "worker", w.hello.WorkerID, "node", w.hello.NodeID, "why", why)
+	r.wakeLocked()
+}
+
+// workerExited is called when an agent reports a worker is not running.
+func (r *registry) workerExited(id proto.WorkerID, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w, ok := r.workers[id]; ok {
+		r.removeLocked(w, why)
+	}
+}
+
+// nodeLost removes every worker of a node.
+func (r *registry) nodeLost(id proto.NodeID, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		if w.hello.NodeID == id {
+			r.removeLocked(w, why)
+		}
+	}
+}
+
+// acquire waits for a worker of model with a free slot and takes the slot.
+// It prefers the worker with the most free slots.
+func (r *registry) acquire(ctx context.Context, model string) (*workerConn, func(), error) {
+	for {
+		r.mu.Lock()
+		var cands []*workerConn
+		for _, w := range r.workers {
+			if w.hello.Model == model && !w.closed && w.used < w.hello.Slots {
+				if n, ok := r.nodes[w.hello.NodeID]; ok && n.lost {
+					continue
+				}
+				cands = append(cands, w)
+			}
+		}
+		if len(cands) > 0 {
+			sort.Slice(cands, func(i, j int) bool {
+				fi, fj := cands[i].hello.Slots-cands[i].used, cands[j].hello.Slots-cands[j].used
+				if fi != fj {
+					return fi > fj
+				}
+				return cands[i].hello.WorkerID < cands[j].hello.WorkerID
+			})
+			w := cands[0]
+			w.used++
+			r.mu.Unlock()
+			var once sync.Once
+			return w, func() {
+				once.Do(func() {
+					r.mu.Lock()
+					w.used--
+					r.wakeLocked()
+					r.mu.Unlock()
+				})
+			}, nil
+		}
+		ch := r.changed
+		r.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// readyWorkers counts registered workers (each passed its test decode).
+func (r *registry) readyWorkers() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.workers)
+}
+
+// WorkerInfo is a worker as the API shows it.
+type WorkerInfo struct {
+	ID       proto.WorkerID `json:"id"`
+	Node     proto.NodeID   `json:"node"`
+	Model    string         `json:"model"`
+	Slots    int            `json:"slots"`
+	Used     int            `json:"used"`
+	PID      int            `json:"pid"`
+	Since    time.Time      `json:"since"`
+	SelfTest string         `json:"self_test"`
+}
+
+// NodeInfo is a node as the API shows it.
+type NodeInfo struct {
+	ID       proto.NodeID         `json:"id"`
+	Lost     bool                 `json:"lost"`
+	LastSeen time.Time            `json:"last_seen"`
+	CPUOnly  bool                 `json:"cpu_only"`
+	Host     proto.Host           `json:"host"`
+	GPUs     []proto.GPU          `json:"gpus"`
+	Workers  []proto.WorkerStatus `json:"workers"`
+}
+
+func (r *registry) snapshot() ([]NodeInfo, []WorkerInfo) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ns []NodeInfo
+	for _, n := range r.nodes {
+		gpus := n.last.GPUs
+		if gpus == nil {
+			gpus = n.hello.GPUs
+		}
+		host := n.last.Host
+		if host.Hostname == "" {
+			host = n.hello.Host
+		}
+		ns = append(ns, NodeInfo{ID: n.id, Lost: n.lost, LastSeen: n.lastSeen, CPUOnly: n.hello.CPUOnly, Host: host, GPUs: gpus, Workers: n.last.Workers})
+	}
+	var ws []WorkerInfo
+	for _, w := range r.workers {
+		ws = append(ws, WorkerInfo{ID: w.hello.WorkerID, Node: w.hello.NodeID, Model: w.hello.Model, Slots: w.hello.Slots, Used: w.used, PID: w.hello.PID, Since: w.since, SelfTest: w.hello.SelfTest})
+	}
+	sort.Slice(ns, func(i, j int) bool { return ns[i].ID < ns[j].ID })
+	sort.Slice(ws, func(i, j int) bool { return ws[i].ID < ws[j].ID })
+	return ns, ws
+}

@@ -1,0 +1,213 @@
+// Package ingest speaks the console side of callscribe's protocol: it reads
+// a call's header and audio frames from a console stream, hands them to the
+// coordinator through the small Sink interface, writes acks once the
+// coordinator says a frame is durable, and pushes transcript events back on
+// the same stream. It knows nothing of storage or workers, so every transport
+// (QUIC here, WHIP next) drives the same Sink.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// Sink is what ingest needs from the coordinator.
+type Sink interface {
+	// Open validates a Hello and opens or resumes its call. Errors are
+	// *proto.Error when the console should see them as such.
+	Open(ctx context.Context, h *proto.Hello) (Session, *proto.Welcome, error)
+}
+
+// Session is one console's hold on one call.
+type Session interface {
+	// Append stores a frame durably and returns the ack to send.
+	Append(ctx context.Context, a proto.Audio) (proto.Ack, error)
+	// End records the console's end of the call.
+	End(ctx context.Context, e proto.End) error
+	// Events delivers transcript events; it is closed when the session ends
+	// (replaced by a reconnect, or the call finalised and drained).
+	Events() <-chan Event
+	// Close releases the session.
+	Close()
+}
+
+// Event is one message for the console.
+type Event struct {
+	Transcript *proto.Transcript
+	Finalised  *proto.Finalised
+	Error      *proto.Error
+}
+
+// Authenticator checks a console credential.
+type Authenticator func(token string) bool
+
+// Server serves console connections.
+type Server struct {
+	Sink Sink
+	Auth Authenticator
+	Log  *slog.Logger
+	// HelloTimeout bounds the wait for a stream's Hello.
+	HelloTimeout time.Duration
+}
+
+// ServeConn serves every stream of one console connection until it closes.
+func (s *Server) ServeConn(ctx context.Context, conn *quic.Conn) {
+	log := s.Log.With("remote", conn.RemoteAddr().String())
+	for {
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Debug("console connection closed", "err", err)
+			}
+			return
+		}
+		go s.ServeStream(ctx, st, log)
+	}
+}
+
+// Stream is what a console stream needs of a transport stream.
+type Stream interface {
+	io.ReadWriter
+	Close() error
+	CancelRead(quic.StreamErrorCode)
+	SetReadDeadline(time.Time) error
+}
+
+var _ Stream = (*quic.Stream)(nil)
+
+// ServeStream serves one call on one stream.
+func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
+	r, w := proto.NewReader(st), proto.NewWriter(st)
+	fail := func(e *proto.Error) {
+		e.Fatal = true
+		_ = w.WriteJSON(proto.TError, e)
+		st.CancelRead(1)
+		_ = st.Close()
+	}
+	to := s.HelloTimeout
+	if to == 0 {
+		to = 10 * time.Second
+	}
+	_ = st.SetReadDeadline(time.Now().Add(to))
+	var h proto.Hello
+	if err := r.ReadJSON(proto.THello, &h); err != nil {
+		log.Warn("console stream: bad hello", "err", err)
+		fail(&proto.Error{Code: proto.CodeBadRequest, Message: "first message must be a valid hello: " + err.Error()})
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	log = log.With("call", h.CallID, "console", h.ConsoleID)
+	if h.Version < proto.MinVersion || h.Version > proto.Version {
+		log.Warn("console stream: unsupported protocol version", "version", h.Version)
+		fail(&proto.Error{Code: proto.CodeBadVersion, Message: fmt.Sprintf("protocol version %d not supported (want %d..%d)", h.Version, proto.MinVersion, proto.Version)})
+		return
+	}
+	if s.Auth == nil || !s.Auth(h.Token) {
+		log.Warn("console stream: invalid token")
+		fail(&proto.Error{Code: proto.CodeUnauthorized, Message: "invalid console token"})
+		return
+	}
+	sess, wel, err := s.Sink.Open(ctx, &h)
+	if err != nil {
+		log.Warn("console stream: call refused", "err", err)
+		fail(AsProtoError(err))
+		return
+	}
+	defer sess.Close()
+	if err := w.WriteJSON(proto.TWelcome, wel); err != nil {
+		return
+	}
+	log.Info("console stream open", "resumed", wel.Resumed, "next_seq", wel.NextSeq)
+
+	// Events flow to the console until the session ends; then the stream is
+	// closed so the console sees the end.
+	evDone := make(chan struct{})
+	go func() {
+		defer close(evDone)
+		for ev := range sess.Events() {
+			var err error
+			switch {
+			case ev.Transcript != nil:
+				err = w.WriteJSON(proto.TTranscript, ev.Transcript)
+			case ev.Finalised != nil:
+				err = w.WriteJSON(proto.TFinalised, ev.Finalised)
+			case ev.Error != nil:
+				err = w.WriteJSON(proto.TError, ev.Error)
+			}
+			if err != nil {
+				return
+			}
+		}
+		_ = st.Close()
+	}()
+
+	for {
+		m, err := r.Read()
+		if err != nil {
+			switch {
+			case errors.Is(err, io.EOF):
+			case errors.Is(err, proto.ErrTooLarge), errors.Is(err, proto.ErrUnknownType), errors.Is(err, io.ErrUnexpectedEOF):
+				log.Warn("console stream: bad frame", "err", err)
+				fail(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()})
+			default:
+				log.Debug("console stream: read ended", "err", err)
+			}
+			return
+		}
+		switch m.Type {
+		case proto.TAudio:
+			a, err := proto.ParseAudio(m.Body)
+			if err != nil {
+				log.Warn("console stream: bad audio frame", "err", err)
+				fail(AsProtoError(err))
+				return
+			}
+			ack, err := sess.Append(ctx, a)
+			if err != nil {
+				log.Warn("console stream: frame refused", "channel", a.Channel, "seq", a.Seq, "err", err)
+				fail(AsProtoError(err))
+				return
+			}
+			if err := w.Write(proto.TAck, proto.EncodeAck(ack)); err != nil {
+				return
+			}
+		case proto.TEnd:
+			var e proto.End
+			if err := proto.Unmarshal(m, &e); err != nil {
+				fail(AsProtoError(err))
+				return
+			}
+			if err := sess.End(ctx, e); err != nil {
+				log.Warn("console stream: end refused", "err", err)
+				fail(AsProtoError(err))
+				return
+			}
+		default:
+			log.Warn("console stream: unexpected message", "type", m.Type)
+			fail(&proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("unexpected message type %d on a console stream", m.Type)})
+			return
+		}
+	}
+}
+
+// AsProtoError turns any error into the error a console is sent.
+func AsProtoError(err error) *proto.Error {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	switch {
+	case errors.Is(err, proto.ErrTooLarge):
+		return &proto.Error{Code: proto.CodeTooLarge, Message: err.Error()}
+	case errors.Is(err, proto.ErrMalformed):
+		return &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
+	}
+	return &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+}

@@ -1,0 +1,147 @@
+// Package audio holds the pure-Go signal plumbing shared by consoles, the
+// coordinator and workers: WAV files, G.711 µ-law/A-law, and a streaming
+// polyphase resampler. No cgo here; Opus lives in internal/opus.
+package audio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// WAV is a decoded PCM WAV file: Channels interleaved 16-bit samples.
+type WAV struct {
+	Rate     int
+	Channels int
+	Samples  []int16 // interleaved
+}
+
+// ErrWAV is wrapped by every WAV parsing error.
+var ErrWAV = errors.New("wav")
+
+// ReadWAVFile reads a 16-bit PCM WAV file.
+func ReadWAVFile(path string) (*WAV, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	w, err := ReadWAV(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return w, nil
+}
+
+// ReadWAV parses a RIFF/WAVE stream holding 16-bit PCM.
+func ReadWAV(r io.Reader) (*WAV, error) {
+	var hdr [12]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("%w: short header: %v", ErrWAV, err)
+	}
+	if string(hdr[0:4]) != "RIFF" || string(hdr[8:12]) != "WAVE" {
+		return nil, fmt.Errorf("%w: not a RIFF/WAVE file", ErrWAV)
+	}
+	w := &WAV{}
+	var bits int
+	for {
+		var ch [8]byte
+		if _, err := io.ReadFull(r, ch[:]); err != nil {
+			return nil, fmt.Errorf("%w: no data chunk", ErrWAV)
+		}
+		id, size := string(ch[0:4]), binary.LittleEndian.Uint32(ch[4:8])
+		switch id {
+		case "fmt ":
+			if size < 16 || size > 1<<10 {
+				return nil, fmt.Errorf("%w: bad fmt chunk size %d", ErrWAV, size)
+			}
+			b := make([]byte, size+size%2)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return nil, fmt.Errorf("%w: fmt: %v", ErrWAV, err)
+			}
+			format := binary.LittleEndian.Uint16(b[0:2])
+			w.Channels = int(binary.LittleEndian.Uint16(b[2:4]))
+			w.Rate = int(binary.LittleEndian.Uint32(b[4:8]))
+			bits = int(binary.LittleEndian.Uint16(b[14:16]))
+			if format != 1 && format != 0xFFFE {
+				return nil, fmt.Errorf("%w: format %d is not PCM", ErrWAV, format)
+			}
+		case "data":
+			if w.Channels == 0 {
+				return nil, fmt.Errorf("%w: data before fmt", ErrWAV)
+			}
+			if bits != 16 {
+				return nil, fmt.Errorf("%w: %d-bit samples; want 16", ErrWAV, bits)
+			}
+			if w.Channels < 1 || w.Channels > 2 || w.Rate < 8000 || w.Rate > 192000 {
+				return nil, fmt.Errorf("%w: unsupported %d channels at %d Hz", ErrWAV, w.Channels, w.Rate)
+			}
+			b, err := io.ReadAll(io.LimitReader(r, int64(size)))
+			if err != nil {
+				return nil, fmt.Errorf("%w: data: %v", ErrWAV, err)
+			}
+			b = b[:len(b)-len(b)%(2*w.Channels)]
+			w.Samples = BytesToPCM(b)
+			return w, nil
+		default:
+			if _, err := io.CopyN(io.Discard, r, int64(size+size%2)); err != nil {
+				return nil, fmt.Errorf("%w: chunk %q: %v", ErrWAV, id, err)
+			}
+		}
+	}
+}
+
+// Channel returns channel c of the interleaved samples.
+func (w *WAV) Channel(c int) []int16 {
+	if w.Channels == 1 {
+		return w.Samples
+	}
+	out := make([]int16, len(w.Samples)/w.Channels)
+	for i := range out {
+		out[i] = w.Samples[i*w.Channels+c]
+	}
+	return out
+}
+
+// WriteWAV writes mono or interleaved 16-bit PCM.
+func WriteWAV(wr io.Writer, rate, channels int, samples []int16) error {
+	data := PCMToBytes(samples)
+	var h [44]byte
+	copy(h[0:], "RIFF")
+	binary.LittleEndian.PutUint32(h[4:], uint32(36+len(data)))
+	copy(h[8:], "WAVEfmt ")
+	binary.LittleEndian.PutUint32(h[16:], 16)
+	binary.LittleEndian.PutUint16(h[20:], 1)
+	binary.LittleEndian.PutUint16(h[22:], uint16(channels))
+	binary.LittleEndian.PutUint32(h[24:], uint32(rate))
+	binary.LittleEndian.PutUint32(h[28:], uint32(rate*channels*2))
+	binary.LittleEndian.PutUint16(h[32:], uint16(channels*2))
+	binary.LittleEndian.PutUint16(h[34:], 16)
+	copy(h[36:], "data")
+	binary.LittleEndian.PutUint32(h[40:], uint32(len(data)))
+	if _, err := wr.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := wr.Write(data)
+	return err
+}
+
+// BytesToPCM converts little-endian 16-bit bytes to samples.
+func BytesToPCM(b []byte) []int16 {
+	out := make([]int16, len(b)/2)
+	for i := range out {
+		out[i] = int16(binary.LittleEndian.Uint16(b[2*i:]))
+	}
+	return out
+}
+
+// PCMToBytes converts samples to little-endian bytes.
+func PCMToBytes(s []int16) []byte {
+	out := make([]byte, 2*len(s))
+	for i, v := range s {
+		binary.LittleEndian.PutUint16(out[2*i:], uint16(v))
+	}
+	return out
+}

@@ -1,0 +1,364 @@
+// Package e2e runs the real callscribe binary: a whole appliance, separate
+// coordinator and agent processes, real worker processes, real PocketSphinx,
+// real QUIC on loopback, and faults injected with SIGKILL.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callscribe/callscribe/ingest/console"
+	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/proto"
+)
+
+var binPath string
+
+const testData = "/usr/share/pocketsphinx/test/data"
+
+func TestMain(m *testing.M) {
+	if _, err := os.Stat(testData); err != nil {
+		fmt.Println("e2e: pocketsphinx-testdata is not installed (make test installs it); skipping")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "callscribe-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "callscribe")
+	build := exec.Command("go", "build", "-o", binPath, "../../cmd/callscribe")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: build failed:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running callscribe process.
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	mu   *sync.Mutex
+	done chan struct{}
+}
+
+type syncBuf struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (s syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, out: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binPath, args...)
+	w := syncBuf{p.mu, p.out}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("output of %v:\n%s", args, p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// kill signals the whole process group and waits for the process.
+func (p *proc) kill(sig syscall.Signal) {
+	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// killLeader SIGKILLs the process alone (its children see it die).
+func (p *proc) killLeader() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func freeUDP(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+func freeTCP(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// appliance is a coordinator (possibly with its agent in the same process).
+type appliance struct {
+	dir, http, quic string
+}
+
+func newAppliance(t *testing.T) *appliance {
+	return &appliance{dir: t.TempDir(), http: freeTCP(t), quic: freeUDP(t)}
+}
+
+func (a *appliance) dev(t *testing.T, workers int) *proc {
+	p := start(t, "dev", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
+	a.waitReady(t, p)
+	return p
+}
+
+func (a *appliance) coordinator(t *testing.T, workers int) *proc {
+	return start(t, "coordinator", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
+}
+
+func (a *appliance) agent(t *testing.T, node string) *proc {
+	return start(t, "agent", "--coordinator", a.quic, "--ca", filepath.Join(a.dir, pki.CAFile), "--node", node,
+		"--token-file", filepath.Join(a.dir, pki.NodeToken), "--state", a.dir)
+}
+
+func (a *appliance) waitReady(t *testing.T, p *proc) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("process exited before ready:\n%s", p.output())
+		default:
+		}
+		if r, err := http.Get("http://" + a.http + "/readyz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("not ready within 60 s:\n%s", p.output())
+}
+
+func (a *appliance) token(t *testing.T) string {
+	t.Helper()
+	tok, err := pki.ReadToken(filepath.Join(a.dir, pki.ConsoleToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (a *appliance) getJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	r, err := http.Get("http://" + a.http + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	if r.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", path, r.StatusCode, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+}
+
+// run runs the binary to completion and returns its stdout.
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binPath, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("callscribe %v: %v\nstderr:\n%s", args, err, errb.String())
+	}
+	return out.String()
+}
+
+// referenceClips lists pocketsphinx-testdata's clips that have a reference
+// transcription.
+func referenceClips(t *testing.T) []string {
+	t.Helper()
+	var clips []string
+	for _, set := range []struct{ dir, list string }{{"librivox", "transcription"}, {"cards", "cards.transcription"}} {
+		f, err := os.Open(filepath.Join(testData, set.dir, set.list))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			l := sc.Text()
+			i, j := strings.LastIndexByte(l, '('), strings.LastIndexByte(l, ')')
+			if i < 0 || j < i {
+				continue
+			}
+			clips = append(clips, filepath.Join(testData, set.dir, l[i+1:j]+".wav"))
+		}
+		f.Close()
+	}
+	if len(clips) != 10 {
+		t.Fatalf("want 10 reference clips, found %d", len(clips))
+	}
+	return clips
+}
+
+// sentCall streams a WAV through the console library, paced, recording
+// every payload sent so the test can check the store byte for byte.
+type sentCall struct {
+	call   *console.Call
+	frames [][][]byte
+	finals [][]string
+	resume int
+	mu     sync.Mutex
+	done   chan error
+}
+
+func (s *sentCall) texts() [][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([][]string, len(s.finals))
+	for i := range s.finals {
+		out[i] = append([]string(nil), s.finals[i]...)
+	}
+	return out
+}
+
+func (s *sentCall) resumed() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resume
+}
+
+func streamCall(t *testing.T, a *appliance, id, wavPath string, speed float64) *sentCall {
+	t.Helper()
+	w, err := audio.ReadWAVFile(wavPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.CertPool(filepath.Join(a.dir, pki.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := []string{proto.ChannelCaller, proto.ChannelCallTaker}[:w.Channels]
+	s := &sentCall{frames: make([][][]byte, w.Channels), finals: make([][]string, w.Channels), done: make(chan error, 1)}
+	for c := range w.Channels {
+		pcm := w.Channel(c)
+		for off := 0; off < len(pcm); off += 1600 {
+			s.frames[c] = append(s.frames[c], audio.PCMToBytes(pcm[off:min(off+1600, len(pcm))]))
+		}
+	}
+	s.call = console.New(console.Config{Server: a.quic, RootCAs: pool, ServerName: "localhost", Token: a.token(t), CallID: proto.CallID(id),
+		ConsoleID: "e2e-console", Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	go func() { s.done <- s.call.Run(ctx) }()
+	go func() {
+		for ev := range s.call.Events() {
+			if ev.Transcript == nil {
+				continue
+			}
+			s.mu.Lock()
+			switch ev.Transcript.Kind {
+			case proto.KindFinal:
+				s.finals[ev.Transcript.Channel] = append(s.finals[ev.Transcript.Channel], ev.Transcript.Text)
+			case proto.KindResumed:
+				s.resume++
+			}
+			s.mu.Unlock()
+		}
+	}()
+	go func() {
+		start := time.Now()
+		for i := range len(s.frames[0]) {
+			time.Sleep(time.Until(start.Add(time.Duration(float64(i) * float64(100*time.Millisecond) / speed))))
+			for c := range s.frames {
+				if _, err := s.call.Send(c, s.frames[c][i], time.Now()); err != nil {
+					return
+				}
+			}
+		}
+		s.call.End()
+	}()
+	return s
+}
+
+func (s *sentCall) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Fatalf("call did not finalise: %v", err)
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatal("call did not finalise within 4 minutes")
+	}
+	time.Sleep(50 * time.Millisecond) // let the event reader drain
+}
+
+// transcribeChannels runs `callscribe transcribe` on each channel's audio
+// alone and returns the finals per channel.
+func transcribeChannels(t *testing.T, wavPath string) [][]string {
+	t.Helper()
+	w, err := audio.ReadWAVFile(wavPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([][]string, w.Channels)
+	for c := range w.Channels {
+		p := filepath.Join(t.TempDir(), fmt.Sprintf("ch%d.wav", c))
+		f, _ := os.Create(p)
+		if err := audio.WriteWAV(f, w.Rate, 1, w.Channel(c)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		for _, l := range strings.Split(strings.TrimSpace(run(t, "transcribe", p)), "\n") {
+			if l != "" {
+				out[c] = append(out[c], l)
+			}
+		}
+	}
+	return out
+}

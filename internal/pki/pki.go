@@ -1,0 +1,213 @@
+// Package pki creates and loads the appliance's local certificate authority,
+// the coordinator's serving certificate and the shared-secret tokens. Keys and
+// tokens are written 0600 in directories of 0700.
+package pki
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Files in a state directory.
+const (
+	CAFile       = "ca.pem"
+	CAKeyFile    = "ca-key.pem"
+	CertFile     = "server.pem"
+	KeyFile      = "server-key.pem"
+	ConsoleToken = "console.token"
+	NodeToken    = "node.token"
+)
+
+// EnsureCA loads the CA in dir, creating it on first use.
+func EnsureCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	cp, kp := filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile)
+	if _, err := os.Stat(cp); err == nil {
+		return loadPair(cp, kp)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "callscribe local CA", Organization: []string{"callscribe"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(10, 0, 0),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writePair(cp, kp, der, key); err != nil {
+		return nil, nil, err
+	}
+	return loadPair(cp, kp)
+}
+
+// EnsureServerCert loads the serving certificate in dir, issuing one from
+// the CA for hosts when it is missing or does not cover them.
+func EnsureServerCert(dir string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string) (tls.Certificate, error) {
+	cp, kp := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
+	if c, k, err := loadPair(cp, kp); err == nil && covers(c, hosts) && c.CheckSignatureFrom(ca) == nil && time.Until(c.NotAfter) > 30*24*time.Hour {
+		return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "callscribe coordinator"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(2, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := writePair(cp, kp, der, key); err != nil {
+		return tls.Certificate{}, err
+	}
+	c, k, err := loadPair(cp, kp)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}, nil
+}
+
+func covers(c *x509.Certificate, hosts []string) bool {
+	for _, h := range hosts {
+		if c.VerifyHostname(h) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// CertPool loads a PEM CA file into a pool.
+func CertPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("pki: %s holds no certificate", path)
+	}
+	return p, nil
+}
+
+// EnsureToken returns the token in path, creating a random one if missing.
+func EnsureToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		t := strings.TrimSpace(string(b))
+		if len(t) < 16 {
+			return "", fmt.Errorf("pki: token in %s is too short", path)
+		}
+		return t, nil
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	t := hex.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(t+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return t, nil
+}
+
+// ReadToken reads a token file.
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", errors.New("pki: empty token in " + path)
+	}
+	return t, nil
+}
+
+// TokenEqual compares tokens in constant time.
+func TokenEqual(got string, want []string) bool {
+	ok := 0
+	for _, w := range want {
+		if w != "" {
+			ok |= subtle.ConstantTimeCompare([]byte(got), []byte(w))
+		}
+	}
+	return ok == 1
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	return n
+}
+
+func writePair(cp, kp string, der []byte, key *ecdsa.PrivateKey) error {
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(kp, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(cp, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+func loadPair(cp, kp string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	cb, err := os.ReadFile(cp)
+	if err != nil {
+		return nil, nil, err
+	}
+	kb, err := os.ReadFile(kp)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, _ := pem.Decode(cb)
+	k, _ := pem.Decode(kb)
+	if c == nil || k == nil {
+		return nil, nil, fmt.Errorf("pki: %s or %s is not PEM", cp, kp)
+	}
+	cert, err := x509.ParseCertificate(c.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := x509.ParseECPrivateKey(k.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}

@@ -1,0 +1,64 @@
+// Package wer computes word error rate: the word-level edit distance between
+// a hypothesis and a reference, divided by the reference length.
+package wer
+
+import "strings"
+
+// Counts are the edit operations of an alignment.
+type Counts struct {
+	Ref, Sub, Del, Ins int
+}
+
+// Errors is Sub+Del+Ins.
+func (c Counts) Errors() int { return c.Sub + c.Del + c.Ins }
+
+// Rate is Errors/Ref (0 for an empty reference with an empty hypothesis).
+func (c Counts) Rate() float64 {
+	if c.Ref == 0 {
+		if c.Ins == 0 {
+			return 0
+		}
+		return 1
+	}
+	return float64(c.Errors()) / float64(c.Ref)
+}
+
+// Add sums counts (for a corpus WER).
+func (c Counts) Add(o Counts) Counts {
+	return Counts{c.Ref + o.Ref, c.Sub + o.Sub, c.Del + o.Del, c.Ins + o.Ins}
+}
+
+// Words lower-cases and splits text.
+func Words(s string) []string { return strings.Fields(strings.ToLower(s)) }
+
+// Compare aligns hyp to ref with a minimum-edit-distance alignment.
+func Compare(ref, hyp []string) Counts {
+	n, m := len(ref), len(hyp)
+	type cell struct{ cost, sub, del, ins int }
+	prev := make([]cell, m+1)
+	cur := make([]cell, m+1)
+	for j := 1; j <= m; j++ {
+		prev[j] = cell{j, 0, 0, j}
+	}
+	for i := 1; i <= n; i++ {
+		cur[0] = cell{i, 0, i, 0}
+		for j := 1; j <= m; j++ {
+			if ref[i-1] == hyp[j-1] {
+				cur[j] = prev[j-1]
+				continue
+			}
+			s, d, in := prev[j-1], prev[j], cur[j-1]
+			best := cell{s.cost + 1, s.sub + 1, s.del, s.ins}
+			if d.cost+1 < best.cost {
+				best = cell{d.cost + 1, d.sub, d.del + 1, d.ins}
+			}
+			if in.cost+1 < best.cost {
+				best = cell{in.cost + 1, in.sub, in.del, in.ins + 1}
+			}
+			cur[j] = best
+		}
+		prev, cur = cur, prev
+	}
+	c := prev[m]
+	return Counts{Ref: n, Sub: c.sub, Del: c.del, Ins: c.ins}
+}

@@ -1,0 +1,261 @@
+// Package asr turns a stream of 16 kHz PCM into partial and final
+// transcripts with any engine that satisfies Decoder. It owns the rules that
+// make a transcript depend on the audio alone: fixed chunking counted from the
+// start of the channel, endpointing on the engine's voice-activity state, a
+// per-channel reset of the engine's carried state, and a checkpoint with every
+// final from which another decoder continues exactly.
+package asr
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// SampleRate is the rate every engine is fed.
+const SampleRate = 16000
+
+// ChunkSamples is the fixed unit of audio fed to a decoder (100 ms). Live,
+// resumed and file decoding all cut audio at the same absolute offsets.
+const ChunkSamples = 1600
+
+// DefaultMaxUtterance forces an endpoint in speech that never pauses (20 s).
+const DefaultMaxUtterance = 20 * SampleRate
+
+// Decoder is what the transcriber needs from an engine. *pocketsphinx.Decoder
+// satisfies it; unit tests use a fake.
+type Decoder interface {
+	StartUtt() error
+	Process(pcm []int16) error
+	InSpeech() bool
+	Hyp() string
+	EndUtt() error
+	CMN() (mean, sum []float32, nframe int32)
+	SetCMN(mean, sum []float32, nframe int32) error
+}
+
+// EngineState is the state an engine carries across utterances.
+type EngineState struct {
+	Mean   []float32 `json:"mean"`
+	Sum    []float32 `json:"sum"`
+	Frames int32     `json:"frames"`
+}
+
+// Checkpoint is everything needed to continue a channel's decoding exactly
+// where it stood right after a final.
+type Checkpoint struct {
+	// Sample is the number of samples fed to the decoder so far.
+	Sample int64 `json:"sample"`
+	// Next is the index the next final will carry.
+	Next uint32 `json:"next"`
+	// Engine is the decoder's carried state.
+	Engine EngineState `json:"engine"`
+	// Pending holds samples received but not yet fed (less than a chunk).
+	Pending []int16 `json:"pending,omitempty"`
+}
+
+// Kind tells partial from final events.
+type Kind uint8
+
+// Event kinds.
+const (
+	Partial Kind = iota + 1
+	Final
+)
+
+// Event is one transcript event. Offsets are in samples at SampleRate from
+// the start of the channel.
+type Event struct {
+	Kind  Kind
+	Index uint32 // finals: 0, 1, 2 … per channel; partials: the index of the final they precede
+	Text  string
+	Start int64
+	End   int64
+	// Checkpoint is set on finals.
+	Checkpoint *Checkpoint
+}
+
+// Transcriber decodes one channel. Not safe for concurrent use.
+type Transcriber struct {
+	dec          Decoder
+	maxUtt       int64
+	sample       int64
+	next         uint32
+	pending      []int16
+	speaking     bool
+	uttStart     int64
+	lastPartial  string
+	flushed      bool
+	partialEvery int
+	sincePartial int
+}
+
+// Options tune a Transcriber.
+type Options struct {
+	// MaxUtterance in samples; 0 means DefaultMaxUtterance.
+	MaxUtterance int64
+	// PartialEvery emits a partial at most every N chunks (0 or 1: every chunk).
+	PartialEvery int
+}
+
+// ErrFlushed is returned by Feed after Flush.
+var ErrFlushed = errors.New("asr: transcriber already flushed")
+
+// New starts decoding a channel on dec. With from nil it begins a fresh
+// channel from pristine, the decoder's state straight after it was created;
+// otherwise it continues from the checkpoint.
+func New(dec Decoder, pristine EngineState, from *Checkpoint, opt Options) (*Transcriber, error) {
+	t := &Transcriber{dec: dec, maxUtt: opt.MaxUtterance, partialEvery: max(opt.PartialEvery, 1)}
+	if t.maxUtt <= 0 {
+		t.maxUtt = DefaultMaxUtterance
+	}
+	st := pristine
+	if from != nil {
+		st = from.Engine
+		t.sample = from.Sample
+		t.next = from.Next
+		t.pending = append([]int16(nil), from.Pending...)
+	}
+	// A pooled decoder may still be inside an abandoned utterance.
+	if err := dec.EndUtt(); err != nil {
+		return nil, fmt.Errorf("asr: reset decoder: %w", err)
+	}
+	if err := dec.StartUtt(); err != nil {
+		return nil, fmt.Errorf("asr: start: %w", err)
+	}
+	if err := dec.SetCMN(st.Mean, st.Sum, st.Frames); err != nil {
+		return nil, fmt.Errorf("asr: restore engine state: %w", err)
+	}
+	return t, nil
+}
+
+// Pristine captures a freshly created decoder's carried state. Call it once,
+// right after creating the decoder and before any audio.
+func Pristine(dec Decoder) (EngineState, error) {
+	if err := dec.StartUtt(); err != nil {
+		return EngineState{}, fmt.Errorf("asr: start: %w", err)
+	}
+	m, s, n := dec.CMN()
+	return EngineState{Mean: m, Sum: s, Frames: n}, nil
+}
+
+// Sample returns how many samples have been fed to the decoder.
+func (t *Transcriber) Sample() int64 { return t.sample }
+
+// Feed adds PCM and returns the events it produced, in order.
+func (t *Transcriber) Feed(pcm []int16) ([]Event, error) {
+	if t.flushed {
+		return nil, ErrFlushed
+	}
+	t.pending = append(t.pending, pcm...)
+	var evs []Event
+	off := 0
+	for len(t.pending)-off >= ChunkSamples {
+		ev, err := t.chunk(t.pending[off:off+ChunkSamples], t.pending[off+ChunkSamples:])
+		if err != nil {
+			return evs, err
+		}
+		evs = append(evs, ev...)
+		off += ChunkSamples
+	}
+	t.pending = append(t.pending[:0], t.pending[off:]...)
+	return evs, nil
+}
+
+// Flush feeds what is left, ends the last utterance and returns its final.
+func (t *Transcriber) Flush() ([]Event, error) {
+	if t.flushed {
+		return nil, ErrFlushed
+	}
+	var evs []Event
+	if len(t.pending) > 0 {
+		ev, err := t.chunk(t.pending, nil)
+		if err != nil {
+			return nil, err
+		}
+		evs = append(evs, ev...)
+		t.pending = t.pending[:0]
+	}
+	t.flushed = true
+	if err := t.dec.EndUtt(); err != nil {
+		return evs, fmt.Errorf("asr: end: %w", err)
+	}
+	if t.speaking {
+		if text := clean(t.dec.Hyp()); text != "" {
+			evs = append(evs, Event{Kind: Final, Index: t.next, Text: text, Start: t.uttStart, End: t.sample})
+			t.next++
+		}
+	}
+	return evs, nil
+}
+
+// chunk feeds one chunk; rest is what follows it (kept in a checkpoint).
+func (t *Transcriber) chunk(c, rest []int16) ([]Event, error) {
+	if err := t.dec.Process(c); err != nil {
+		return nil, err
+	}
+	t.sample += int64(len(c))
+	in := t.dec.InSpeech()
+	if in && !t.speaking {
+		t.speaking = true
+		t.uttStart = t.sample - int64(len(c))
+		t.lastPartial = ""
+		t.sincePartial = 0
+	}
+	if !t.speaking {
+		return nil, nil
+	}
+	if !in || t.sample-t.uttStart >= t.maxUtt {
+		return t.endpoint(rest)
+	}
+	t.sincePartial++
+	if t.sincePartial < t.partialEvery {
+		return nil, nil
+	}
+	t.sincePartial = 0
+	if h := clean(t.dec.Hyp()); h != "" && h != t.lastPartial {
+		t.lastPartial = h
+		return []Event{{Kind: Partial, Index: t.next, Text: h, Start: t.uttStart, End: t.sample}}, nil
+	}
+	return nil, nil
+}
+
+func (t *Transcriber) endpoint(rest []int16) ([]Event, error) {
+	t.speaking = false
+	if err := t.dec.EndUtt(); err != nil {
+		return nil, fmt.Errorf("asr: end: %w", err)
+	}
+	text := clean(t.dec.Hyp())
+	if err := t.dec.StartUtt(); err != nil {
+		return nil, fmt.Errorf("asr: start: %w", err)
+	}
+	if text == "" {
+		return nil, nil
+	}
+	m, s, n := t.dec.CMN()
+	ev := Event{Kind: Final, Index: t.next, Text: text, Start: t.uttStart, End: t.sample}
+	t.next++
+	ev.Checkpoint = &Checkpoint{
+		Sample:  t.sample,
+		Next:    t.next,
+		Engine:  EngineState{Mean: m, Sum: s, Frames: n},
+		Pending: append([]int16(nil), rest...),
+	}
+	return []Event{ev}, nil
+}
+
+// clean drops filler tokens such as <sil> and [NOISE] and folds spaces.
+func clean(h string) string {
+	f := strings.Fields(h)
+	out := f[:0]
+	for _, w := range f {
+		if strings.HasPrefix(w, "<") || strings.HasPrefix(w, "[") || strings.HasPrefix(w, "++") {
+			continue
+		}
+		if i := strings.IndexByte(w, '('); i > 0 { // alternate pronunciations: word(2)
+			w = w[:i]
+		}
+		out = append(out, w)
+	}
+	return strings.Join(out, " ")
+}

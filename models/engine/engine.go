@@ -1,0 +1,166 @@
+// Package engine builds decoders for a model manifest and pools them. It is
+// the only package that knows which engine implementation backs a manifest.
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/pocketsphinx"
+)
+
+// Instance is one decoder with the carried state it had when it was created.
+type Instance struct {
+	Dec      asr.Decoder
+	Pristine asr.EngineState
+	close    func()
+}
+
+// Factory creates decoder instances.
+type Factory func() (*Instance, error)
+
+// NewFactory returns a factory for the manifest's engine.
+func NewFactory(m *models.Manifest) (Factory, error) {
+	switch m.Engine {
+	case "pocketsphinx":
+		if err := m.CheckFiles(); err != nil {
+			return nil, err
+		}
+		cfg := pocketsphinx.Config{HMM: m.Files.HMM, LM: m.Files.LM, Dict: m.Files.Dict}
+		keys := make([]string, 0, len(m.EngineOptions))
+		for k := range m.EngineOptions {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			cfg.Extra = append(cfg.Extra, "-"+k, m.EngineOptions[k])
+		}
+		return func() (*Instance, error) {
+			d, err := pocketsphinx.New(cfg)
+			if err != nil {
+				return nil, err
+			}
+			p, err := asr.Pristine(d)
+			if err != nil {
+				d.Close()
+				return nil, err
+			}
+			return &Instance{Dec: d, Pristine: p, close: d.Close}, nil
+		}, nil
+	default:
+		return nil, fmt.Errorf("engine %q: %w", m.Engine, models.ErrUnknownModel)
+	}
+}
+
+// Close frees the instance's decoder.
+func (i *Instance) Close() {
+	if i.close != nil {
+		i.close()
+	}
+}
+
+// Pool lends at most Size instances, creating them on demand and keeping
+// returned ones for reuse.
+type Pool struct {
+	newFn Factory
+	sem   chan struct{}
+	mu    sync.Mutex
+	idle  []*Instance
+}
+
+// NewPool returns a pool of at most size instances.
+func NewPool(f Factory, size int) *Pool {
+	return &Pool{newFn: f, sem: make(chan struct{}, max(size, 1))}
+}
+
+// Get waits for a free slot and returns an instance.
+func (p *Pool) Get(ctx context.Context) (*Instance, error) {
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		in := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return in, nil
+	}
+	p.mu.Unlock()
+	in, err := p.newFn()
+	if err != nil {
+		<-p.sem
+		return nil, err
+	}
+	return in, nil
+}
+
+// Put returns an instance to the pool.
+func (p *Pool) Put(in *Instance) {
+	p.mu.Lock()
+	p.idle = append(p.idle, in)
+	p.mu.Unlock()
+	<-p.sem
+}
+
+// Warm creates n instances ahead of need.
+func (p *Pool) Warm(ctx context.Context, n int) error {
+	got := make([]*Instance, 0, n)
+	defer func() {
+		for _, in := range got {
+			p.Put(in)
+		}
+	}()
+	for range n {
+		in, err := p.Get(ctx)
+		if err != nil {
+			return err
+		}
+		got = append(got, in)
+	}
+	return nil
+}
+
+// Close frees every idle instance.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, in := range p.idle {
+		in.Close()
+	}
+	p.idle = nil
+}
+
+// Transcribe decodes a whole 16 kHz channel with the same chunking as the
+// live path and returns its finals.
+func Transcribe(in *Instance, pcm []int16) ([]asr.Event, error) {
+	t, err := asr.New(in.Dec, in.Pristine, nil, asr.Options{})
+	if err != nil {
+		return nil, err
+	}
+	var finals []asr.Event
+	keep := func(evs []asr.Event) {
+		for _, e := range evs {
+			if e.Kind == asr.Final {
+				finals = append(finals, e)
+			}
+		}
+	}
+	// Feed in 20 ms blocks: the transcriber re-chunks, so the block size
+	// must not matter; feeding small blocks keeps that property exercised.
+	for off := 0; off < len(pcm); off += 320 {
+		evs, err := t.Feed(pcm[off:min(off+320, len(pcm))])
+		if err != nil {
+			return finals, err
+		}
+		keep(evs)
+	}
+	evs, err := t.Flush()
+	keep(evs)
+	return finals, err
+}

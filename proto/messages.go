@@ -1,0 +1,353 @@
+package proto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"regexp"
+)
+
+// CallID names a call; consoles choose it.
+type CallID string
+
+// ConsoleID names a console.
+type ConsoleID string
+
+// NodeID names a server running an agent.
+type NodeID string
+
+// WorkerID names a worker process.
+type WorkerID string
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+
+// ValidID reports whether s is acceptable as any callscribe identifier.
+func ValidID(s string) bool { return idRE.MatchString(s) }
+
+// Codec names an audio encoding.
+type Codec string
+
+// Codecs. L16 here is signed 16-bit little-endian PCM at 16 kHz, mono per
+// channel; PCMU/PCMA are G.711 at 8 kHz; Opus packets decode at 16 kHz.
+const (
+	CodecL16  Codec = "l16"
+	CodecPCMU Codec = "pcmu"
+	CodecPCMA Codec = "pcma"
+	CodecOpus Codec = "opus"
+)
+
+// Rate returns the codec's sample rate, or 0 for an unknown codec.
+func (c Codec) Rate() int {
+	switch c {
+	case CodecL16:
+		return 16000
+	case CodecPCMU, CodecPCMA:
+		return 8000
+	case CodecOpus:
+		return 48000
+	}
+	return 0
+}
+
+// Standard channel labels.
+const (
+	ChannelCaller    = "caller"
+	ChannelCallTaker = "call-taker"
+)
+
+// MaxChannels is the most channels one call may have.
+const MaxChannels = 2
+
+// Hello opens (or resumes) a call on a console stream.
+type Hello struct {
+	Version   int       `json:"version"`
+	Token     string    `json:"token"`
+	CallID    CallID    `json:"call_id"`
+	ConsoleID ConsoleID `json:"console_id"`
+	Channels  []string  `json:"channels"`
+	Codec     Codec     `json:"codec"`
+	Model     string    `json:"model,omitempty"`
+	// NextFinal is, per channel, the index of the first final the console
+	// has not yet got (0 for a new call). The coordinator resends from there.
+	NextFinal []uint32 `json:"next_final,omitempty"`
+}
+
+// Welcome answers Hello.
+type Welcome struct {
+	Version int    `json:"version"`
+	CallID  CallID `json:"call_id"`
+	State   string `json:"state"`
+	// NextSeq is, per channel, the sequence number the coordinator expects
+	// next: every frame below it is durable. A new call has all zeros.
+	NextSeq []uint32 `json:"next_seq"`
+	Resumed bool     `json:"resumed"`
+}
+
+// End says the console has sent its last frame. Frames gives the number of
+// frames sent per channel, so the coordinator can tell a complete call.
+type End struct {
+	Frames []uint32 `json:"frames"`
+}
+
+// Audio is one frame of one channel.
+type Audio struct {
+	Channel uint8
+	Seq     uint32
+	// Capture is the capture time in microseconds since the Unix epoch.
+	Capture int64
+	Payload []byte
+}
+
+// AppendAudio encodes a into a frame appended to dst.
+func AppendAudio(dst []byte, a Audio) []byte {
+	var h [HeaderSize + audioHeader]byte
+	h[0] = byte(TAudio)
+	binary.BigEndian.PutUint32(h[1:], uint32(audioHeader+len(a.Payload)))
+	h[5] = a.Channel
+	binary.BigEndian.PutUint32(h[6:], a.Seq)
+	binary.BigEndian.PutUint64(h[10:], uint64(a.Capture))
+	dst = append(dst, h[:]...)
+	return append(dst, a.Payload...)
+}
+
+// ParseAudio decodes an audio body. Payload aliases b.
+func ParseAudio(b []byte) (Audio, error) {
+	if len(b) < audioHeader {
+		return Audio{}, fmt.Errorf("%w: audio frame of %d bytes", ErrMalformed, len(b))
+	}
+	a := Audio{Channel: b[0], Seq: binary.BigEndian.Uint32(b[1:]), Capture: int64(binary.BigEndian.Uint64(b[5:])), Payload: b[audioHeader:]}
+	if len(a.Payload) == 0 {
+		return Audio{}, fmt.Errorf("%w: empty audio payload", ErrMalformed)
+	}
+	if len(a.Payload) > MaxAudioPayload {
+		return Audio{}, fmt.Errorf("%w: audio payload %d bytes (limit %d)", ErrTooLarge, len(a.Payload), MaxAudioPayload)
+	}
+	return a, nil
+}
+
+// Ack says every frame of Channel below NextSeq is durable.
+type Ack struct {
+	Channel uint8
+	NextSeq uint32
+}
+
+// EncodeAck returns an ack body.
+func EncodeAck(a Ack) []byte {
+	b := make([]byte, 5)
+	b[0] = a.Channel
+	binary.BigEndian.PutUint32(b[1:], a.NextSeq)
+	return b
+}
+
+// ParseAck decodes an ack body.
+func ParseAck(b []byte) (Ack, error) {
+	if len(b) != 5 {
+		return Ack{}, fmt.Errorf("%w: ack of %d bytes", ErrMalformed, len(b))
+	}
+	return Ack{Channel: b[0], NextSeq: binary.BigEndian.Uint32(b[1:])}, nil
+}
+
+// Transcript event kinds.
+const (
+	KindPartial = "partial"
+	KindFinal   = "final"
+	KindResumed = "resumed"
+)
+
+// Transcript is a transcript event pushed to consoles.
+type Transcript struct {
+	Kind    string `json:"kind"`
+	Channel int    `json:"channel"`
+	Label   string `json:"label"`
+	Index   uint32 `json:"index"`
+	Text    string `json:"text,omitempty"`
+	StartMS int64  `json:"start_ms"`
+	EndMS   int64  `json:"end_ms"`
+}
+
+// Finalised says every channel has been decoded to its end.
+type Finalised struct {
+	CallID CallID   `json:"call_id"`
+	Finals []uint32 `json:"finals"` // finals per channel
+}
+
+// Error codes.
+const (
+	CodeBadVersion   = "bad_version"
+	CodeUnauthorized = "unauthorized"
+	CodeBadRequest   = "bad_request"
+	CodeUnknownCodec = "unknown_codec"
+	CodeUnknownModel = "unknown_model"
+	CodeCallInUse    = "call_in_use"
+	CodeOutOfOrder   = "out_of_order"
+	CodeTooLarge     = "too_large"
+	CodeStorage      = "storage"
+	CodeUnavailable  = "unavailable"
+	CodeInternal     = "internal"
+)
+
+// Error is sent before a stream is closed because of a problem. Fatal
+// errors end the stream; the others reject one message.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Fatal   bool   `json:"fatal"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// Retryable reports whether a console should reconnect after this error.
+func (e *Error) Retryable() bool {
+	switch e.Code {
+	case CodeStorage, CodeUnavailable, CodeInternal:
+		return true
+	}
+	return false
+}
+
+// GPU is one GPU as an agent reports it. Optional readings are nil when the
+// device could not provide them.
+type GPU struct {
+	Index       int      `json:"index"`
+	UUID        string   `json:"uuid"`
+	Name        string   `json:"name"`
+	MemTotalMB  uint64   `json:"mem_total_mb"`
+	MemUsedMB   uint64   `json:"mem_used_mb"`
+	MemFreeMB   uint64   `json:"mem_free_mb"`
+	UtilPct     *uint32  `json:"util_pct,omitempty"`
+	TempC       *uint32  `json:"temp_c,omitempty"`
+	PowerW      *float64 `json:"power_w,omitempty"`
+	Healthy     bool     `json:"healthy"`
+	Unhealthy   string   `json:"unhealthy,omitempty"`
+	DriverVer   string   `json:"driver,omitempty"`
+	Persistence *bool    `json:"persistence,omitempty"`
+}
+
+// Host is an agent's host load.
+type Host struct {
+	Hostname    string  `json:"hostname"`
+	CPUs        int     `json:"cpus"`
+	CPUPct      float64 `json:"cpu_pct"`
+	Load1       float64 `json:"load1"`
+	MemTotalMB  uint64  `json:"mem_total_mb"`
+	MemAvailMB  uint64  `json:"mem_avail_mb"`
+	DiskFreeMB  uint64  `json:"disk_free_mb"`
+	DiskTotalMB uint64  `json:"disk_total_mb"`
+}
+
+// Worker states reported by agents.
+const (
+	WorkerStarting = "starting"
+	WorkerRunning  = "running"
+	WorkerBackoff  = "backoff"
+	WorkerStopped  = "stopped"
+	WorkerFailed   = "failed"
+)
+
+// WorkerStatus is one supervised worker as its agent sees it.
+type WorkerStatus struct {
+	ID       WorkerID `json:"id"`
+	Model    string   `json:"model"`
+	State    string   `json:"state"`
+	PID      int      `json:"pid,omitempty"`
+	Restarts int      `json:"restarts"`
+	LastExit string   `json:"last_exit,omitempty"`
+}
+
+// AgentHello registers an agent.
+type AgentHello struct {
+	Version int      `json:"version"`
+	Token   string   `json:"token"`
+	NodeID  NodeID   `json:"node_id"`
+	CPUOnly bool     `json:"cpu_only"`
+	GPUs    []GPU    `json:"gpus"`
+	Host    Host     `json:"host"`
+	Models  []string `json:"models"`
+}
+
+// AgentWelcome answers AgentHello and every Heartbeat. The agent sends its
+// next heartbeat within IntervalMS; the coordinator declares it lost after
+// TTLMS without one.
+type AgentWelcome struct {
+	Version    int   `json:"version"`
+	IntervalMS int64 `json:"interval_ms"`
+	TTLMS      int64 `json:"ttl_ms"`
+}
+
+// Heartbeat carries an agent's telemetry and worker states.
+type Heartbeat struct {
+	Seq     uint64         `json:"seq"`
+	GPUs    []GPU          `json:"gpus"`
+	Host    Host           `json:"host"`
+	Workers []WorkerStatus `json:"workers"`
+}
+
+// Command ops.
+const (
+	OpStartWorker = "start_worker"
+	OpStopWorker  = "stop_worker"
+)
+
+// Command asks an agent to start or stop a worker.
+type Command struct {
+	Op       string   `json:"op"`
+	WorkerID WorkerID `json:"worker_id"`
+	Model    string   `json:"model,omitempty"`
+	GPU      string   `json:"gpu,omitempty"` // UUID, or "" for CPU
+}
+
+// WorkerHello registers a worker once its engine passed a test decode.
+type WorkerHello struct {
+	Version  int      `json:"version"`
+	Token    string   `json:"token"`
+	WorkerID WorkerID `json:"worker_id"`
+	NodeID   NodeID   `json:"node_id"`
+	Model    string   `json:"model"`
+	Slots    int      `json:"slots"`
+	SelfTest string   `json:"self_test"` // what the test decode produced
+	PID      int      `json:"pid"`
+}
+
+// WorkerWelcome answers WorkerHello.
+type WorkerWelcome struct {
+	Version int `json:"version"`
+}
+
+// Assign starts decoding one channel of a call on a worker. Audio frames
+// from FromSeq follow on the same stream, then End when the call has ended.
+type Assign struct {
+	CallID  CallID `json:"call_id"`
+	Channel int    `json:"channel"`
+	Label   string `json:"label"`
+	Codec   Codec  `json:"codec"`
+	Model   string `json:"model"`
+	FromSeq uint32 `json:"from_seq"`
+	// Checkpoint is the worker checkpoint stored with the last final (nil
+	// for a channel decoded from its start). It is opaque to the coordinator.
+	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
+}
+
+// Worker event kinds.
+const (
+	WorkerPartial = "partial"
+	WorkerFinal   = "final"
+	WorkerDone    = "done"
+	WorkerError   = "error"
+)
+
+// WorkerEvent is a worker's report on an assignment stream. Offsets are in
+// samples at 16 kHz.
+type WorkerEvent struct {
+	Kind  string `json:"kind"`
+	Index uint32 `json:"index"`
+	Text  string `json:"text,omitempty"`
+	Start int64  `json:"start"`
+	End   int64  `json:"end"`
+	// Decoded is how many frames the worker has decoded.
+	Decoded uint32 `json:"decoded"`
+	// NextSeq and Checkpoint come with finals: resume from frame NextSeq
+	// with this checkpoint.
+	NextSeq    uint32          `json:"next_seq,omitempty"`
+	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
+	Error      string          `json:"error,omitempty"`
+}

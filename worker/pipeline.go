@@ -1,0 +1,152 @@
+// Package worker is the ASR worker process: it connects to the coordinator,
+// proves its engine with a test decode, and decodes the call channels the
+// coordinator assigns to it. A worker is a separate process so that an engine
+// crash never takes down an agent or the coordinator.
+package worker
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/opus"
+	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/engine"
+	"github.com/callscribe/callscribe/proto"
+)
+
+// Checkpoint is what a worker stores with each final: the transcriber's
+// state plus the codec's and resampler's, so decoding continues bit for bit.
+type Checkpoint struct {
+	ASR       asr.Checkpoint        `json:"asr"`
+	Opus      []byte                `json:"opus,omitempty"`
+	Resampler *audio.ResamplerState `json:"resampler,omitempty"`
+}
+
+// Channel decodes one channel: codec → 16 kHz PCM → transcriber.
+type Channel struct {
+	codec proto.Codec
+	opus  *opus.Decoder
+	rs    *audio.Resampler
+	tr    *asr.Transcriber
+	// decoded counts frames fed; the next frame's sequence number.
+	next uint32
+}
+
+// Event is a transcriber event with the worker checkpoint for finals.
+type Event struct {
+	asr.Event
+	NextSeq    uint32
+	Checkpoint json.RawMessage
+}
+
+// NewChannel prepares a channel on a decoder instance. With cp nil it starts
+// at frame 0; otherwise it continues from the checkpoint at frame fromSeq.
+func NewChannel(codec proto.Codec, in *engine.Instance, cp json.RawMessage, fromSeq uint32) (*Channel, error) {
+	c := &Channel{codec: codec, next: fromSeq}
+	var saved Checkpoint
+	var from *asr.Checkpoint
+	if len(cp) > 0 {
+		if err := json.Unmarshal(cp, &saved); err != nil {
+			return nil, fmt.Errorf("worker: bad checkpoint: %w", err)
+		}
+		from = &saved.ASR
+	} else if fromSeq != 0 {
+		return nil, fmt.Errorf("worker: resume at frame %d without a checkpoint", fromSeq)
+	}
+	switch codec {
+	case proto.CodecL16:
+	case proto.CodecPCMU, proto.CodecPCMA:
+		c.rs = audio.NewResampler(8000, asr.SampleRate)
+		if saved.Resampler != nil {
+			c.rs.SetState(*saved.Resampler)
+		}
+	case proto.CodecOpus:
+		d, err := opus.NewDecoder(asr.SampleRate)
+		if err != nil {
+			return nil, err
+		}
+		if saved.Opus != nil {
+			if err := d.SetState(saved.Opus); err != nil {
+				return nil, err
+			}
+		}
+		c.opus = d
+	default:
+		return nil, fmt.Errorf("worker: unknown codec %q", codec)
+	}
+	tr, err := asr.New(in.Dec, in.Pristine, from, asr.Options{PartialEvery: 3})
+	if err != nil {
+		return nil, err
+	}
+	c.tr = tr
+	return c, nil
+}
+
+// Next returns the sequence number of the next frame the channel expects.
+func (c *Channel) Next() uint32 { return c.next }
+
+// PCM decodes one frame's payload to 16 kHz PCM.
+func (c *Channel) PCM(payload []byte) ([]int16, error) {
+	switch c.codec {
+	case proto.CodecL16:
+		if len(payload)%2 != 0 {
+			return nil, fmt.Errorf("worker: l16 payload of odd length %d", len(payload))
+		}
+		return audio.BytesToPCM(payload), nil
+	case proto.CodecPCMU:
+		return c.rs.Process(audio.MulawDecode(payload)), nil
+	case proto.CodecPCMA:
+		return c.rs.Process(audio.AlawDecode(payload)), nil
+	case proto.CodecOpus:
+		return c.opus.Decode(payload, 0)
+	}
+	return nil, fmt.Errorf("worker: unknown codec %q", c.codec)
+}
+
+// Feed decodes frame seq. Frames must come in order without gaps.
+func (c *Channel) Feed(seq uint32, payload []byte) ([]Event, error) {
+	if seq != c.next {
+		return nil, fmt.Errorf("worker: frame %d out of order (want %d)", seq, c.next)
+	}
+	pcm, err := c.PCM(payload)
+	if err != nil {
+		return nil, err
+	}
+	c.next++
+	evs, err := c.tr.Feed(pcm)
+	return c.wrap(evs), err
+}
+
+// Finish decodes what is left and ends the last utterance.
+func (c *Channel) Finish() ([]Event, error) {
+	evs, err := c.tr.Flush()
+	if c.opus != nil {
+		c.opus.Close()
+	}
+	return c.wrap(evs), err
+}
+
+func (c *Channel) wrap(evs []asr.Event) []Event {
+	out := make([]Event, len(evs))
+	for i, e := range evs {
+		out[i] = Event{Event: e}
+		if e.Kind != asr.Final {
+			continue
+		}
+		out[i].NextSeq = c.next
+		if e.Checkpoint == nil { // the call's last final: nothing follows
+			continue
+		}
+		cp := Checkpoint{ASR: *e.Checkpoint}
+		if c.opus != nil {
+			cp.Opus = c.opus.State()
+		}
+		if c.rs != nil {
+			s := c.rs.State()
+			cp.Resampler = &s
+		}
+		out[i].Checkpoint, _ = json.Marshal(cp)
+	}
+	return out
+}

@@ -1,0 +1,244 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/engine"
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+//go:embed selftest.wav
+var selfTestWAV []byte
+
+// Config configures a worker process.
+type Config struct {
+	Coordinator string // host:port of the coordinator's QUIC listener
+	CAFile      string
+	ServerName  string
+	Token       string
+	WorkerID    proto.WorkerID
+	NodeID      proto.NodeID
+	Model       string
+	ModelDir    string
+	Slots       int
+	Logger      *slog.Logger
+}
+
+// ErrSelfTest means the engine failed its test decode.
+var ErrSelfTest = errors.New("worker: self-test failed")
+
+// Run loads the engine, proves it with a test decode and serves
+// assignments until ctx ends, reconnecting when the coordinator goes away.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger.With("worker", cfg.WorkerID)
+	cat, err := models.Load(cfg.ModelDir)
+	if err != nil {
+		return err
+	}
+	m, err := cat.Get(cfg.Model)
+	if err != nil {
+		return err
+	}
+	f, err := engine.NewFactory(m)
+	if err != nil {
+		return err
+	}
+	slots := cfg.Slots
+	if slots <= 0 {
+		slots = m.Resources.StreamsPerInstance
+	}
+	pool := engine.NewPool(f, slots)
+	defer pool.Close()
+	t0 := time.Now()
+	text, err := SelfTest(ctx, pool, m)
+	if err != nil {
+		return err
+	}
+	log.Info("self-test passed", "model", m.Name, "text", text, "ms", time.Since(t0).Milliseconds())
+
+	pool2, err := pki.CertPool(cfg.CAFile)
+	if err != nil {
+		return err
+	}
+	tc := &tls.Config{RootCAs: pool2, ServerName: cfg.ServerName, NextProtos: []string{proto.ALPNNode}, MinVersion: tls.VersionTLS13}
+	hello := proto.WorkerHello{Version: proto.Version, Token: cfg.Token, WorkerID: cfg.WorkerID, NodeID: cfg.NodeID, Model: m.Name, Slots: slots, SelfTest: text, PID: os.Getpid()}
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := serve(ctx, cfg.Coordinator, tc, hello, pool, log)
+		var pe *proto.Error
+		if errors.As(err, &pe) && !pe.Retryable() {
+			return fmt.Errorf("worker: coordinator refused: %w", err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		log.Warn("coordinator connection ended: reconnecting", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+	return nil
+}
+
+// SelfTest decodes the built-in clip and checks the transcript.
+func SelfTest(ctx context.Context, pool *engine.Pool, m *models.Manifest) (string, error) {
+	w, err := audio.ReadWAV(bytes.NewReader(selfTestWAV))
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSelfTest, err)
+	}
+	in, err := pool.Get(ctx)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSelfTest, err)
+	}
+	defer pool.Put(in)
+	evs, err := engine.Transcribe(in, w.Channel(0))
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSelfTest, err)
+	}
+	var text string
+	for _, e := range evs {
+		if text != "" {
+			text += " "
+		}
+		text += e.Text
+	}
+	if text == "" || (m.SelfTest.Expect != "" && text != m.SelfTest.Expect) {
+		return text, fmt.Errorf("%w: got %q, want %q", ErrSelfTest, text, m.SelfTest.Expect)
+	}
+	return text, nil
+}
+
+func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: time.Second, MaxIncomingStreams: 1024})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.CloseWithError(0, "worker stopping")
+	ctl, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	cw, cr := proto.NewWriter(ctl), proto.NewReader(ctl)
+	if err := cw.WriteJSON(proto.TWorkerHello, hello); err != nil {
+		return err
+	}
+	var wel proto.WorkerWelcome
+	if err := cr.ReadJSON(proto.TWorkerWelcome, &wel); err != nil {
+		return err
+	}
+	log.Info("registered with coordinator", "addr", addr)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			handleAssignment(ctx, st, pool, log)
+		}()
+	}
+}
+
+// handleAssignment decodes one call channel.
+func handleAssignment(ctx context.Context, st *quic.Stream, pool *engine.Pool, log *slog.Logger) {
+	defer st.Close()
+	r, w := proto.NewReader(st), proto.NewWriter(st)
+	fail := func(err error) {
+		log.Warn("assignment failed", "err", err)
+		_ = w.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerError, Error: err.Error()})
+		st.CancelRead(1)
+	}
+	var a proto.Assign
+	if err := r.ReadJSON(proto.TAssign, &a); err != nil {
+		fail(err)
+		return
+	}
+	log = log.With("call", a.CallID, "channel", a.Channel)
+	in, err := pool.Get(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer pool.Put(in)
+	ch, err := NewChannel(a.Codec, in, a.Checkpoint, a.FromSeq)
+	if err != nil {
+		fail(err)
+		return
+	}
+	log.Info("assignment started", "from_seq", a.FromSeq, "resume", len(a.Checkpoint) > 0)
+	send := func(evs []Event) error {
+		for _, e := range evs {
+			we := proto.WorkerEvent{Index: e.Index, Text: e.Text, Start: e.Start, End: e.End, Decoded: ch.Next()}
+			if e.Kind == asr.Final {
+				we.Kind, we.NextSeq, we.Checkpoint = proto.WorkerFinal, e.NextSeq, e.Checkpoint
+			} else {
+				we.Kind = proto.WorkerPartial
+			}
+			if err := w.WriteJSON(proto.TWorkerEvent, we); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for {
+		m, err := r.Read()
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Info("assignment ended by coordinator", "err", err)
+			}
+			return
+		}
+		switch m.Type {
+		case proto.TAudio:
+			au, err := proto.ParseAudio(m.Body)
+			if err != nil {
+				fail(err)
+				return
+			}
+			evs, err := ch.Feed(au.Seq, au.Payload)
+			if err != nil {
+				fail(err)
+				return
+			}
+			if err := send(evs); err != nil {
+				return
+			}
+		case proto.TEnd:
+			evs, err := ch.Finish()
+			if err != nil {
+				fail(err)
+				return
+			}
+			if err := send(evs); err != nil {
+				return
+			}
+			_ = w.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerDone, Decoded: ch.Next()})
+			log.Info("assignment complete", "frames", ch.Next())
+			return
+		default:
+			fail(fmt.Errorf("unexpected message type %d", m.Type))
+			return
+		}
+	}
+}
