@@ -197,6 +197,7 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 // persistFinal stores a final (once: a resumed worker repeats finals the
 // store already has, and those are skipped) and sends it to the console.
 func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, ev proto.WorkerEvent, w proto.WorkerID) error {
+	got := time.Now()
 	cl.mu.Lock()
 	have := ch.finals
 	cl.mu.Unlock()
@@ -232,6 +233,7 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 		s.sendFinalLocked(cl, f)
 	}
 	cl.mu.Unlock()
+	c.metrics.toConsole.add(time.Since(got))
 	c.metrics.finals.Add(1)
 	return nil
 }

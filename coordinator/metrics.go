@@ -17,6 +17,7 @@ type metrics struct {
 	ack         window // frame received → durable
 	toWorker    window // frame received → written to the worker
 	resume      window // worker lost → channel reassigned
+	toConsole   window // final received from a worker → queued to the console (persist included)
 }
 
 func (m *metrics) observeAck(d time.Duration)      { m.ack.add(d) }
@@ -76,9 +77,10 @@ type Stats struct {
 	Ack         Quantiles `json:"ack_latency"`
 	ToWorker    Quantiles `json:"frame_to_worker_latency"`
 	Resume      Quantiles `json:"resume_latency"`
+	ToConsole   Quantiles `json:"final_to_console_latency"`
 }
 
 func (m *metrics) stats() Stats {
 	return Stats{StoreErrors: m.storeErrors.Load(), Failovers: m.failovers.Load(), Finals: m.finals.Load(), Finalised: m.finalised.Load(),
-		Ack: m.ack.quantiles(), ToWorker: m.toWorker.quantiles(), Resume: m.resume.quantiles()}
+		Ack: m.ack.quantiles(), ToWorker: m.toWorker.quantiles(), Resume: m.resume.quantiles(), ToConsole: m.toConsole.quantiles()}
 }

@@ -36,7 +36,11 @@ type Config struct {
 	// MaxUnacked makes Send block while this many frames are unacked
 	// (0: never block).
 	MaxUnacked int
-	Logger     *slog.Logger
+	// OnAck, if set, is called for every ack with the channel and the
+	// sequence number every frame below is durable up to (load tests time
+	// acks with it).
+	OnAck  func(ch int, next uint32)
+	Logger *slog.Logger
 }
 
 // Event is what the console receives.
@@ -264,6 +268,9 @@ func (c *Call) session(ctx context.Context, tc *tls.Config, resume bool, lastOK 
 			c.mu.Lock()
 			c.ackLocked(int(a.Channel), a.NextSeq)
 			c.mu.Unlock()
+			if c.cfg.OnAck != nil {
+				c.cfg.OnAck(int(a.Channel), a.NextSeq)
+			}
 		case proto.TTranscript:
 			var t proto.Transcript
 			if err := proto.Unmarshal(m, &t); err != nil || t.Channel < 0 || t.Channel >= len(c.cfg.Channels) {

@@ -27,7 +27,6 @@ const DefaultMaxUtterance = 20 * SampleRate
 type Decoder interface {
 	StartUtt() error
 	Process(pcm []int16) error
-	InSpeech() bool
 	Hyp() string
 	EndUtt() error
 	CMN() (mean, sum []float32, nframe int32)
@@ -52,6 +51,8 @@ type Checkpoint struct {
 	Engine EngineState `json:"engine"`
 	// Pending holds samples received but not yet fed (less than a chunk).
 	Pending []int16 `json:"pending,omitempty"`
+	// VAD is the endpointer's state.
+	VAD VADState `json:"vad"`
 }
 
 // Kind tells partial from final events.
@@ -78,6 +79,7 @@ type Event struct {
 // Transcriber decodes one channel. Not safe for concurrent use.
 type Transcriber struct {
 	dec          Decoder
+	vad          *VAD
 	maxUtt       int64
 	sample       int64
 	next         uint32
@@ -96,6 +98,8 @@ type Options struct {
 	MaxUtterance int64
 	// PartialEvery emits a partial at most every N chunks (0 or 1: every chunk).
 	PartialEvery int
+	// VAD tunes the endpointer; nil means DefaultVAD.
+	VAD *VADConfig
 }
 
 // ErrFlushed is returned by Feed after Flush.
@@ -105,9 +109,12 @@ var ErrFlushed = errors.New("asr: transcriber already flushed")
 // channel from pristine, the decoder's state straight after it was created;
 // otherwise it continues from the checkpoint.
 func New(dec Decoder, pristine EngineState, from *Checkpoint, opt Options) (*Transcriber, error) {
-	t := &Transcriber{dec: dec, maxUtt: opt.MaxUtterance, partialEvery: max(opt.PartialEvery, 1)}
+	t := &Transcriber{dec: dec, vad: NewVAD(DefaultVAD), maxUtt: opt.MaxUtterance, partialEvery: max(opt.PartialEvery, 1)}
 	if t.maxUtt <= 0 {
 		t.maxUtt = DefaultMaxUtterance
+	}
+	if opt.VAD != nil {
+		t.vad = NewVAD(*opt.VAD)
 	}
 	st := pristine
 	if from != nil {
@@ -115,6 +122,7 @@ func New(dec Decoder, pristine EngineState, from *Checkpoint, opt Options) (*Tra
 		t.sample = from.Sample
 		t.next = from.Next
 		t.pending = append([]int16(nil), from.Pending...)
+		t.vad.State = from.VAD
 	}
 	// A pooled decoder may still be inside an abandoned utterance.
 	if err := dec.EndUtt(); err != nil {
@@ -195,7 +203,7 @@ func (t *Transcriber) chunk(c, rest []int16) ([]Event, error) {
 		return nil, err
 	}
 	t.sample += int64(len(c))
-	in := t.dec.InSpeech()
+	in := t.vad.Update(c)
 	if in && !t.speaking {
 		t.speaking = true
 		t.uttStart = t.sample - int64(len(c))
@@ -240,6 +248,7 @@ func (t *Transcriber) endpoint(rest []int16) ([]Event, error) {
 		Next:    t.next,
 		Engine:  EngineState{Mean: m, Sum: s, Frames: n},
 		Pending: append([]int16(nil), rest...),
+		VAD:     t.vad.State,
 	}
 	return []Event{ev}, nil
 }

@@ -144,9 +144,6 @@ func (d *Decoder) Process(pcm []int16) error {
 	return nil
 }
 
-// InSpeech reports whether the voice activity detector is in speech.
-func (d *Decoder) InSpeech() bool { return C.ps_get_in_speech(d.ps) != 0 }
-
 // Hyp returns the current best hypothesis ("" when there is none).
 func (d *Decoder) Hyp() string {
 	var score C.int32

@@ -1,0 +1,315 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/proto"
+	"github.com/quic-go/quic-go"
+)
+
+const testToken = "console-token-0123456789"
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+type testCoord struct {
+	c    *Coordinator
+	pool *x509.CertPool
+	logs *logBuf
+	conn *quic.Conn
+}
+
+// startCoordinator runs an in-process coordinator with no workers: audio is
+// stored and acked, nothing is decoded.
+func startCoordinator(t *testing.T) *testCoord {
+	t.Helper()
+	dir := t.TempDir()
+	ca, key, err := pki.EnsureCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pki.EnsureServerCert(dir, ca, key, []string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuf{}
+	c, err := New(Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		ConsoleTokens: []string{testToken}, NodeTokens: []string{"node-token-0123456789"}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	pool, _ := pki.CertPool(dir + "/" + pki.CAFile)
+	tc := &testCoord{c: c, pool: pool, logs: logs}
+	tc.conn = tc.dial(t, proto.ALPNConsole)
+	return tc
+}
+
+func (tc *testCoord) dial(t *testing.T, alpn string) *quic.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, tc.c.QUICAddr().String(), &tls.Config{RootCAs: tc.pool, ServerName: "localhost", NextProtos: []string{alpn}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return conn
+}
+
+type rawStream struct {
+	t  *testing.T
+	st *quic.Stream
+	r  *proto.Reader
+	w  *proto.Writer
+}
+
+func (tc *testCoord) stream(t *testing.T) *rawStream {
+	t.Helper()
+	st, err := tc.conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return &rawStream{t: t, st: st, r: proto.NewReader(st), w: proto.NewWriter(st)}
+}
+
+func hello(id string) proto.Hello {
+	return proto.Hello{Version: proto.Version, Token: testToken, CallID: proto.CallID(id), ConsoleID: "console-a", Channels: []string{"caller"}, Codec: proto.CodecL16}
+}
+
+// open sends a hello and expects a welcome.
+func (s *rawStream) open(h proto.Hello) proto.Welcome {
+	s.t.Helper()
+	if err := s.w.WriteJSON(proto.THello, h); err != nil {
+		s.t.Fatal(err)
+	}
+	var w proto.Welcome
+	if err := s.r.ReadJSON(proto.TWelcome, &w); err != nil {
+		s.t.Fatalf("hello for %s: %v", h.CallID, err)
+	}
+	return w
+}
+
+func (s *rawStream) audio(ch uint8, seq uint32) {
+	s.t.Helper()
+	if _, err := s.w.WriteRaw(proto.AppendAudio(nil, proto.Audio{Channel: ch, Seq: seq, Capture: 1, Payload: make([]byte, 3200)})); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// next reads the next message that is not a transcript event.
+func (s *rawStream) next() proto.Msg {
+	s.t.Helper()
+	for {
+		m, err := s.r.Read()
+		if err != nil {
+			s.t.Fatalf("read: %v", err)
+		}
+		if m.Type != proto.TTranscript {
+			return proto.Msg{Type: m.Type, Body: append([]byte(nil), m.Body...)}
+		}
+	}
+}
+
+func (s *rawStream) expectAck(next uint32) {
+	s.t.Helper()
+	m := s.next()
+	if m.Type != proto.TAck {
+		s.t.Fatalf("want ack, got type %d %s", m.Type, m.Body)
+	}
+	a, _ := proto.ParseAck(m.Body)
+	if a.NextSeq != next {
+		s.t.Fatalf("ack %d, want %d", a.NextSeq, next)
+	}
+}
+
+func (s *rawStream) expectError(code string) {
+	s.t.Helper()
+	m := s.next()
+	var e proto.Error
+	if m.Type != proto.TError || json.Unmarshal(m.Body, &e) != nil {
+		s.t.Fatalf("want error %s, got type %d %s", code, m.Type, m.Body)
+	}
+	if e.Code != code || e.Message == "" || !e.Fatal {
+		s.t.Fatalf("want fatal error %s with a message, got %+v", code, e)
+	}
+	// The stream is then closed by the coordinator.
+	_, err := s.r.Read()
+	if err == nil {
+		s.t.Fatal("stream still open after a fatal error")
+	}
+}
+
+// Every kind of bad input gets a clear error on its own stream and a log
+// line, while a healthy call on the same connection carries on.
+func TestBadInputIsConfinedToItsStream(t *testing.T) {
+	tc := startCoordinator(t)
+	good := tc.stream(t)
+	good.open(hello("good-call"))
+	seq := uint32(0)
+	goodStillWorks := func() {
+		t.Helper()
+		good.audio(0, seq)
+		seq++
+		good.expectAck(seq)
+	}
+	goodStillWorks()
+
+	cases := []struct {
+		name string
+		code string
+		do   func(s *rawStream)
+	}{
+		{"wrong protocol version", proto.CodeBadVersion, func(s *rawStream) {
+			h := hello("v-call")
+			h.Version = 99
+			s.w.WriteJSON(proto.THello, h)
+		}},
+		{"missing token", proto.CodeUnauthorized, func(s *rawStream) {
+			h := hello("tok-call")
+			h.Token = "wrong"
+			s.w.WriteJSON(proto.THello, h)
+		}},
+		{"unknown codec", proto.CodeUnknownCodec, func(s *rawStream) {
+			h := hello("codec-call")
+			h.Codec = "speex"
+			s.w.WriteJSON(proto.THello, h)
+		}},
+		{"unknown model", proto.CodeUnknownModel, func(s *rawStream) {
+			h := hello("model-call")
+			h.Model = "klingon"
+			s.w.WriteJSON(proto.THello, h)
+		}},
+		{"three channels", proto.CodeBadRequest, func(s *rawStream) {
+			h := hello("ch-call")
+			h.Channels = []string{"a", "b", "c"}
+			s.w.WriteJSON(proto.THello, h)
+		}},
+		{"audio before hello", proto.CodeBadRequest, func(s *rawStream) { s.audio(0, 0) }},
+		{"garbage hello", proto.CodeBadRequest, func(s *rawStream) { s.w.Write(proto.THello, []byte("{not json")) }},
+		{"out-of-order frame", proto.CodeOutOfOrder, func(s *rawStream) {
+			s.open(hello("ooo-call"))
+			s.audio(0, 0)
+			s.expectAck(1)
+			s.audio(0, 2)
+		}},
+		{"channel that does not exist", proto.CodeBadRequest, func(s *rawStream) {
+			s.open(hello("chan-call"))
+			s.audio(1, 0)
+		}},
+		{"oversized frame", proto.CodeBadRequest, func(s *rawStream) {
+			s.open(hello("big-call"))
+			s.st.Write([]byte{byte(proto.TAudio), 0x7f, 0, 0, 0})
+		}},
+		{"oversized audio payload", proto.CodeTooLarge, func(s *rawStream) {
+			s.open(hello("big2-call"))
+			s.w.WriteRaw(proto.AppendAudio(nil, proto.Audio{Payload: make([]byte, proto.MaxAudioPayload+1)}))
+		}},
+		{"unknown message type", proto.CodeBadRequest, func(s *rawStream) {
+			s.open(hello("type-call"))
+			s.st.Write([]byte{200, 0, 0, 0, 0})
+		}},
+		{"truncated frame", proto.CodeBadRequest, func(s *rawStream) {
+			s.open(hello("trunc-call"))
+			s.st.Write([]byte{byte(proto.TAudio), 0, 0, 0x0c, 0x80, 0, 0})
+			s.st.Close() // end of stream in the middle of a frame
+		}},
+		{"end that misses frames", proto.CodeBadRequest, func(s *rawStream) {
+			s.open(hello("end-call"))
+			s.audio(0, 0)
+			s.expectAck(1)
+			s.w.WriteJSON(proto.TEnd, proto.End{Frames: []uint32{5}})
+		}},
+		{"second console claims a live call", proto.CodeCallInUse, func(s *rawStream) {
+			h := hello("good-call")
+			h.ConsoleID = "console-b"
+			s.w.WriteJSON(proto.THello, h)
+		}},
+	}
+	for _, c := range cases {
+		before := len(tc.logs.String())
+		s := tc.stream(t)
+		c.do(s)
+		s.expectError(c.code)
+		if !strings.Contains(tc.logs.String()[before:], "level=WARN") {
+			t.Errorf("%s: no warning logged", c.name)
+		}
+		goodStillWorks()
+	}
+}
+
+// A resent frame is acknowledged again but stored once; a reconnect
+// resumes from the coordinator's NextSeq.
+func TestDuplicatesAndResume(t *testing.T) {
+	tc := startCoordinator(t)
+	s := tc.stream(t)
+	w := s.open(hello("dup-call"))
+	if w.Resumed || w.NextSeq[0] != 0 {
+		t.Fatalf("new call welcome %+v", w)
+	}
+	for i := range uint32(3) {
+		s.audio(0, i)
+		s.expectAck(i + 1)
+	}
+	s.audio(0, 1) // a duplicate
+	s.expectAck(3)
+	// The console reconnects (same console id): the old stream is replaced.
+	s2 := tc.stream(t)
+	w = s2.open(hello("dup-call"))
+	if !w.Resumed || w.NextSeq[0] != 3 {
+		t.Fatalf("resume welcome %+v", w)
+	}
+	s.audio(0, 3)
+	if m, err := s.r.Read(); err == nil && m.Type == proto.TAck {
+		t.Fatal("replaced stream still accepted audio")
+	}
+	s2.audio(0, 3)
+	s2.expectAck(4)
+	if n, _ := tc.c.store.CountFrames("dup-call", 0); n != 4 {
+		t.Fatalf("%d frames stored, want 4", n)
+	}
+}
+
+// Node connections need the node token; a console token is not enough.
+func TestNodeNeedsNodeToken(t *testing.T) {
+	tc := startCoordinator(t)
+	conn := tc.dial(t, proto.ALPNNode)
+	st, err := conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, r := proto.NewWriter(st), proto.NewReader(st)
+	w.WriteJSON(proto.TAgentHello, proto.AgentHello{Version: proto.Version, Token: testToken, NodeID: "n1"})
+	var wel proto.AgentWelcome
+	err = r.ReadJSON(proto.TAgentWelcome, &wel)
+	var pe *proto.Error
+	if !errors.As(err, &pe) || pe.Code != proto.CodeUnauthorized {
+		t.Fatalf("agent with a console token: %v", err)
+	}
+	if _, err := r.Read(); err == nil {
+		t.Fatal("stream open after refusal")
+	}
+}

@@ -1,0 +1,133 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callscribe/callscribe/proto"
+)
+
+func open(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestFramesAreDurableAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	ctx := context.Background()
+	const calls, frames = 20, 50
+	var wg sync.WaitGroup
+	for c := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range frames {
+				id := proto.CallID(fmt.Sprintf("call-%d", c))
+				if err := s.PutFrames(ctx, id, i%2, []Frame{{Seq: uint32(i / 2), Capture: int64(i), Payload: []byte(fmt.Sprintf("%d/%d", c, i))}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir)
+	defer s.Close()
+	for c := range calls {
+		id := proto.CallID(fmt.Sprintf("call-%d", c))
+		for ch := range 2 {
+			n, err := s.NextSeq(id, ch)
+			if err != nil || n != frames/2 {
+				t.Fatalf("%s/%d: NextSeq %d %v", id, ch, n, err)
+			}
+			cnt, _ := s.CountFrames(id, ch)
+			if cnt != frames/2 {
+				t.Fatalf("%s/%d: %d frames", id, ch, cnt)
+			}
+			seq := uint32(5)
+			err = s.Frames(id, ch, 5, 3, func(f Frame) error {
+				want := fmt.Sprintf("%d/%d", c, int(f.Seq)*2+ch)
+				if f.Seq != seq || string(f.Payload) != want || f.Capture != int64(f.Seq*2)+int64(ch) {
+					return fmt.Errorf("frame %+v, want seq %d payload %s", f, seq, want)
+				}
+				seq++
+				return nil
+			})
+			if err != nil || seq != 8 {
+				t.Fatalf("Frames: %v (stopped at %d)", err, seq)
+			}
+		}
+	}
+	if n, _ := s.NextSeq("nobody", 0); n != 0 {
+		t.Fatalf("NextSeq of an unknown call: %d", n)
+	}
+}
+
+func TestCallsAndFinals(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Call("x"); err != ErrNotFound {
+		t.Fatalf("missing call: %v", err)
+	}
+	c := &Call{ID: "x", Console: "c", Channels: []string{"caller"}, Codec: proto.CodecL16, State: StateOpen, Created: time.Now()}
+	if err := s.PutCall(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := s.LastFinal("x", 0); last != nil {
+		t.Fatalf("last final of a new call: %+v", last)
+	}
+	for i := range 300 { // crosses a byte boundary of the index
+		f := Final{Channel: 0, Index: uint32(i), Text: fmt.Sprint("u", i), NextSeq: uint32(i * 10), Checkpoint: json.RawMessage(`{"a":1}`)}
+		c.State = StateStreaming
+		if err := s.PutFinal(ctx, "x", f, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last, err := s.LastFinal("x", 0)
+	if err != nil || last.Index != 299 || last.Text != "u299" {
+		t.Fatalf("last final %+v %v", last, err)
+	}
+	fs, _ := s.Finals("x", 0, 250)
+	if len(fs) != 50 || fs[0].Index != 250 {
+		t.Fatalf("finals from 250: %d", len(fs))
+	}
+	got, _ := s.Call("x")
+	if got.State != StateStreaming {
+		t.Fatalf("call record not updated with the final: %+v", got)
+	}
+	all, _ := s.Calls()
+	if len(all) != 1 {
+		t.Fatalf("calls: %d", len(all))
+	}
+	if err := s.Probe(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBigBatchSplitsTransactions(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	fs := make([]Frame, 20000)
+	for i := range fs {
+		fs[i] = Frame{Seq: uint32(i), Payload: make([]byte, 3200)}
+	}
+	if err := s.PutFrames(context.Background(), "big", 0, fs); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.CountFrames("big", 0); n != 20000 {
+		t.Fatalf("stored %d", n)
+	}
+}

@@ -1,0 +1,150 @@
+package worker
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	"github.com/callscribe/callscribe/ingest/console"
+	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/engine"
+	"github.com/callscribe/callscribe/proto"
+)
+
+func factory(t *testing.T) engine.Factory {
+	t.Helper()
+	cat, _ := models.Load("")
+	m, _ := cat.Get("")
+	f, err := engine.NewFactory(m)
+	if err != nil {
+		t.Skipf("model not installed: %v", err)
+	}
+	return f
+}
+
+type final struct {
+	Index      uint32
+	Text       string
+	Start, End int64
+}
+
+func decode(t *testing.T, ch *Channel, frames [][]byte, from uint32) ([]final, []Event) {
+	t.Helper()
+	var out []final
+	var all []Event
+	for seq := from; seq < uint32(len(frames)); seq++ {
+		evs, err := ch.Feed(seq, frames[seq])
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, evs...)
+	}
+	evs, err := ch.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all = append(all, evs...)
+	for _, e := range all {
+		if e.Kind == asr.Final {
+			out = append(out, final{e.Index, e.Text, e.Start, e.End})
+		}
+	}
+	return out, all
+}
+
+// For every codec, a channel resumed on another decoder from any final's
+// checkpoint produces exactly the finals of an uninterrupted decode.
+func TestResumeIsExactForEveryCodec(t *testing.T) {
+	f := factory(t)
+	var pcm []int16
+	for _, n := range []string{"0880", "0890", "0930"} {
+		w, err := audio.ReadWAVFile("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-" + n + ".wav")
+		if err != nil {
+			t.Skip("pocketsphinx-testdata not installed")
+		}
+		pcm = append(pcm, w.Channel(0)...)
+		pcm = append(pcm, make([]int16, 16000)...)
+	}
+	a, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, codec := range []proto.Codec{proto.CodecL16, proto.CodecPCMU, proto.CodecOpus} {
+		t.Run(string(codec), func(t *testing.T) {
+			frames, _, err := console.EncodeFrames(&audio.WAV{Rate: 16000, Channels: 1, Samples: pcm}, codec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ch, err := NewChannel(codec, a, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, all := decode(t, ch, frames[0], 0)
+			if len(want) < 2 {
+				t.Fatalf("want several finals, got %+v", want)
+			}
+			resumed := 0
+			for _, e := range all {
+				if e.Kind != asr.Final || e.Checkpoint == nil {
+					continue
+				}
+				var cp Checkpoint
+				if err := json.Unmarshal(e.Checkpoint, &cp); err != nil {
+					t.Fatal(err)
+				}
+				if (codec == proto.CodecOpus) != (cp.Opus != nil) || (codec == proto.CodecPCMU) != (cp.Resampler != nil) {
+					t.Fatalf("checkpoint lacks codec state: %+v", cp)
+				}
+				ch2, err := NewChannel(codec, b, e.Checkpoint, e.NextSeq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := decode(t, ch2, frames[0], e.NextSeq)
+				if rest := want[e.Index+1:]; len(got) != len(rest) || len(got) > 0 && !reflect.DeepEqual(got, rest) {
+					t.Fatalf("resume after final %d:\n got  %+v\n want %+v", e.Index, got, want[e.Index+1:])
+				}
+				resumed++
+			}
+			if resumed == 0 {
+				t.Fatal("no checkpoint to resume from")
+			}
+			t.Logf("%s: %d finals, resumed exactly from %d checkpoints", codec, len(want), resumed)
+		})
+	}
+}
+
+func TestChannelRejectsBadInput(t *testing.T) {
+	f := factory(t)
+	in, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if _, err := NewChannel("speex", in, nil, 0); err == nil {
+		t.Fatal("unknown codec accepted")
+	}
+	if _, err := NewChannel(proto.CodecL16, in, nil, 5); err == nil {
+		t.Fatal("resume without checkpoint accepted")
+	}
+	if _, err := NewChannel(proto.CodecL16, in, json.RawMessage(`{"asr":`), 5); err == nil {
+		t.Fatal("broken checkpoint accepted")
+	}
+	ch, err := NewChannel(proto.CodecL16, in, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Feed(1, []byte{0, 0}); err == nil {
+		t.Fatal("out-of-order frame accepted")
+	}
+	if _, err := ch.Feed(0, []byte{0, 0, 0}); err == nil {
+		t.Fatal("odd-length l16 accepted")
+	}
+}
