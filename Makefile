@@ -53,6 +53,32 @@ lint: ## gofmt and vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+UNITDIR     ?= /lib/systemd/system
+
+.PHONY: install
+install: build ## install the binary, units, sysusers and tmpfiles (honours DESTDIR, PREFIX)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/callscribe
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/callscribe|$(PREFIX)/bin/callscribe|' systemd/callscribe-coordinator.service > $(DESTDIR)$(UNITDIR)/callscribe-coordinator.service
+	sed 's|/usr/local/bin/callscribe|$(PREFIX)/bin/callscribe|' systemd/callscribe-agent.service > $(DESTDIR)$(UNITDIR)/callscribe-agent.service
+	install -D -m 0644 systemd/callscribe.sysusers $(DESTDIR)/usr/lib/sysusers.d/callscribe.conf
+	install -D -m 0644 systemd/callscribe.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/callscribe.conf
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/callscribe/README.md
+	install -d $(DESTDIR)$(PREFIX)/share/callscribe
+	cp -r firmware-configs $(DESTDIR)$(PREFIX)/share/callscribe/
+
+.PHONY: uninstall
+uninstall: ## remove what install put in place
+	rm -f $(DESTDIR)$(PREFIX)/bin/callscribe $(DESTDIR)$(UNITDIR)/callscribe-coordinator.service $(DESTDIR)$(UNITDIR)/callscribe-agent.service
+	rm -f $(DESTDIR)/usr/lib/sysusers.d/callscribe.conf $(DESTDIR)/usr/lib/tmpfiles.d/callscribe.conf
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/callscribe $(DESTDIR)$(PREFIX)/share/callscribe
+
+.PHONY: check-units
+check-units: build ## systemd-analyze verify and security for the units, installed into a scratch DESTDIR
+	@scripts/check-units.sh
+
 .PHONY: clean
 clean: ## remove build output and demo data
 	rm -rf bin $(RUN_DATA)

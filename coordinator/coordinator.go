@@ -353,6 +353,9 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 	}
 }
 
+// Healthy reports whether the store accepts writes (the watchdog's check).
+func (c *Coordinator) Healthy(ctx context.Context) error { return c.probe(ctx) }
+
 // probe reports whether the store is writable, at most once a second.
 func (c *Coordinator) probe(ctx context.Context) error {
 	c.probeMu.Lock()

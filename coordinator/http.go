@@ -197,6 +197,9 @@ func sortUtterances(u []Utterance) {
 	})
 }
 
+// Stats returns the coordinator's counters and latency windows.
+func (c *Coordinator) Stats() Stats { return c.metrics.stats() }
+
 // Status is the /v1/status document.
 type Status struct {
 	Nodes   []NodeInfo   `json:"nodes"`

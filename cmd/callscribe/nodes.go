@@ -12,6 +12,7 @@ import (
 	"github.com/callscribe/callscribe/agent"
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/callscribe/callscribe/worker"
 )
@@ -98,7 +99,11 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	go watchdog(ctx, func(context.Context) error { return nil })
+	_ = sdnotify.Ready("agent " + node + " running")
+	err = a.Run(ctx)
+	_ = sdnotify.Stopping("stopped")
+	return err
 }
 
 func workerCommand() ([]string, error) {

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/callscribe/callscribe/agent"
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -83,7 +85,11 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", f.data)
-	return c.Serve(ctx)
+	go watchdog(ctx, c.Healthy)
+	_ = sdnotify.Ready("serving: quic " + c.QUICAddr().String() + ", http " + c.HTTPAddr().String())
+	err = c.Serve(ctx)
+	_ = sdnotify.Stopping("stopped")
+	return err
 }
 
 // cmdDev runs a whole appliance on this machine: coordinator, one agent and
@@ -138,4 +144,25 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	acancel() // the agent stops its workers
 	wg.Wait()
 	return err
+}
+
+// watchdog pings systemd's watchdog while healthy reports no error, so a
+// coordinator whose store stops accepting writes is restarted.
+func watchdog(ctx context.Context, healthy func(context.Context) error) {
+	iv := sdnotify.WatchdogInterval()
+	if iv == 0 {
+		return
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if healthy(ctx) == nil {
+				_ = sdnotify.Watchdog()
+			}
+		}
+	}
 }
