@@ -38,6 +38,10 @@ type testCoord struct {
 // startCoordinator runs an in-process coordinator with no workers: audio is
 // stored and acked, nothing is decoded.
 func startCoordinator(t *testing.T) *testCoord {
+	return startCoordinatorWith(t, func(*Config) {})
+}
+
+func startCoordinatorWith(t *testing.T, tweak func(*Config)) *testCoord {
 	t.Helper()
 	dir := t.TempDir()
 	ca, key, err := pki.EnsureCA(dir)
@@ -49,8 +53,10 @@ func startCoordinator(t *testing.T) *testCoord {
 		t.Fatal(err)
 	}
 	logs := &logBuf{}
-	c, err := New(Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{testToken}, NodeTokens: []string{"node-token-0123456789"}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	cfg := Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		ConsoleTokens: []string{testToken}, NodeTokens: []string{"node-token-0123456789"}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	tweak(&cfg)
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,5 +317,36 @@ func TestNodeNeedsNodeToken(t *testing.T) {
 	}
 	if _, err := r.Read(); err == nil {
 		t.Fatal("stream open after refusal")
+	}
+}
+
+// A console that disappears mid-call: after AbandonAfter the coordinator
+// ends the call itself with every frame it received, so the call is
+// finalised and its workers freed.
+func TestAbandonedCallIsEnded(t *testing.T) {
+	tc := startCoordinatorWith(t, func(c *Config) { c.AbandonAfter = 300 * time.Millisecond })
+	s := tc.stream(t)
+	s.open(hello("gone-call"))
+	for i := range uint32(5) {
+		s.audio(0, i)
+		s.expectAck(i + 1)
+	}
+	tc.conn.CloseWithError(0, "console crashed")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err := tc.c.store.Call("gone-call")
+		if err == nil && rec.State == "ended" {
+			if rec.EndFrames[0] != 5 || rec.EndReason == "" {
+				t.Fatalf("ended with %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("call not ended: %+v %v", rec, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(tc.logs.String(), "abandoned") {
+		t.Fatal("no log line for the abandoned call")
 	}
 }

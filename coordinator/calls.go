@@ -19,6 +19,8 @@ type call struct {
 	rec   *store.Call
 	chans []*channel
 	sess  *session
+	// lastActive is when a console last attached or sent audio.
+	lastActive time.Time
 	// done is closed once the call is finalised.
 	done chan struct{}
 }
@@ -121,6 +123,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		}
 	}
 	cl.sess = s
+	cl.lastActive = time.Now()
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
 	for i, ch := range cl.chans {
 		wel.NextSeq[i] = ch.nextSeq
@@ -167,7 +170,7 @@ func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string)
 }
 
 func (c *Coordinator) buildCall(rec *store.Call) *call {
-	cl := &call{id: rec.ID, rec: rec, done: make(chan struct{})}
+	cl := &call{id: rec.ID, rec: rec, done: make(chan struct{}), lastActive: time.Now()}
 	for len(rec.Decoded) < len(rec.Channels) {
 		rec.Decoded = append(rec.Decoded, 0)
 	}
@@ -263,11 +266,19 @@ func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) 
 	cl.mu.Lock()
 	ch.nextSeq = a.Seq + 1
 	ch.recvAt[a.Seq] = now
-	if first && cl.rec.State == store.StateOpen {
+	cl.lastActive = now
+	var rec store.Call
+	if first = first && cl.rec.State == store.StateOpen; first {
 		cl.rec.State = store.StateStreaming
+		rec = *cl.rec
 	}
 	cl.mu.Unlock()
 	ch.signal()
+	if first { // open → streaming is durable too
+		if err := s.c.store.PutCall(ctx, &rec); err != nil {
+			s.c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
+		}
+	}
 	return proto.Ack{Channel: a.Channel, NextSeq: a.Seq + 1}, nil
 }
 
@@ -285,26 +296,75 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 			return perr(proto.CodeBadRequest, "end declares %d frames on channel %d but %d are stored: send the rest first", e.Frames[i], i, ch.nextSeq)
 		}
 	}
+	cl.mu.Unlock()
+	if err := s.c.endCall(ctx, cl, ""); err != nil {
+		return perr(proto.CodeStorage, "store end: %v", err)
+	}
+	s.c.log.Info("call ended by console", "call", cl.id, "frames", e.Frames)
+	return nil
+}
+
+// endCall marks a call ended at the frames it has stored (durably first);
+// the dispatchers then finish its channels. why is recorded when the
+// coordinator, not the console, ends it.
+func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
+	cl.mu.Lock()
 	if cl.rec.State == store.StateEnded || cl.rec.State == store.StateFinalised {
 		cl.mu.Unlock()
 		return nil
 	}
 	now := time.Now().UTC()
 	rec := *cl.rec
-	rec.State, rec.Ended, rec.EndFrames = store.StateEnded, &now, append([]uint32(nil), e.Frames...)
+	rec.State, rec.Ended, rec.EndReason = store.StateEnded, &now, why
+	rec.EndFrames = make([]uint32, len(cl.chans))
+	for i, ch := range cl.chans {
+		rec.EndFrames[i] = ch.nextSeq
+	}
 	cl.mu.Unlock()
-	if err := s.c.store.PutCall(ctx, &rec); err != nil {
-		return perr(proto.CodeStorage, "store end: %v", err)
+	if err := c.store.PutCall(ctx, &rec); err != nil {
+		return err
 	}
 	cl.mu.Lock()
-	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames = rec.State, rec.Ended, rec.EndFrames
+	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason = rec.State, rec.Ended, rec.EndFrames, rec.EndReason
 	for _, ch := range cl.chans {
 		ch.ended = true
 		ch.signal()
 	}
 	cl.mu.Unlock()
-	s.c.log.Info("call ended by console", "call", cl.id, "frames", e.Frames)
 	return nil
+}
+
+// janitor ends calls whose console has been gone, with no audio, for
+// AbandonAfter: they are finalised with what was received.
+func (c *Coordinator) janitor(ctx context.Context) {
+	t := time.NewTicker(min(c.cfg.AbandonAfter/4, 10*time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		var idle []*call
+		for _, cl := range c.calls {
+			cl.mu.Lock()
+			live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
+			if live && cl.sess == nil && time.Since(cl.lastActive) > c.cfg.AbandonAfter {
+				idle = append(idle, cl)
+			}
+			cl.mu.Unlock()
+		}
+		c.mu.Unlock()
+		for _, cl := range idle {
+			why := fmt.Sprintf("console gone for %v", c.cfg.AbandonAfter)
+			if err := c.endCall(ctx, cl, why); err != nil {
+				c.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
+				continue
+			}
+			c.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
+		}
+	}
 }
 
 // Events implements ingest.Session.

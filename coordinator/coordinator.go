@@ -41,7 +41,11 @@ type Config struct {
 	// silent for TTL is declared lost.
 	HeartbeatInterval time.Duration
 	HeartbeatTTL      time.Duration
-	Logger            *slog.Logger
+	// AbandonAfter ends a call whose console has been gone, with no new
+	// audio, this long (default 2 minutes): it is finalised with what was
+	// received, and its workers are freed.
+	AbandonAfter time.Duration
+	Logger       *slog.Logger
 }
 
 // Coordinator is a running coordinator.
@@ -55,6 +59,7 @@ type Coordinator struct {
 
 	mu    sync.Mutex
 	calls map[proto.CallID]*call
+	conns map[*quic.Conn]struct{}
 
 	runCtx context.Context
 	stop   context.CancelFunc
@@ -79,6 +84,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.HeartbeatTTL == 0 {
 		cfg.HeartbeatTTL = 900 * time.Millisecond
 	}
+	if cfg.AbandonAfter == 0 {
+		cfg.AbandonAfter = 2 * time.Minute
+	}
 	if cfg.Models == nil {
 		cat, err := models.Load("")
 		if err != nil {
@@ -90,7 +98,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}}
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, c.cfg.ConsoleTokens) }}
 	return c, nil
@@ -161,6 +169,11 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 		}
 	}()
 	go func() { errc <- c.acceptLoop() }()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.janitor(c.runCtx)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -176,6 +189,14 @@ func (c *Coordinator) shutdown() {
 	_ = c.httpSrv.Shutdown(sctx)
 	c.stop()
 	_ = c.ql.Close()
+	// In-flight appends have finished or failed with the cancelled context;
+	// close every connection so consoles and workers reconnect elsewhere (or
+	// to this coordinator once restarted).
+	c.mu.Lock()
+	for conn := range c.conns {
+		_ = conn.CloseWithError(0, "coordinator shutting down")
+	}
+	c.mu.Unlock()
 	c.wg.Wait()
 	if err := c.store.Close(); err != nil {
 		c.log.Error("store close", "err", err)
@@ -192,9 +213,17 @@ func (c *Coordinator) acceptLoop() error {
 			}
 			return fmt.Errorf("quic accept: %w", err)
 		}
+		c.mu.Lock()
+		c.conns[conn] = struct{}{}
+		c.mu.Unlock()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
+			defer func() {
+				c.mu.Lock()
+				delete(c.conns, conn)
+				c.mu.Unlock()
+			}()
 			switch conn.ConnectionState().TLS.NegotiatedProtocol {
 			case proto.ALPNConsole:
 				c.ingest.ServeConn(c.runCtx, conn)

@@ -74,6 +74,9 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	}
 	defer st.CancelRead(0)
 	defer st.Close()
+	// A cancelled assignment (shutdown) must not stay blocked in a read.
+	stopRead := context.AfterFunc(actx, func() { st.CancelRead(0) })
+	defer stopRead()
 	pw, pr := proto.NewWriter(st), proto.NewReader(st)
 	if err := pw.WriteJSON(proto.TAssign, a); err != nil {
 		return fmt.Errorf("assign: %w", err)
@@ -161,7 +164,9 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 		next, ended := ch.nextSeq, ch.ended
 		cl.mu.Unlock()
 		if seq < next {
-			err := c.store.Frames(cl.id, ch.idx, seq, int(next-seq), func(f store.Frame) error {
+			// At most 64 frames per read transaction: a slow worker must
+			// not hold one open.
+			err := c.store.Frames(cl.id, ch.idx, seq, int(min(next-seq, 64)), func(f store.Frame) error {
 				if f.Seq != seq {
 					return fmt.Errorf("frame %d missing from the store (found %d)", seq, f.Seq)
 				}

@@ -131,7 +131,12 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}
-	defer conn.CloseWithError(0, "worker stopping")
+	var wg sync.WaitGroup
+	// Close first: that ends every assignment's blocked read; then wait.
+	defer func() {
+		_ = conn.CloseWithError(0, "worker stopping")
+		wg.Wait()
+	}()
 	ctl, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return err
@@ -145,8 +150,6 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 		return err
 	}
 	log.Info("registered with coordinator", "addr", addr)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {

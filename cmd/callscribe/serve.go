@@ -23,6 +23,7 @@ import (
 type serveFlags struct {
 	data, http, quic, hosts, level, modelDir string
 	workers                                  int
+	abandon                                  time.Duration
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
@@ -33,6 +34,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
 	fs.IntVar(&f.workers, "workers", 2, "workers each agent runs")
 	fs.StringVar(&f.modelDir, "models", "", "directory of extra model manifests")
 	fs.StringVar(&f.level, "log-level", "info", "log level")
+	fs.DurationVar(&f.abandon, "abandon-after", 2*time.Minute, "end a call whose console has been gone this long")
 }
 
 // setup prepares the state directory: CA, serving certificate and tokens.
@@ -59,7 +61,7 @@ func (f *serveFlags) setup(log *slog.Logger) (coordinator.Config, string, string
 		return cfg, "", "", err
 	}
 	cfg = coordinator.Config{DataDir: f.data, QUICAddr: f.quic, HTTPAddr: f.http, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, WorkersPerNode: f.workers, Logger: log.With("component", "coordinator")}
+		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, WorkersPerNode: f.workers, AbandonAfter: f.abandon, Logger: log.With("component", "coordinator")}
 	return cfg, ctoken, ntoken, nil
 }
 

@@ -38,8 +38,11 @@ type Call struct {
 	Created   time.Time       `json:"created"`
 	Ended     *time.Time      `json:"ended,omitempty"`
 	Finalised *time.Time      `json:"finalised,omitempty"`
-	// EndFrames is, per channel, the frame count the console declared at End.
+	// EndFrames is, per channel, the frame count the call ended with.
 	EndFrames []uint32 `json:"end_frames,omitempty"`
+	// EndReason is set when the coordinator ended the call itself (its
+	// console was gone for too long).
+	EndReason string `json:"end_reason,omitempty"`
 	// Decoded is, per channel, frames the workers have decoded (as of the
 	// last final or the end).
 	Decoded []uint32 `json:"decoded"`

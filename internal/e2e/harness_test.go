@@ -150,8 +150,28 @@ func (a *appliance) dev(t *testing.T, workers int) *proc {
 	return p
 }
 
+// coordinator starts a coordinator and waits until it serves HTTP (by then
+// its CA and tokens exist, so agents can be started).
 func (a *appliance) coordinator(t *testing.T, workers int) *proc {
-	return start(t, "coordinator", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
+	t.Helper()
+	p := start(t, "coordinator", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("coordinator exited:\n%s", p.output())
+		default:
+		}
+		if r, err := http.Get("http://" + a.http + "/healthz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return p
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("coordinator not serving within 60 s:\n%s", p.output())
+	return nil
 }
 
 func (a *appliance) agent(t *testing.T, node string) *proc {
