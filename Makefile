@@ -39,6 +39,7 @@ run: build ## run a whole appliance here and stream the bundled recording throug
 test: deps-test build ## run every test with -race (installs what it needs)
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
+	@if command -v systemd-analyze >/dev/null; then scripts/check-units.sh; else echo "systemd-analyze not installed: unit checks skipped"; fi
 
 .PHONY: bench
 bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md

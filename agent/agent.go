@@ -38,6 +38,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// healthWatcher is a Collector that can also watch NVML health events.
+type healthWatcher interface {
+	WatchHealth(ctx context.Context, cfg gpu.HealthConfig) error
+}
+
 // Agent is a running node agent.
 type Agent struct {
 	cfg  Config
@@ -97,6 +102,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Info("agent stopped")
 	}()
+	if w, ok := a.gpus.(healthWatcher); ok {
+		go func() {
+			if err := w.WatchHealth(ctx, gpu.HealthConfig{Log: a.log.With("component", "gpu-health")}); err != nil {
+				a.log.Error("GPU health watcher stopped", "err", err)
+			}
+		}()
+	}
 	pool, err := pki.CertPool(a.cfg.CAFile)
 	if err != nil {
 		return err

@@ -29,6 +29,8 @@ func NewSim(kind string) (*Sim, error) {
 		return nil, fmt.Errorf("gpu: unknown simulated server %q (known: %v)", kind, SimKinds)
 	}
 	s := &Sim{Server: dgxa100.New()}
+	// The simulator has no event support: health comes from readings.
+	s.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return nil, nvml.ERROR_NOT_SUPPORTED }
 	n := len(s.Devices)
 	s.util, s.temp, s.power, s.used = make([]uint32, n), make([]uint32, n), make([]uint32, n), make([]uint64, n)
 	for i, d := range s.Devices {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/agent"
+	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
@@ -102,6 +103,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var f serveFlags
 	f.register(fs, "")
 	node := fs.String("node", "local", "node id of the local agent")
+	sim := fs.String("sim-gpus", "", "give the local agent a simulated GPU server (dgxa100) instead of NVML")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -126,8 +128,18 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(f.data, pki.CAFile),
-		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: f.modelDir, StateDir: f.data, Logger: log.With("component", "agent")})
+	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(f.data, pki.CAFile),
+		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: f.modelDir, StateDir: f.data, Logger: log.With("component", "agent")}
+	if *sim != "" {
+		s, err := gpu.NewSim(*sim)
+		if err != nil {
+			return err
+		}
+		if acfg.GPUs, err = gpu.New(s); err != nil {
+			return err
+		}
+	}
+	a, err := agent.New(acfg)
 	if err != nil {
 		return err
 	}

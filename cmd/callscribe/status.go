@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator"
+)
+
+// cmdStatus prints nodes, GPUs, workers and calls from a coordinator.
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	base := *server
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, base+"/v1/status", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("coordinator at %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	if *asJSON {
+		_, err := stdout.Write(body)
+		return err
+	}
+	var st coordinator.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("bad status document: %w", err)
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tCPUS\tCPU%\tMEM FREE\tDISK FREE\tGPUS\tLAST SEEN")
+	for _, n := range st.Nodes {
+		state := "up"
+		if n.Lost {
+			state = "LOST"
+		}
+		gpus := "cpu-only"
+		if !n.CPUOnly {
+			gpus = fmt.Sprint(len(n.GPUs))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%d MB\t%d MB\t%s\t%s ago\n", n.ID, state, n.Host.CPUs, n.Host.CPUPct, n.Host.MemAvailMB, n.Host.DiskFreeMB, gpus, time.Since(n.LastSeen).Round(time.Millisecond))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "GPU\tNODE\tNAME\tMEM USED/TOTAL\tUTIL\tTEMP\tPOWER\tHEALTH")
+	for _, n := range st.Nodes {
+		for _, g := range n.GPUs {
+			health := "ok"
+			if !g.Healthy {
+				health = "UNHEALTHY: " + g.Unhealthy
+			}
+			fmt.Fprintf(tw, "%d %s\t%s\t%s\t%d/%d MB\t%s\t%s\t%s\t%s\n", g.Index, short(g.UUID), n.ID, g.Name, g.MemUsedMB, g.MemTotalMB, opt(g.UtilPct, "%"), opt(g.TempC, "°C"), optf(g.PowerW, "W"), health)
+		}
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "WORKER\tNODE\tMODEL\tSLOTS USED\tPID\tUP")
+	for _, w := range st.Workers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%s\n", w.ID, w.Node, w.Model, w.Used, w.Slots, w.PID, time.Since(w.Since).Round(time.Second))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "live calls: %d\tfinalised: %d\tfailovers: %d\tack p99: %.2f ms\n", st.Calls.Live, st.Stats.Finalised, st.Stats.Failovers, st.Stats.Ack.P99MS)
+	return tw.Flush()
+}
+
+func opt(v *uint32, unit string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d%s", *v, unit)
+}
+
+func optf(v *float64, unit string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%s", *v, unit)
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
