@@ -163,7 +163,7 @@ func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
 	}
 	r, w := proto.NewReader(st), proto.NewWriter(st)
 	hello := proto.AgentHello{Version: proto.Version, Token: a.cfg.Token, NodeID: a.cfg.NodeID, CPUOnly: a.gpus == nil,
-		GPUs: a.gpuList(), Host: a.host.Sample(ctx)}
+		GPUs: a.gpuList(), Host: a.host.Sample(ctx), Workers: a.sup.Status()}
 	if err := w.WriteJSON(proto.TAgentHello, hello); err != nil {
 		return err
 	}
@@ -233,8 +233,11 @@ func (a *Agent) apply(c proto.Command) {
 		if a.cfg.ModelDir != "" {
 			args = append(args, "--models", a.cfg.ModelDir)
 		}
-		a.sup.Start(supervisor.Spec{ID: c.WorkerID, Model: c.Model, Path: a.cfg.WorkerCommand[0], Args: args,
-			Env: []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}})
+		env := []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}
+		if c.GPU != "" { // the engine sees only its GPU
+			env = append(env, "CUDA_VISIBLE_DEVICES="+c.GPU, "CALLSCRIBE_GPU="+c.GPU)
+		}
+		a.sup.Start(supervisor.Spec{ID: c.WorkerID, Model: c.Model, GPU: c.GPU, Path: a.cfg.WorkerCommand[0], Args: args, Env: env})
 	case proto.OpStopWorker:
 		a.sup.Stop(c.WorkerID)
 	default:

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/pki"
@@ -34,9 +35,16 @@ type Config struct {
 	ConsoleTokens []string
 	NodeTokens    []string
 	Models        models.Catalog
-	// WorkersPerNode is how many workers of the default model each agent
-	// is asked to run.
-	WorkersPerNode int
+	// MinWorkers is the fewest workers of the default model the rack runs.
+	MinWorkers int
+	// IdleSlots is the default model's target of idle call-channel slots
+	// (the reference design's SCALING_TARGET).
+	IdleSlots int
+	// Scaling overrides the policy per model; models without one are not
+	// scaled (their workers are started by hand or by another policy).
+	Scaling map[string]scaling.Policy
+	// CheckInterval is how often the scaling policy runs (CHECK_INTERVAL).
+	CheckInterval time.Duration
 	// HeartbeatInterval and HeartbeatTTL are handed to agents: an agent
 	// silent for TTL is declared lost.
 	HeartbeatInterval time.Duration
@@ -87,6 +95,12 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.AbandonAfter == 0 {
 		cfg.AbandonAfter = 2 * time.Minute
 	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = time.Second
+	}
+	if cfg.Scaling == nil {
+		cfg.Scaling = map[string]scaling.Policy{models.Default: {TargetIdle: cfg.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: cfg.MinWorkers}}
+	}
 	if cfg.Models == nil {
 		cat, err := models.Load("")
 		if err != nil {
@@ -127,6 +141,15 @@ func (c *Coordinator) Listen() error {
 		return fmt.Errorf("coordinator: listen http %s: %w", c.cfg.HTTPAddr, err)
 	}
 	c.ql, c.httpLn = ql, hl
+	nodes, err := c.store.Nodes()
+	if err != nil {
+		return fmt.Errorf("coordinator: load nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if n.Draining {
+			c.reg.draining[n.ID] = true
+		}
+	}
 	return c.recover()
 }
 
@@ -169,6 +192,11 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 		}
 	}()
 	go func() { errc <- c.acceptLoop() }()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.reconcileLoop(c.runCtx)
+	}()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -335,6 +363,7 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 		c.reg.mu.Unlock()
 		log.Warn("node lost", "why", why)
 		c.reg.nodeLost(h.NodeID, "node lost: "+why)
+		c.reg.kickReconcile()
 		_ = conn.CloseWithError(2, "node lost")
 	}
 	c.reg.mu.Lock()
@@ -348,14 +377,31 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 	c.reg.mu.Unlock()
 	log.Info("agent registered", "cpu_only", h.CPUOnly, "gpus", len(h.GPUs), "host", h.Host.Hostname, "cpus", h.Host.CPUs)
 
-	// The spine's placement: every node runs WorkersPerNode workers of the
-	// default model on CPU. (Hardware-aware placement refines this.)
-	for i := range c.cfg.WorkersPerNode {
-		id := proto.WorkerID(fmt.Sprintf("%s-w%d", h.NodeID, i))
-		if err := n.send(proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: models.Default}); err != nil {
-			return
+	// Adopt the workers the agent already runs (after a reconnect or a
+	// coordinator restart), and restart the ones placed here it lacks.
+	var resend []nodeCommand
+	c.reg.mu.Lock()
+	reported := map[proto.WorkerID]bool{}
+	for _, ws := range h.Workers {
+		if ws.State == proto.WorkerFailed || ws.State == proto.WorkerStopped {
+			continue
+		}
+		reported[ws.ID] = true
+		if _, ok := c.reg.planned[ws.ID]; !ok {
+			if m, err := c.cfg.Models.Get(ws.Model); err == nil {
+				c.reg.planned[ws.ID] = &plannedWorker{id: ws.ID, node: h.NodeID, gpu: ws.GPU, model: m.Name, needs: needsOf(m), since: time.Now()}
+				log.Info("adopted running worker", "worker", ws.ID, "model", ws.Model)
+			}
 		}
 	}
+	for id, p := range c.reg.planned {
+		if p.node == h.NodeID && !reported[id] {
+			resend = append(resend, nodeCommand{h.NodeID, proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: p.model, GPU: p.gpu}})
+		}
+	}
+	c.reg.mu.Unlock()
+	c.send(resend)
+	c.reg.kickReconcile()
 	for {
 		m, err := r.Read()
 		if err != nil {
@@ -377,6 +423,15 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 		for _, ws := range hb.Workers {
 			if ws.State != proto.WorkerRunning && ws.State != proto.WorkerStarting {
 				c.reg.workerExited(ws.ID, "agent reports worker "+ws.State+": "+ws.LastExit)
+			}
+			if ws.State == proto.WorkerFailed { // the agent gave up: place a replacement
+				c.reg.mu.Lock()
+				if p, ok := c.reg.planned[ws.ID]; ok && p.node == h.NodeID {
+					delete(c.reg.planned, ws.ID)
+					log.Warn("worker failed for good: replacing it", "worker", ws.ID, "last_exit", ws.LastExit)
+					c.reg.kickReconcile()
+				}
+				c.reg.mu.Unlock()
 			}
 		}
 	}

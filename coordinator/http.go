@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/proto"
@@ -19,6 +20,8 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
 	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.handleTranscript)
 	mux.HandleFunc("GET /v1/status", c.handleStatus)
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.handleDrain(true))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.handleDrain(false))
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
 	return mux
 }
@@ -224,4 +227,23 @@ func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	s.Stats = c.metrics.stats()
 	writeJSON(w, http.StatusOK, s)
+}
+
+func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := proto.NodeID(r.PathValue("id"))
+		if !proto.ValidID(string(id)) {
+			httpError(w, http.StatusBadRequest, "invalid node id")
+			return
+		}
+		if err := c.SetDraining(r.Context(), id, drain); err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"node": id, "draining": drain})
+	}
+}
+
+func storeNode(id proto.NodeID, drain bool) store.Node {
+	return store.Node{ID: id, Draining: drain, Updated: time.Now().UTC()}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -39,10 +40,19 @@ type registry struct {
 	workers map[proto.WorkerID]*workerConn
 	nodes   map[proto.NodeID]*node
 	changed chan struct{} // closed and replaced when a slot may have freed
+
+	planned    map[proto.WorkerID]*plannedWorker
+	draining   map[proto.NodeID]bool
+	lastChange map[string]time.Time
+	lastReason map[string]string
+	seq        int
+	kick       chan struct{}
 }
 
 func newRegistry(log *slog.Logger) *registry {
-	return &registry{log: log, workers: map[proto.WorkerID]*workerConn{}, nodes: map[proto.NodeID]*node{}, changed: make(chan struct{})}
+	return &registry{log: log, workers: map[proto.WorkerID]*workerConn{}, nodes: map[proto.NodeID]*node{}, changed: make(chan struct{}),
+		planned: map[proto.WorkerID]*plannedWorker{}, draining: map[proto.NodeID]bool{}, lastChange: map[string]time.Time{},
+		lastReason: map[string]string{}, kick: make(chan struct{}, 1)}
 }
 
 func (r *registry) wakeLocked() {
@@ -83,6 +93,7 @@ func (r *registry) removeLocked(w *workerConn, why string) {
 	_ = w.conn.CloseWithError(0, why)
 	r.log.Info("worker removed", "worker", w.hello.WorkerID, "node", w.hello.NodeID, "why", why)
 	r.wakeLocked()
+	r.kickReconcile()
 }
 
 // workerExited is called when an agent reports a worker is not running.
@@ -106,17 +117,34 @@ func (r *registry) nodeLost(id proto.NodeID, why string) {
 }
 
 // acquire waits for a worker of model with a free slot and takes the slot.
-// It prefers the worker with the most free slots.
+// It prefers the worker with the most free slots, never one on a draining or
+// lost node. A model with no worker at all is served, degraded, by the
+// default model's workers: calls keep flowing.
 func (r *registry) acquire(ctx context.Context, model string) (*workerConn, func(), error) {
 	for {
 		r.mu.Lock()
 		var cands []*workerConn
+		any := false
+		usable := func(w *workerConn) bool {
+			if w.closed || r.draining[w.hello.NodeID] {
+				return false
+			}
+			n, ok := r.nodes[w.hello.NodeID]
+			return !ok || !n.lost
+		}
 		for _, w := range r.workers {
-			if w.hello.Model == model && !w.closed && w.used < w.hello.Slots {
-				if n, ok := r.nodes[w.hello.NodeID]; ok && n.lost {
-					continue
+			if w.hello.Model == model && usable(w) {
+				any = true
+				if w.used < w.hello.Slots {
+					cands = append(cands, w)
 				}
-				cands = append(cands, w)
+			}
+		}
+		if !any && model != models.Default {
+			for _, w := range r.workers {
+				if w.hello.Model == models.Default && usable(w) && w.used < w.hello.Slots {
+					cands = append(cands, w)
+				}
 			}
 		}
 		if len(cands) > 0 {
@@ -173,6 +201,7 @@ type WorkerInfo struct {
 type NodeInfo struct {
 	ID       proto.NodeID         `json:"id"`
 	Lost     bool                 `json:"lost"`
+	Draining bool                 `json:"draining"`
 	LastSeen time.Time            `json:"last_seen"`
 	CPUOnly  bool                 `json:"cpu_only"`
 	Host     proto.Host           `json:"host"`
@@ -193,7 +222,7 @@ func (r *registry) snapshot() ([]NodeInfo, []WorkerInfo) {
 		if host.Hostname == "" {
 			host = n.hello.Host
 		}
-		ns = append(ns, NodeInfo{ID: n.id, Lost: n.lost, LastSeen: n.lastSeen, CPUOnly: n.hello.CPUOnly, Host: host, GPUs: gpus, Workers: n.last.Workers})
+		ns = append(ns, NodeInfo{ID: n.id, Lost: n.lost, Draining: r.draining[n.id], LastSeen: n.lastSeen, CPUOnly: n.hello.CPUOnly, Host: host, GPUs: gpus, Workers: n.last.Workers})
 	}
 	var ws []WorkerInfo
 	for _, w := range r.workers {

@@ -248,6 +248,7 @@ const (
 type WorkerStatus struct {
 	ID       WorkerID `json:"id"`
 	Model    string   `json:"model"`
+	GPU      string   `json:"gpu,omitempty"` // UUID; "" for CPU
 	State    string   `json:"state"`
 	PID      int      `json:"pid,omitempty"`
 	Restarts int      `json:"restarts"`
@@ -263,6 +264,9 @@ type AgentHello struct {
 	GPUs    []GPU    `json:"gpus"`
 	Host    Host     `json:"host"`
 	Models  []string `json:"models"`
+	// Workers already running under this agent (after a reconnect); the
+	// coordinator adopts them instead of starting new ones.
+	Workers []WorkerStatus `json:"workers,omitempty"`
 }
 
 // AgentWelcome answers AgentHello and every Heartbeat. The agent sends its

@@ -19,6 +19,7 @@ import (
 type Spec struct {
 	ID    proto.WorkerID
 	Model string
+	GPU   string // UUID, or "" for CPU
 	Path  string
 	Args  []string
 	// Env is added to the agent's environment (minus NOTIFY_SOCKET, which
@@ -117,7 +118,7 @@ func (s *Supervisor) Status() []proto.WorkerStatus {
 	defer s.mu.Unlock()
 	out := make([]proto.WorkerStatus, 0, len(s.procs))
 	for _, p := range s.procs {
-		out = append(out, proto.WorkerStatus{ID: p.spec.ID, Model: p.spec.Model, State: p.state, PID: p.pid, Restarts: p.restarts, LastExit: p.lastExit})
+		out = append(out, proto.WorkerStatus{ID: p.spec.ID, Model: p.spec.Model, GPU: p.spec.GPU, State: p.state, PID: p.pid, Restarts: p.restarts, LastExit: p.lastExit})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

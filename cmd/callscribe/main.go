@@ -30,11 +30,12 @@ var commands = map[string]command{
 	"agent":       {cmdAgent, "run a node agent"},
 	"worker":      {cmdWorker, "run one ASR worker (started by an agent)"},
 	"status":      {cmdStatus, "show nodes, GPUs, workers and calls (--json)"},
+	"node":        {cmdNode, "drain or undrain a node"},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

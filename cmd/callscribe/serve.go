@@ -23,7 +23,7 @@ import (
 
 type serveFlags struct {
 	data, http, quic, hosts, level, modelDir string
-	workers                                  int
+	workers, idle                            int
 	abandon                                  time.Duration
 }
 
@@ -32,7 +32,8 @@ func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
 	fs.StringVar(&f.http, "http", "127.0.0.1:8080", "HTTP listen address")
 	fs.StringVar(&f.quic, "quic", "127.0.0.1:4433", "QUIC listen address")
 	fs.StringVar(&f.hosts, "hosts", "localhost,127.0.0.1,::1", "names and addresses the serving certificate covers")
-	fs.IntVar(&f.workers, "workers", 2, "workers each agent runs")
+	fs.IntVar(&f.workers, "workers", 2, "fewest workers of the default model the rack runs")
+	fs.IntVar(&f.idle, "idle-slots", 2, "idle call-channel slots to keep ready (more workers start when fewer are free, as the hardware allows)")
 	fs.StringVar(&f.modelDir, "models", "", "directory of extra model manifests")
 	fs.StringVar(&f.level, "log-level", "info", "log level")
 	fs.DurationVar(&f.abandon, "abandon-after", 2*time.Minute, "end a call whose console has been gone this long")
@@ -62,7 +63,7 @@ func (f *serveFlags) setup(log *slog.Logger) (coordinator.Config, string, string
 		return cfg, "", "", err
 	}
 	cfg = coordinator.Config{DataDir: f.data, QUICAddr: f.quic, HTTPAddr: f.http, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, WorkersPerNode: f.workers, AbandonAfter: f.abandon, Logger: log.With("component", "coordinator")}
+		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, MinWorkers: f.workers, IdleSlots: f.idle, AbandonAfter: f.abandon, Logger: log.With("component", "coordinator")}
 	return cfg, ctoken, ntoken, nil
 }
 

@@ -104,3 +104,40 @@ func short(s string) string {
 	}
 	return s
 }
+
+// cmdNode drains or undrains a node: `callscribe node drain NODE`.
+func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address")
+	if len(args) < 2 || (args[0] != "drain" && args[0] != "undrain") {
+		fmt.Fprintln(stderr, "usage: callscribe node drain|undrain NODE [--server URL]")
+		return errUsage
+	}
+	op, node := args[0], args[1]
+	if err := fs.Parse(args[2:]); err != nil {
+		return errUsage
+	}
+	base := *server
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(rctx, http.MethodPost, base+"/v1/nodes/"+node+"/"+op, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("coordinator at %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s %s: %s: %s", op, node, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if op == "drain" {
+		fmt.Fprintf(stdout, "node %s draining: its calls move to other workers and resume; no new calls go there\n", node)
+	} else {
+		fmt.Fprintf(stdout, "node %s back in service\n", node)
+	}
+	return nil
+}

@@ -429,3 +429,39 @@ func (b badgerLogger) Warningf(f string, a ...any) {
 }
 func (b badgerLogger) Infof(string, ...any)  {}
 func (b badgerLogger) Debugf(string, ...any) {}
+
+// Node is what the coordinator remembers about a node across restarts.
+type Node struct {
+	ID       proto.NodeID `json:"id"`
+	Draining bool         `json:"draining"`
+	Updated  time.Time    `json:"updated"`
+}
+
+func nodeKey(id proto.NodeID) []byte { return append([]byte("n/"), id...) }
+
+// PutNode makes a node record durable.
+func (s *Store) PutNode(ctx context.Context, n Node) error {
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, entry{nodeKey(n.ID), b})
+}
+
+// Nodes returns every node record.
+func (s *Store) Nodes() ([]Node, error) {
+	var out []Node
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("n/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var n Node
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &n) }); err != nil {
+				return err
+			}
+			out = append(out, n)
+		}
+		return nil
+	})
+	return out, err
+}

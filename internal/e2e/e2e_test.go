@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -151,5 +150,71 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
-var _ = context.Background
-var _ = proto.Version
+// Two agents on this machine: draining the node that carries a call stops
+// its workers; the scaling policy places replacements on the other node, and
+// the call resumes there from its last checkpoint; the transcript equals a
+// fault-free run.
+func TestDrainMovesCallsToAnotherNode(t *testing.T) {
+	a := newAppliance(t)
+	clip := testData + "/librivox/sense_and_sensibility_01_austen_64kb-0870.wav"
+	want := transcribeChannels(t, clip)
+	a.coordinator(t, 2)
+	a.agent(t, "node-a")
+	a.agent(t, "node-b")
+	var st coordinator.Status
+	waitUntil(t, "two workers and two nodes", 60*time.Second, func() bool {
+		a.getJSON(t, "/v1/status", &st)
+		return len(st.Workers) >= 2 && len(st.Nodes) == 2
+	})
+
+	s := streamCall(t, a, "drain-call", clip, 1.5)
+	var busy proto.NodeID
+	waitUntil(t, "the call on a worker", 30*time.Second, func() bool {
+		a.getJSON(t, "/v1/status", &st)
+		for _, w := range st.Workers {
+			if w.Used > 0 {
+				busy = w.Node
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(1500 * time.Millisecond) // let it decode a while first
+	other := proto.NodeID("node-a")
+	if busy == other {
+		other = "node-b"
+	}
+	out := run(t, "node", "drain", string(busy), "--server", a.http)
+	if !strings.Contains(out, "draining") {
+		t.Fatalf("node drain printed %q", out)
+	}
+	s.wait(t)
+	if got := s.texts(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("transcript after drain:\n got  %q\n want %q", got, want)
+	}
+	waitUntil(t, "workers only on the other node", 30*time.Second, func() bool {
+		a.getJSON(t, "/v1/status", &st)
+		n := 0
+		for _, w := range st.Workers {
+			if w.Node == busy {
+				return false
+			}
+			n++
+		}
+		return n >= 2 // the policy's minimum, now all on the other node
+	})
+	drained := false
+	for _, n := range st.Nodes {
+		if n.ID == busy {
+			drained = n.Draining
+		}
+	}
+	if !drained {
+		t.Fatalf("node %s not shown draining: %+v", busy, st.Nodes)
+	}
+	var v coordinator.CallView
+	a.getJSON(t, "/v1/calls/drain-call", &v)
+	if v.Resumes < 1 {
+		t.Fatalf("the call did not move: %+v", v.Call)
+	}
+}

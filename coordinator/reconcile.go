@@ -1,0 +1,301 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator/placement"
+	"github.com/callscribe/callscribe/coordinator/scaling"
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/proto"
+)
+
+// plannedWorker is a worker instance the coordinator has placed (or
+// adopted): it should be running on its node.
+type plannedWorker struct {
+	id       proto.WorkerID
+	node     proto.NodeID
+	gpu      string
+	model    string
+	needs    placement.Needs
+	since    time.Time
+	degraded bool
+}
+
+func needsOf(m *models.Manifest) placement.Needs {
+	return placement.Needs{GPUMemMB: uint64(m.Resources.GPUMemoryMB), CPU: max(m.Resources.CPUThreads, 0), MemMB: uint64(m.Resources.MemoryMB)}
+}
+
+// kick asks for a reconcile round soon.
+func (r *registry) kickReconcile() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop runs the scaling policy every CheckInterval and whenever
+// nodes or workers change.
+func (c *Coordinator) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.reg.kick:
+		}
+		c.reconcile(time.Now())
+	}
+}
+
+// placementView builds placement's picture of the rack. Caller holds reg.mu.
+func (c *Coordinator) placementViewLocked() ([]placement.Node, []placement.Instance) {
+	var ns []placement.Node
+	for _, n := range c.reg.nodes {
+		host := n.last.Host
+		if host.Hostname == "" {
+			host = n.hello.Host
+		}
+		mem := host.MemTotalMB
+		if mem > 1024 {
+			mem -= 1024 // keep 1 GB for the system and the agent
+		}
+		pn := placement.Node{ID: string(n.id), Draining: c.reg.draining[n.id], Lost: n.lost, CPUs: host.CPUs, MemMB: mem}
+		gpus := n.last.GPUs
+		if gpus == nil {
+			gpus = n.hello.GPUs
+		}
+		for _, g := range gpus {
+			pg := placement.GPU{UUID: g.UUID, MemTotalMB: g.MemTotalMB, MemFreeMB: g.MemFreeMB, Healthy: g.Healthy}
+			if g.UtilPct != nil {
+				pg.UtilPct = *g.UtilPct
+			}
+			if g.TempC != nil {
+				pg.TempC = *g.TempC
+			}
+			pn.GPUs = append(pn.GPUs, pg)
+		}
+		ns = append(ns, pn)
+	}
+	sort.Slice(ns, func(i, j int) bool { return ns[i].ID < ns[j].ID })
+	var in []placement.Instance
+	for _, p := range c.reg.planned {
+		pi := placement.Instance{Node: string(p.node), GPU: p.gpu, CPU: p.needs.CPU, MemMB: p.needs.MemMB}
+		if p.gpu != "" {
+			pi.MemMB = p.needs.GPUMemMB
+		}
+		in = append(in, pi)
+	}
+	return ns, in
+}
+
+type nodeCommand struct {
+	node proto.NodeID
+	cmd  proto.Command
+}
+
+// reconcile runs one round: workers on draining nodes or unhealthy GPUs are
+// stopped (their calls move), and each model's policy adds or removes
+// instances. Every change is logged with its reason.
+func (c *Coordinator) reconcile(now time.Time) {
+	var cmds []nodeCommand
+	c.reg.mu.Lock()
+	unhealthy := map[string]string{}
+	for _, n := range c.reg.nodes {
+		for _, g := range n.last.GPUs {
+			if !g.Healthy {
+				unhealthy[g.UUID] = g.Unhealthy
+			}
+		}
+	}
+	for id, p := range c.reg.planned {
+		n := c.reg.nodes[p.node]
+		var why string
+		switch {
+		case n == nil || n.lost:
+			why = "node lost"
+		case c.reg.draining[p.node]:
+			why = "node draining"
+		case p.gpu != "" && unhealthy[p.gpu] != "":
+			why = "GPU unhealthy: " + unhealthy[p.gpu]
+		}
+		if why == "" {
+			continue
+		}
+		delete(c.reg.planned, id)
+		c.reg.lastChange[p.model] = now
+		c.log.Warn("scaling: worker withdrawn, its calls move", "worker", id, "node", p.node, "why", why)
+		if n != nil && !n.lost {
+			cmds = append(cmds, nodeCommand{p.node, proto.Command{Op: proto.OpStopWorker, WorkerID: id}})
+		}
+	}
+	for _, name := range c.cfg.Models.Names() {
+		pol, ok := c.cfg.Scaling[name]
+		if !ok {
+			continue
+		}
+		m, _ := c.cfg.Models.Get(name)
+		cmds = append(cmds, c.scaleModelLocked(m, pol, now)...)
+	}
+	c.reg.mu.Unlock()
+	c.send(cmds)
+}
+
+func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, now time.Time) []nodeCommand {
+	st := scaling.State{Slots: m.Resources.StreamsPerInstance, LastChange: c.reg.lastChange[m.Name]}
+	for _, p := range c.reg.planned {
+		if p.model == m.Name {
+			st.Instances++
+		}
+	}
+	// Only the policy's own instances count: a worker started by hand is
+	// neither capacity nor load for it.
+	var idle []*workerConn
+	for _, w := range c.reg.workers {
+		if _, planned := c.reg.planned[w.hello.WorkerID]; !planned || w.hello.Model != m.Name || w.closed {
+			continue
+		}
+		st.Used += w.used
+		if w.used == 0 {
+			idle = append(idle, w)
+		}
+	}
+	st.IdleInstance = len(idle)
+	nodes, placed := c.placementViewLocked()
+	need, fallback := needsOf(m), c.fallbackNeeds()
+	// Capacity: how many more instances fit (CPU fallback included).
+	sim := append([]placement.Instance(nil), placed...)
+	for st.Capacity < 64 {
+		d, err := placement.Place(nodes, sim, need, fallback)
+		if err != nil {
+			break
+		}
+		sim = append(sim, instanceOf(d, need, fallback))
+		st.Capacity++
+	}
+	d := pol.Decide(st, now)
+	if d.Reason != c.reg.lastReason[m.Name] {
+		lvl := c.log.Debug
+		if d.Delta != 0 {
+			lvl = c.log.Info
+		}
+		lvl("scaling decision", "model", m.Name, "delta", d.Delta, "reason", d.Reason, "instances", st.Instances, "used_slots", st.Used)
+		c.reg.lastReason[m.Name] = d.Reason
+	}
+	var cmds []nodeCommand
+	switch {
+	case d.Delta > 0:
+		for range d.Delta {
+			dec, err := placement.Place(nodes, placed, need, fallback)
+			if err != nil {
+				c.log.Warn("scaling: nothing can hold another instance", "model", m.Name, "err", err)
+				break
+			}
+			model := m.Name
+			if dec.Degraded {
+				model = models.Default
+			}
+			id := c.newWorkerIDLocked(proto.NodeID(dec.Node))
+			p := &plannedWorker{id: id, node: proto.NodeID(dec.Node), gpu: dec.GPU, model: model, needs: need, since: now, degraded: dec.Degraded}
+			if dec.GPU == "" {
+				p.needs = fallback
+				if !dec.Degraded {
+					p.needs = need
+				}
+			}
+			c.reg.planned[id] = p
+			placed = append(placed, instanceOf(dec, need, fallback))
+			c.log.Info("scaling: starting worker", "worker", id, "model", model, "node", dec.Node, "gpu", dec.GPU, "degraded", dec.Degraded, "why", dec.Reason)
+			cmds = append(cmds, nodeCommand{p.node, proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: model, GPU: dec.GPU}})
+		}
+		c.reg.lastChange[m.Name] = now
+	case d.Delta < 0 && len(idle) > 0:
+		// Stop the youngest idle instance (degraded ones first).
+		sort.Slice(idle, func(i, j int) bool {
+			pi, pj := c.reg.planned[idle[i].hello.WorkerID], c.reg.planned[idle[j].hello.WorkerID]
+			if pi.degraded != pj.degraded {
+				return pi.degraded
+			}
+			return pi.since.After(pj.since)
+		})
+		w := idle[0]
+		delete(c.reg.planned, w.hello.WorkerID)
+		c.reg.lastChange[m.Name] = now
+		c.log.Info("scaling: stopping idle worker", "worker", w.hello.WorkerID, "node", w.hello.NodeID, "why", d.Reason)
+		cmds = append(cmds, nodeCommand{w.hello.NodeID, proto.Command{Op: proto.OpStopWorker, WorkerID: w.hello.WorkerID}})
+	}
+	return cmds
+}
+
+func instanceOf(d placement.Decision, need, fallback placement.Needs) placement.Instance {
+	if d.GPU != "" {
+		return placement.Instance{Node: d.Node, GPU: d.GPU, MemMB: need.GPUMemMB}
+	}
+	n := need
+	if d.Degraded {
+		n = fallback
+	}
+	return placement.Instance{Node: d.Node, CPU: n.CPU, MemMB: n.MemMB}
+}
+
+func (c *Coordinator) fallbackNeeds() placement.Needs {
+	m, err := c.cfg.Models.Get(models.Default)
+	if err != nil {
+		return placement.Needs{CPU: 1, MemMB: 256}
+	}
+	return needsOf(m)
+}
+
+// newWorkerIDLocked returns an unused worker ID on a node.
+func (c *Coordinator) newWorkerIDLocked(node proto.NodeID) proto.WorkerID {
+	for {
+		id := proto.WorkerID(fmt.Sprintf("%s-w%d", node, c.reg.seq))
+		c.reg.seq++
+		if _, used := c.reg.planned[id]; !used {
+			if _, reg := c.reg.workers[id]; !reg {
+				return id
+			}
+		}
+	}
+}
+
+// send delivers commands to agents (outside the registry lock).
+func (c *Coordinator) send(cmds []nodeCommand) {
+	for _, nc := range cmds {
+		c.reg.mu.Lock()
+		n := c.reg.nodes[nc.node]
+		c.reg.mu.Unlock()
+		if n == nil || n.lost {
+			continue
+		}
+		if err := n.send(nc.cmd); err != nil {
+			c.log.Warn("command not delivered", "node", nc.node, "op", nc.cmd.Op, "worker", nc.cmd.WorkerID, "err", err)
+		}
+	}
+}
+
+// SetDraining drains (or undrains) a node: no new calls go to it, its
+// workers stop, and their calls move to other nodes and resume. The state
+// survives a coordinator restart.
+func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
+	if !proto.ValidID(string(node)) {
+		return fmt.Errorf("invalid node id %q", node)
+	}
+	if err := c.store.PutNode(ctx, storeNode(node, drain)); err != nil {
+		return err
+	}
+	c.reg.mu.Lock()
+	if drain {
+		c.reg.draining[node] = true
+	} else {
+		delete(c.reg.draining, node)
+	}
+	c.reg.mu.Unlock()
+	c.log.Warn("node drain changed", "node", node, "draining", drain)
+	c.reg.kickReconcile()
+	return nil
+}
