@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -90,7 +91,7 @@ func New(cfg Config) (*Coordinator, error) {
 		cfg.HeartbeatInterval = 250 * time.Millisecond
 	}
 	if cfg.HeartbeatTTL == 0 {
-		cfg.HeartbeatTTL = 900 * time.Millisecond
+		cfg.HeartbeatTTL = 850 * time.Millisecond // + up to 10 % jitter: lost within 1 s
 	}
 	if cfg.AbandonAfter == 0 {
 		cfg.AbandonAfter = 2 * time.Minute
@@ -348,7 +349,10 @@ func (c *Coordinator) checkNode(version int, token, id string) (string, string) 
 // heartbeats, and loss on a missed TTL.
 func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.Reader, w *proto.Writer) {
 	log := c.log.With("node", h.NodeID)
-	welcome := proto.AgentWelcome{Version: proto.Version, IntervalMS: c.cfg.HeartbeatInterval.Milliseconds(), TTLMS: c.cfg.HeartbeatTTL.Milliseconds()}
+	// Each node gets its own TTL, jittered by up to 10 %, so that nodes
+	// registered together are not all judged in the same instant.
+	ttl := c.cfg.HeartbeatTTL + time.Duration(rand.Int64N(int64(c.cfg.HeartbeatTTL/10)+1))
+	welcome := proto.AgentWelcome{Version: proto.Version, IntervalMS: c.cfg.HeartbeatInterval.Milliseconds(), TTLMS: ttl.Milliseconds()}
 	if err := w.WriteJSON(proto.TAgentWelcome, welcome); err != nil {
 		return
 	}
@@ -373,7 +377,7 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 		_ = old.conn.CloseWithError(0, "replaced by a new agent session")
 	}
 	c.reg.nodes[h.NodeID] = n
-	n.ttl = time.AfterFunc(c.cfg.HeartbeatTTL, func() { lost("no heartbeat within TTL") })
+	n.ttl = time.AfterFunc(ttl, func() { lost("no heartbeat within TTL") })
 	c.reg.mu.Unlock()
 	log.Info("agent registered", "cpu_only", h.CPUOnly, "gpus", len(h.GPUs), "host", h.Host.Hostname, "cpus", h.Host.CPUs)
 
@@ -418,7 +422,7 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 		}
 		c.reg.mu.Lock()
 		n.last, n.lastSeen = hb, time.Now()
-		n.ttl.Reset(c.cfg.HeartbeatTTL)
+		n.ttl.Reset(ttl)
 		c.reg.mu.Unlock()
 		for _, ws := range hb.Workers {
 			if ws.State != proto.WorkerRunning && ws.State != proto.WorkerStarting {
