@@ -76,6 +76,9 @@ func start(t *testing.T, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, out: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binPath, args...)
+	if len(args) > 2 && args[0] == "netns-exec" { // run inside a test-made namespace
+		p.cmd = exec.Command("ip", append([]string{"netns", "exec", args[1], binPath}, args[2:]...)...)
+	}
 	w := syncBuf{p.mu, p.out}
 	p.cmd.Stdout, p.cmd.Stderr = w, w
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
