@@ -45,6 +45,10 @@ test: deps-test build ## run every test with -race (installs what it needs)
 bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
 	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md
 
+.PHONY: chaos
+chaos: deps-test build ## kill workers, agents and the coordinator mid-call, cut an agent off; write CHAOS.md (needs root)
+	CALLSCRIBE_CHAOS_REPORT=$(CURDIR)/CHAOS.md $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v ./internal/e2e
+
 .PHONY: fuzz
 fuzz: deps ## fuzz the frame decoder for 60 s
 	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime 60s

@@ -133,7 +133,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 		}
-		backoff = min(backoff*2, 2*time.Second)
+		backoff = min(backoff*2, 500*time.Millisecond)
 	}
 	return nil
 }
@@ -150,7 +150,7 @@ func (a *Agent) gpuList() []proto.GPU {
 }
 
 func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, time.Second) // see worker.serve
 	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: time.Second})
 	cancel()
 	if err != nil {

@@ -21,6 +21,9 @@ type call struct {
 	sess  *session
 	// lastActive is when a console last attached or sent audio.
 	lastActive time.Time
+	// recovered is set for a call reloaded from the store after a restart:
+	// its channels resume rather than start.
+	recovered bool
 	// done is closed once the call is finalised.
 	done chan struct{}
 }
@@ -191,6 +194,7 @@ func (c *Coordinator) buildCall(rec *store.Call) *call {
 // finalised call a console asks about).
 func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 	cl := c.buildCall(rec)
+	cl.recovered = true
 	for i, ch := range cl.chans {
 		n, err := c.store.NextSeq(rec.ID, i)
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -74,6 +75,7 @@ type Coordinator struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
+	qt       *quic.Transport
 	ql       *quic.Listener
 	httpLn   net.Listener
 	httpSrv  *http.Server
@@ -127,13 +129,32 @@ func (c *Coordinator) Listen() error {
 	tc := c.cfg.TLS.Clone()
 	tc.NextProtos = []string{proto.ALPNConsole, proto.ALPNNode}
 	tc.MinVersion = tls.VersionTLS13
-	ql, err := quic.ListenAddr(c.cfg.QUICAddr, tc, &quic.Config{
+	// A stateless-reset key that survives restarts: packets for the
+	// connections of a killed coordinator are answered with a reset, so
+	// consoles, agents and workers reconnect at once instead of waiting out
+	// their idle timeout.
+	key, err := pki.EnsureKey(filepath.Join(c.cfg.DataDir, "quic-reset.key"))
+	if err != nil {
+		return fmt.Errorf("coordinator: stateless reset key: %w", err)
+	}
+	srk := quic.StatelessResetKey(key)
+	ua, err := net.ResolveUDPAddr("udp", c.cfg.QUICAddr)
+	if err != nil {
+		return fmt.Errorf("coordinator: quic address %s: %w", c.cfg.QUICAddr, err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
+	}
+	c.qt = &quic.Transport{Conn: udp, StatelessResetKey: &srk}
+	ql, err := c.qt.Listen(tc, &quic.Config{
 		MaxIdleTimeout:        5 * time.Second,
 		KeepAlivePeriod:       time.Second,
 		MaxIncomingStreams:    4096,
 		MaxIncomingUniStreams: -1,
 	})
 	if err != nil {
+		udp.Close()
 		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
 	}
 	hl, err := net.Listen("tcp", c.cfg.HTTPAddr)
@@ -218,6 +239,7 @@ func (c *Coordinator) shutdown() {
 	_ = c.httpSrv.Shutdown(sctx)
 	c.stop()
 	_ = c.ql.Close()
+	defer c.qt.Close()
 	// In-flight appends have finished or failed with the cancelled context;
 	// close every connection so consoles and workers reconnect elsewhere (or
 	// to this coordinator once restarted).

@@ -31,7 +31,7 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 		if err != nil {
 			return
 		}
-		err = c.dispatchOnce(ctx, cl, ch, w, attempt > 0, lost)
+		err = c.dispatchOnce(ctx, cl, ch, w, attempt > 0 || cl.recovered, lost)
 		release()
 		if err == nil {
 			c.channelComplete(cl, ch)

@@ -166,6 +166,35 @@ func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, n
 	}
 	st.IdleInstance = len(idle)
 	nodes, placed := c.placementViewLocked()
+	// N+1: with two or more usable nodes, the idle slots that count are
+	// those that would survive losing the node holding the most slots.
+	usable := 0
+	for _, n := range nodes {
+		if !n.Draining && !n.Lost {
+			usable++
+		}
+	}
+	if usable >= 2 {
+		slots, used := map[proto.NodeID]int{}, map[proto.NodeID]int{}
+		for _, p := range c.reg.planned {
+			if p.model == m.Name {
+				slots[p.node] += st.Slots
+			}
+		}
+		for _, w := range c.reg.workers {
+			if p, ok := c.reg.planned[w.hello.WorkerID]; ok && p.model == m.Name {
+				used[p.node] += w.used
+			}
+		}
+		var biggest proto.NodeID
+		for n, k := range slots {
+			if k > slots[biggest] || k == slots[biggest] && n < biggest {
+				biggest = n
+			}
+		}
+		st.NodeLossAware = true
+		st.SpareIdle = (st.Instances*st.Slots - st.Used) - (slots[biggest] - used[biggest])
+	}
 	need, fallback := needsOf(m), c.fallbackNeeds()
 	// Capacity: how many more instances fit (CPU fallback included).
 	sim := append([]placement.Instance(nil), placed...)

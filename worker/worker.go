@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 		}
-		backoff = min(backoff*2, 2*time.Second)
+		backoff = min(backoff*2, 500*time.Millisecond)
 	}
 	return nil
 }
@@ -125,8 +125,10 @@ func SelfTest(ctx context.Context, pool *engine.Pool, m *models.Manifest) (strin
 }
 
 func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: time.Second, MaxIncomingStreams: 1024})
+	// A dial to a dead coordinator gets no ICMP answer over QUIC: keep the
+	// timeout short and retry, so a restarted coordinator is found at once.
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: 300 * time.Millisecond, MaxIncomingStreams: 1024})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)

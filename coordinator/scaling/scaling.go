@@ -35,6 +35,11 @@ type State struct {
 	// Capacity is how many more instances the hardware can hold.
 	Capacity   int
 	LastChange time.Time
+	// NodeLossAware, when set, makes SpareIdle the idle slots that count:
+	// those left if the node holding the most slots were lost, so a failed
+	// node's calls find warm workers elsewhere (N+1).
+	NodeLossAware bool
+	SpareIdle     int
 }
 
 // Decision is how many instances to add (positive) or stop (negative).
@@ -49,6 +54,10 @@ func (p Policy) Decide(s State, now time.Time) Decision {
 		return Decision{Reason: "model has no slots per instance"}
 	}
 	idle := s.Instances*s.Slots - s.Used
+	what := "idle slots"
+	if s.NodeLossAware && s.SpareIdle < idle {
+		idle, what = s.SpareIdle, "idle slots outside the busiest node"
+	}
 	switch {
 	case s.Instances < p.Min:
 		n := min(p.Min-s.Instances, s.Capacity)
@@ -65,7 +74,7 @@ func (p Policy) Decide(s State, now time.Time) Decision {
 		if n <= 0 {
 			return Decision{Reason: fmt.Sprintf("%d idle slots, target %d, but at the limit (max %d, hardware room %d)", idle, p.TargetIdle, p.Max, s.Capacity)}
 		}
-		return Decision{Delta: n, Reason: fmt.Sprintf("%d idle slots below target %d: +%d instances of %d slots", idle, p.TargetIdle, n, s.Slots)}
+		return Decision{Delta: n, Reason: fmt.Sprintf("%d %s below target %d: +%d instances of %d slots", idle, what, p.TargetIdle, n, s.Slots)}
 	case idle >= p.TargetIdle+p.Hysteresis+s.Slots && s.IdleInstance > 0 && s.Instances > p.Min:
 		if now.Sub(s.LastChange) < p.Cooldown {
 			return Decision{Reason: fmt.Sprintf("%d idle slots above target %d+%d, in cooldown for %v", idle, p.TargetIdle, p.Hysteresis, (p.Cooldown - now.Sub(s.LastChange)).Round(time.Second))}

@@ -1,6 +1,7 @@
 package scaling
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,5 +80,20 @@ func TestNoFlapping(t *testing.T) {
 	}
 	if changes > 25 {
 		t.Fatalf("%d changes: flapping", changes)
+	}
+}
+
+// With node-loss awareness, idle slots on the busiest node do not count:
+// the policy adds an instance (placed elsewhere) even though the rack as a
+// whole has idle slots.
+func TestNodeLossAwareness(t *testing.T) {
+	p := Policy{TargetIdle: 2, Hysteresis: 2, Cooldown: time.Minute, Min: 2}
+	s := State{Instances: 2, Slots: 2, Used: 2, Capacity: 4}
+	if d := p.Decide(s, time.Unix(1e6, 0)); d.Delta != 0 {
+		t.Fatalf("without awareness 2 idle slots meet the target: %+v", d)
+	}
+	s.NodeLossAware, s.SpareIdle = true, 0 // every slot is on one node
+	if d := p.Decide(s, time.Unix(1e6, 0)); d.Delta != 1 || !strings.Contains(d.Reason, "outside the busiest node") {
+		t.Fatalf("want +1 for N+1, got %+v", d)
 	}
 }

@@ -191,7 +191,7 @@ func (c *Call) Run(ctx context.Context) error {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 		}
-		backoff = min(backoff*2, time.Second)
+		backoff = min(backoff*2, 500*time.Millisecond)
 	}
 	c.mu.Lock()
 	c.done, c.err = true, err
@@ -201,7 +201,9 @@ func (c *Call) Run(ctx context.Context) error {
 }
 
 func (c *Call) session(ctx context.Context, tc *tls.Config, resume bool, lastOK *time.Time) (bool, error) {
-	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// QUIC gets no ICMP answer from a dead server: a short dial timeout and
+	// quick retries find a restarted coordinator at once.
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	conn, err := quic.DialAddr(dctx, c.cfg.Server, tc, &quic.Config{MaxIdleTimeout: 3 * time.Second, KeepAlivePeriod: 500 * time.Millisecond})
 	cancel()
 	if err != nil {

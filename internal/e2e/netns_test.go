@@ -87,17 +87,24 @@ func TestAgentPartitionedMidCall(t *testing.T) {
 		st, ok := statusIn(t, p.a, http)
 		return ok && len(st.Workers) >= 2
 	})
-	start(t, "netns-exec", p.a, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "survivor", "--token-file", token, "--state", t.TempDir())
-	waitUntil(t, "the survivor registered", 30*time.Second, func() bool {
-		st, ok := statusIn(t, p.a, http)
-		return ok && len(st.Nodes) == 2
-	})
 	tok, err := pki.ReadToken(filepath.Join(dir, pki.ConsoleToken))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The call starts while only the victim has workers; then the survivor
+	// joins and gets the spare worker the N+1 policy places there.
 	console := start(t, "netns-exec", p.a, "stream", "--server", quic, "--ca", filepath.Join(dir, pki.CAFile), "--token", tok, "--call", "partition-call", "--speed", "3", "--quiet", demoCall)
-	time.Sleep(3 * time.Second) // the call is under way on the victim's workers
+	start(t, "netns-exec", p.a, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "survivor", "--token-file", token, "--state", t.TempDir())
+	waitUntil(t, "a spare worker on the survivor", 60*time.Second, func() bool {
+		st, ok := statusIn(t, p.a, http)
+		for _, w := range st.Workers {
+			if ok && w.Node == "survivor" {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(500 * time.Millisecond) // the call is under way on the victim's workers
 	cut := time.Now()
 	ipCmd(t, "-n", p.b, "link", "set", p.vb, "down")
 	var lostAfter time.Duration

@@ -147,6 +147,23 @@ func EnsureToken(path string) (string, error) {
 	return t, nil
 }
 
+// EnsureKey returns the 32-byte secret in path, creating a random one
+// (mode 0600) if missing.
+func EnsureKey(path string) ([32]byte, error) {
+	var k [32]byte
+	if b, err := os.ReadFile(path); err == nil {
+		if len(b) != 32 {
+			return k, fmt.Errorf("pki: %s holds %d bytes, want 32", path, len(b))
+		}
+		copy(k[:], b)
+		return k, nil
+	}
+	if _, err := rand.Read(k[:]); err != nil {
+		return k, err
+	}
+	return k, os.WriteFile(path, k[:], 0o600)
+}
+
 // ReadToken reads a token file.
 func ReadToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
