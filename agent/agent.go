@@ -32,6 +32,8 @@ type Config struct {
 	WorkerCommand []string
 	ModelDir      string
 	StateDir      string
+	// IgnoredXIDs do not make a GPU unhealthy (nil: gpu.DefaultIgnoredXIDs).
+	IgnoredXIDs []uint64
 	// GPUs overrides NVML discovery (a simulated server, in tests and
 	// demos). Nil means: use NVML, or run CPU-only without a driver.
 	GPUs   gpu.Collector
@@ -104,7 +106,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	if w, ok := a.gpus.(healthWatcher); ok {
 		go func() {
-			if err := w.WatchHealth(ctx, gpu.HealthConfig{Log: a.log.With("component", "gpu-health")}); err != nil {
+			if err := w.WatchHealth(ctx, gpu.HealthConfig{IgnoredXIDs: a.cfg.IgnoredXIDs, Log: a.log.With("component", "gpu-health")}); err != nil {
 				a.log.Error("GPU health watcher stopped", "err", err)
 			}
 		}()

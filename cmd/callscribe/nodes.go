@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/callscribe/callscribe/agent"
 	"github.com/callscribe/callscribe/agent/gpu"
@@ -73,6 +75,7 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.ModelDir, "models", "", "directory of extra model manifests")
 	fs.StringVar(&cfg.StateDir, "state", "/var/lib/callscribe", "state directory (its disk is reported)")
 	fs.StringVar(&sim, "sim-gpus", "", "simulate a GPU server instead of NVML (dgxa100)")
+	xids := fs.String("ignore-xids", "13,31,43,45,68,109", "XIDs caused by applications, which do not make a GPU unhealthy")
 	fs.StringVar(&level, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -83,6 +86,19 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cfg.Token, cfg.NodeID = tok, proto.NodeID(node)
 	cfg.Logger = newLogger(stderr, level)
+	for _, x := range strings.Split(*xids, ",") {
+		if x = strings.TrimSpace(x); x == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(x, 10, 64)
+		if err != nil {
+			return fmt.Errorf("--ignore-xids: %q is not a number", x)
+		}
+		cfg.IgnoredXIDs = append(cfg.IgnoredXIDs, n)
+	}
+	if cfg.IgnoredXIDs == nil {
+		cfg.IgnoredXIDs = []uint64{} // an empty flag ignores none
+	}
 	if cfg.WorkerCommand, err = workerCommand(); err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ import (
 type serveFlags struct {
 	data, http, quic, hosts, level, modelDir string
 	workers, idle                            int
-	abandon                                  time.Duration
+	abandon, check                           time.Duration
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
@@ -37,6 +37,7 @@ func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
 	fs.StringVar(&f.modelDir, "models", "", "directory of extra model manifests")
 	fs.StringVar(&f.level, "log-level", "info", "log level")
 	fs.DurationVar(&f.abandon, "abandon-after", 2*time.Minute, "end a call whose console has been gone this long")
+	fs.DurationVar(&f.check, "check-interval", time.Second, "how often the scaling policy runs")
 }
 
 // setup prepares the state directory: CA, serving certificate and tokens.
@@ -63,7 +64,7 @@ func (f *serveFlags) setup(log *slog.Logger) (coordinator.Config, string, string
 		return cfg, "", "", err
 	}
 	cfg = coordinator.Config{DataDir: f.data, QUICAddr: f.quic, HTTPAddr: f.http, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, MinWorkers: f.workers, IdleSlots: f.idle, AbandonAfter: f.abandon, Logger: log.With("component", "coordinator")}
+		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, MinWorkers: f.workers, IdleSlots: f.idle, AbandonAfter: f.abandon, CheckInterval: f.check, Logger: log.With("component", "coordinator")}
 	return cfg, ctoken, ntoken, nil
 }
 
