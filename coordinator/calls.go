@@ -201,6 +201,9 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 			return nil, err
 		}
 		ch.nextSeq = n
+		if i < len(rec.Received) {
+			ch.received = rec.Received[i]
+		}
 		last, err := c.store.LastFinal(rec.ID, i)
 		if err != nil {
 			return nil, err
@@ -321,15 +324,16 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 	rec := *cl.rec
 	rec.State, rec.Ended, rec.EndReason = store.StateEnded, &now, why
 	rec.EndFrames = make([]uint32, len(cl.chans))
+	rec.Received = make([]uint64, len(cl.chans))
 	for i, ch := range cl.chans {
-		rec.EndFrames[i] = ch.nextSeq
+		rec.EndFrames[i], rec.Received[i] = ch.nextSeq, ch.received
 	}
 	cl.mu.Unlock()
 	if err := c.store.PutCall(ctx, &rec); err != nil {
 		return err
 	}
 	cl.mu.Lock()
-	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason = rec.State, rec.Ended, rec.EndFrames, rec.EndReason
+	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason, cl.rec.Received = rec.State, rec.Ended, rec.EndFrames, rec.EndReason, rec.Received
 	for _, ch := range cl.chans {
 		ch.ended = true
 		ch.signal()

@@ -85,6 +85,9 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 				return v, err
 			}
 			cj := channelJSON{Label: l, Stored: n}
+			if i < len(rec.Received) {
+				cj.Received = rec.Received[i]
+			}
 			if i < len(rec.Decoded) {
 				cj.Decoded = rec.Decoded[i]
 			}

@@ -43,6 +43,9 @@ type Call struct {
 	// EndReason is set when the coordinator ended the call itself (its
 	// console was gone for too long).
 	EndReason string `json:"end_reason,omitempty"`
+	// Received is, per channel, frames the coordinator received, resent
+	// duplicates included (as of the end of the call).
+	Received []uint64 `json:"received,omitempty"`
 	// Decoded is, per channel, frames the workers have decoded (as of the
 	// last final or the end).
 	Decoded []uint32 `json:"decoded"`
