@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -348,5 +350,37 @@ func TestAbandonedCallIsEnded(t *testing.T) {
 	}
 	if !strings.Contains(tc.logs.String(), "abandoned") {
 		t.Fatal("no log line for the abandoned call")
+	}
+}
+
+// /metrics serves the frame accounting and call states in Prometheus form.
+func TestMetricsEndpoint(t *testing.T) {
+	tc := startCoordinator(t)
+	s := tc.stream(t)
+	s.open(hello("metrics-call"))
+	for i := range uint32(4) {
+		s.audio(0, i)
+		s.expectAck(i + 1)
+	}
+	s.audio(0, 2) // a resend
+	s.expectAck(4)
+	resp, err := http.Get("http://" + tc.c.HTTPAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	body := string(b)
+	for _, want := range []string{
+		"callscribe_frames_received_total 5",
+		"callscribe_frames_stored_total 4",
+		"callscribe_frames_duplicate_total 1",
+		`callscribe_calls{state="streaming"} 1`,
+		"callscribe_ack_latency_seconds_count 4",
+		`callscribe_worker_slots{use="free"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -254,10 +254,12 @@ func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) 
 	}
 	next, ended := ch.nextSeq, ch.ended
 	ch.received++
+	s.c.metrics.inc(func(p *prom) { p.framesRecv.Inc() })
 	first := cl.rec.State == store.StateOpen
 	cl.mu.Unlock()
 	switch {
 	case a.Seq < next: // a resend of a durable frame: ack, do not store again
+		s.c.metrics.inc(func(p *prom) { p.framesDup.Inc() })
 		return proto.Ack{Channel: a.Channel, NextSeq: next}, nil
 	case ended:
 		return proto.Ack{}, perr(proto.CodeBadRequest, "channel %d has ended at frame %d", a.Channel, next)
@@ -267,6 +269,7 @@ func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) 
 	if err := s.c.store.PutFrames(ctx, cl.id, ch.idx, []store.Frame{{Seq: a.Seq, Capture: a.Capture, Payload: a.Payload}}); err != nil {
 		s.c.log.Error("frame not stored", "call", cl.id, "channel", ch.idx, "seq", a.Seq, "err", err)
 		s.c.metrics.storeErrors.Add(1)
+		s.c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
 		return proto.Ack{}, perr(proto.CodeStorage, "frame %d not stored: %v", a.Seq, err)
 	}
 	s.c.metrics.observeAck(time.Since(now))

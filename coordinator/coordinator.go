@@ -116,6 +116,7 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}}
+	c.metrics.p = newProm(c)
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, c.cfg.ConsoleTokens) }}
 	return c, nil

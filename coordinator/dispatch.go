@@ -42,6 +42,7 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 		}
 		log.Warn("channel lost its worker: moving it", "worker", w.hello.WorkerID, "err", err)
 		c.metrics.failovers.Add(1)
+		c.metrics.inc(func(p *prom) { p.failovers.Inc() })
 		// A broken worker connection is removed at once so the next
 		// acquire does not pick it again.
 		if w.conn.Context().Err() != nil {
@@ -228,6 +229,10 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 	}
 	cl.mu.Lock()
 	ch.finals = ev.Index + 1
+	if ev.Decoded > ch.decoded {
+		d := ev.Decoded - ch.decoded
+		c.metrics.inc(func(p *prom) { p.framesDec.Add(float64(d)) })
+	}
 	ch.decoded = ev.Decoded
 	cl.rec.Decoded[ch.idx] = ev.Decoded
 	if final {
@@ -238,7 +243,7 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 		s.sendFinalLocked(cl, f)
 	}
 	cl.mu.Unlock()
-	c.metrics.toConsole.add(time.Since(got))
+	c.metrics.observeToConsole(time.Since(got))
 	c.metrics.finals.Add(1)
 	return nil
 }

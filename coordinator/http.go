@@ -10,6 +10,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/proto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func (c *Coordinator) routes() http.Handler {
@@ -22,6 +23,7 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /v1/status", c.handleStatus)
 	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.handleDrain(true))
 	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.handleDrain(false))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
 	return mux
 }

@@ -18,11 +18,45 @@ type metrics struct {
 	toWorker    window // frame received → written to the worker
 	resume      window // worker lost → channel reassigned
 	toConsole   window // final received from a worker → queued to the console (persist included)
+	p           *prom  // Prometheus instruments (nil in tests that build a bare Coordinator)
 }
 
-func (m *metrics) observeAck(d time.Duration)      { m.ack.add(d) }
-func (m *metrics) observeToWorker(d time.Duration) { m.toWorker.add(d) }
-func (m *metrics) observeResume(d time.Duration)   { m.resume.add(d) }
+func (m *metrics) observeAck(d time.Duration) {
+	m.ack.add(d)
+	if m.p != nil {
+		m.p.ack.Observe(secs(d))
+		m.p.framesStor.Inc()
+	}
+}
+
+func (m *metrics) observeToWorker(d time.Duration) {
+	m.toWorker.add(d)
+	if m.p != nil {
+		m.p.toWorker.Observe(secs(d))
+	}
+}
+
+func (m *metrics) observeResume(d time.Duration) {
+	m.resume.add(d)
+	if m.p != nil {
+		m.p.resume.Observe(secs(d))
+	}
+}
+
+func (m *metrics) observeToConsole(d time.Duration) {
+	m.toConsole.add(d)
+	if m.p != nil {
+		m.p.toConsole.Observe(secs(d))
+		m.p.finals.Inc()
+	}
+}
+
+// inc bumps a Prometheus counter when metrics are enabled.
+func (m *metrics) inc(f func(*prom)) {
+	if m.p != nil {
+		f(m.p)
+	}
+}
 
 // window keeps the last 8192 observations.
 type window struct {

@@ -238,6 +238,14 @@ func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, n
 			}
 			c.reg.planned[id] = p
 			placed = append(placed, instanceOf(dec, need, fallback))
+			kind := "cpu"
+			switch {
+			case dec.Degraded:
+				kind = "degraded"
+			case dec.GPU != "":
+				kind = "gpu"
+			}
+			c.metrics.inc(func(p *prom) { p.placements.WithLabelValues(kind).Inc() })
 			c.log.Info("scaling: starting worker", "worker", id, "model", model, "node", dec.Node, "gpu", dec.GPU, "degraded", dec.Degraded, "why", dec.Reason)
 			cmds = append(cmds, nodeCommand{p.node, proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: model, GPU: dec.GPU}})
 		}

@@ -1,0 +1,142 @@
+package coordinator
+
+import (
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// prom holds the coordinator's Prometheus instruments, served at /metrics.
+type prom struct {
+	reg        *prometheus.Registry
+	framesRecv prometheus.Counter
+	framesDup  prometheus.Counter
+	framesStor prometheus.Counter
+	framesDec  prometheus.Counter
+	framesLost prometheus.Counter
+	failovers  prometheus.Counter
+	placements *prometheus.CounterVec
+	finals     prometheus.Counter
+	ack        prometheus.Histogram
+	toWorker   prometheus.Histogram
+	toConsole  prometheus.Histogram
+	resume     prometheus.Histogram
+}
+
+func newProm(c *Coordinator) *prom {
+	lat := func(name, help string) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "callscribe", Name: name, Help: help,
+			Buckets: []float64{.0005, .001, .002, .003, .005, .0075, .01, .02, .05, .1, .25, .5, 1, 2.5}})
+	}
+	ctr := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "callscribe", Name: name, Help: help})
+	}
+	p := &prom{
+		reg:        prometheus.NewRegistry(),
+		framesRecv: ctr("frames_received_total", "Audio frames received from consoles, resends included."),
+		framesDup:  ctr("frames_duplicate_total", "Resent frames that were already durable (acked again, stored once)."),
+		framesStor: ctr("frames_stored_total", "Audio frames made durable (synced) and acknowledged."),
+		framesDec:  ctr("frames_decoded_total", "Audio frames decoded by workers, as of their last report."),
+		framesLost: ctr("frames_lost_total", "Frames refused because they could not be stored (not acked: the console resends them)."),
+		failovers:  ctr("failovers_total", "Call channels moved to another worker after a failure."),
+		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "callscribe", Name: "placements_total",
+			Help: "Worker instances placed, by kind (gpu, cpu, degraded)."}, []string{"kind"}),
+		finals:    ctr("finals_total", "Final utterances persisted."),
+		ack:       lat("ack_latency_seconds", "Frame received to durable (synced) ack."),
+		toWorker:  lat("frame_to_worker_seconds", "Frame received to written to its worker."),
+		toConsole: lat("final_to_console_seconds", "Worker final received to persisted and queued to the console."),
+		resume:    lat("resume_seconds", "Channel lost its worker to assigned to another."),
+	}
+	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.failovers, p.placements, p.finals,
+		p.ack, p.toWorker, p.toConsole, p.resume, &stateCollector{c: c},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return p
+}
+
+func secs(d time.Duration) float64 { return d.Seconds() }
+
+// stateCollector reports gauges read at scrape time: calls by state,
+// workers by state, nodes, and every GPU's readings and health.
+type stateCollector struct{ c *Coordinator }
+
+var (
+	descCalls   = prometheus.NewDesc("callscribe_calls", "Calls held in memory by state.", []string{"state"}, nil)
+	descWorkers = prometheus.NewDesc("callscribe_workers", "Workers by node and state as their agents report them.", []string{"node", "state"}, nil)
+	descSlots   = prometheus.NewDesc("callscribe_worker_slots", "Call-channel slots of registered workers, by use.", []string{"use"}, nil)
+	descNode    = prometheus.NewDesc("callscribe_node_up", "1 for a node heard from within its TTL, 0 for a lost one.", []string{"node", "draining"}, nil)
+	descGPUMem  = prometheus.NewDesc("callscribe_gpu_memory_bytes", "GPU memory by kind (total, used, free).", []string{"node", "gpu", "kind"}, nil)
+	descGPUUtil = prometheus.NewDesc("callscribe_gpu_utilization_ratio", "GPU utilisation, 0-1.", []string{"node", "gpu"}, nil)
+	descGPUTemp = prometheus.NewDesc("callscribe_gpu_temperature_celsius", "GPU temperature.", []string{"node", "gpu"}, nil)
+	descGPUPow  = prometheus.NewDesc("callscribe_gpu_power_watts", "GPU power draw.", []string{"node", "gpu"}, nil)
+	descGPUOK   = prometheus.NewDesc("callscribe_gpu_healthy", "1 when the GPU is healthy.", []string{"node", "gpu"}, nil)
+)
+
+func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK} {
+		ch <- d
+	}
+}
+
+func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c := s.c
+	states := map[string]int{store.StateOpen: 0, store.StateStreaming: 0, store.StateEnded: 0, store.StateFinalised: 0}
+	c.mu.Lock()
+	for _, cl := range c.calls {
+		cl.mu.Lock()
+		states[cl.rec.State]++
+		cl.mu.Unlock()
+	}
+	c.mu.Unlock()
+	for st, n := range states {
+		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
+	}
+	c.reg.mu.Lock()
+	defer c.reg.mu.Unlock()
+	used, free := 0, 0
+	for _, w := range c.reg.workers {
+		used += w.used
+		free += w.hello.Slots - w.used
+	}
+	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(used), "used")
+	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(free), "free")
+	for _, n := range c.reg.nodes {
+		node := string(n.id)
+		up := 1.0
+		if n.lost {
+			up = 0
+		}
+		drain := "false"
+		if c.reg.draining[n.id] {
+			drain = "true"
+		}
+		ch <- prometheus.MustNewConstMetric(descNode, prometheus.GaugeValue, up, node, drain)
+		byState := map[string]int{}
+		for _, w := range n.last.Workers {
+			byState[w.State]++
+		}
+		for st, k := range byState {
+			ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(k), node, st)
+		}
+		for _, g := range n.last.GPUs {
+			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemTotalMB<<20), node, g.UUID, "total")
+			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemUsedMB<<20), node, g.UUID, "used")
+			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemFreeMB<<20), node, g.UUID, "free")
+			if g.UtilPct != nil {
+				ch <- prometheus.MustNewConstMetric(descGPUUtil, prometheus.GaugeValue, float64(*g.UtilPct)/100, node, g.UUID)
+			}
+			if g.TempC != nil {
+				ch <- prometheus.MustNewConstMetric(descGPUTemp, prometheus.GaugeValue, float64(*g.TempC), node, g.UUID)
+			}
+			if g.PowerW != nil {
+				ch <- prometheus.MustNewConstMetric(descGPUPow, prometheus.GaugeValue, *g.PowerW, node, g.UUID)
+			}
+			ok := 0.0
+			if g.Healthy {
+				ok = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descGPUOK, prometheus.GaugeValue, ok, node, g.UUID)
+		}
+	}
+}
