@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/agent/firmware"
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/agent/host"
 	"github.com/callscribe/callscribe/agent/supervisor"
@@ -34,6 +36,12 @@ type Config struct {
 	StateDir      string
 	// IgnoredXIDs do not make a GPU unhealthy (nil: gpu.DefaultIgnoredXIDs).
 	IgnoredXIDs []uint64
+	// Profile is this node's class (firmware-configs/): a GPU that breaks it
+	// is reported excluded, with the reason, and is not used for placement.
+	Profile *firmware.Profile
+	// Apply sets at start what NVML can set to match the profile
+	// (persistence mode, power limit) and reports what it cannot.
+	Apply bool
 	// GPUs overrides NVML discovery (a simulated server, in tests and
 	// demos). Nil means: use NVML, or run CPU-only without a driver.
 	GPUs   gpu.Collector
@@ -47,12 +55,14 @@ type healthWatcher interface {
 
 // Agent is a running node agent.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	gpus gpu.Collector
-	host *host.Sampler
-	sup  *supervisor.Supervisor
-	kick chan struct{}
+	cfg     Config
+	mu      sync.Mutex
+	lastWhy map[string]string // GPU → last reported non-compliance
+	log     *slog.Logger
+	gpus    gpu.Collector
+	host    *host.Sampler
+	sup     *supervisor.Supervisor
+	kick    chan struct{}
 }
 
 // New prepares an agent. Without an NVIDIA driver it runs CPU-only and says
@@ -64,7 +74,7 @@ func New(cfg Config) (*Agent, error) {
 	if !proto.ValidID(string(cfg.NodeID)) {
 		return nil, fmt.Errorf("agent: invalid node id %q", cfg.NodeID)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), host: host.New(cfg.StateDir), kick: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), host: host.New(cfg.StateDir), kick: make(chan struct{}, 1), lastWhy: map[string]string{}}
 	a.gpus = cfg.GPUs
 	if a.gpus == nil {
 		g, err := gpu.New(nil)
@@ -79,6 +89,12 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a.sup = supervisor.New(a.log.With("component", "supervisor"), supervisor.DefaultPolicy, a.nudge)
+	if cfg.Apply {
+		a.applyProfile()
+	}
+	if cfg.Profile != nil {
+		a.gpuList() // check compliance now, and say so
+	}
 	return a, nil
 }
 
@@ -148,7 +164,60 @@ func (a *Agent) gpuList() []proto.GPU {
 	if err != nil {
 		a.log.Warn("GPU readings failed", "err", err)
 	}
+	if a.cfg.Profile != nil {
+		why := a.cfg.Profile.Check(a.gpus.Driver(), gs)
+		a.mu.Lock()
+		for i := range gs {
+			gs[i].Excluded = why[gs[i].UUID]
+			if a.lastWhy[gs[i].UUID] != gs[i].Excluded { // log changes, not every reading
+				if gs[i].Excluded != "" {
+					a.log.Warn("GPU breaks the node profile: excluded from placement", "gpu", gs[i].UUID, "profile", a.cfg.Profile.Class, "why", gs[i].Excluded)
+				} else {
+					a.log.Info("GPU complies with the node profile", "gpu", gs[i].UUID, "profile", a.cfg.Profile.Class)
+				}
+				a.lastWhy[gs[i].UUID] = gs[i].Excluded
+			}
+		}
+		a.mu.Unlock()
+	}
 	return gs
+}
+
+// applier is a Collector that can change GPU settings.
+type applier interface {
+	Apply(uuid string, want gpu.Settings) []string
+}
+
+// applyProfile sets what NVML can set to match the profile and logs what
+// it cannot (driver, VBIOS, ECC and MIG need an operator and a reset).
+func (a *Agent) applyProfile() {
+	p := a.cfg.Profile
+	ap, ok := a.gpus.(applier)
+	if p == nil || !ok {
+		return
+	}
+	gs, err := a.gpus.Devices()
+	if err != nil {
+		a.log.Error("--apply: cannot read GPUs", "err", err)
+		return
+	}
+	for _, g := range gs {
+		var want gpu.Settings
+		if p.GPU.Persistence != nil && (g.Persistence == nil || *g.Persistence != *p.GPU.Persistence) {
+			want.Persistence = p.GPU.Persistence
+		}
+		if p.GPU.PowerLimitW > 0 && (g.PowerLimitW == nil || int(*g.PowerLimitW+0.5) != p.GPU.PowerLimitW) {
+			want.PowerLimitW = p.GPU.PowerLimitW
+		}
+		for _, line := range ap.Apply(g.UUID, want) {
+			a.log.Info("--apply", "result", line)
+		}
+	}
+	for _, g := range a.gpuList() {
+		if g.Excluded != "" {
+			a.log.Warn("--apply cannot fix this: an operator must", "gpu", g.UUID, "why", g.Excluded)
+		}
+	}
 }
 
 func (a *Agent) session(ctx context.Context, tc *tls.Config) error {

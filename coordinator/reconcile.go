@@ -70,7 +70,7 @@ func (c *Coordinator) placementViewLocked() ([]placement.Node, []placement.Insta
 			gpus = n.hello.GPUs
 		}
 		for _, g := range gpus {
-			pg := placement.GPU{UUID: g.UUID, MemTotalMB: g.MemTotalMB, MemFreeMB: g.MemFreeMB, Healthy: g.Healthy}
+			pg := placement.GPU{UUID: g.UUID, MemTotalMB: g.MemTotalMB, MemFreeMB: g.MemFreeMB, Healthy: g.Healthy, Excluded: g.Excluded}
 			if g.UtilPct != nil {
 				pg.UtilPct = *g.UtilPct
 			}
@@ -107,8 +107,11 @@ func (c *Coordinator) reconcile(now time.Time) {
 	unhealthy := map[string]string{}
 	for _, n := range c.reg.nodes {
 		for _, g := range n.last.GPUs {
-			if !g.Healthy {
+			switch {
+			case !g.Healthy:
 				unhealthy[g.UUID] = g.Unhealthy
+			case g.Excluded != "":
+				unhealthy[g.UUID] = "excluded by the node profile: " + g.Excluded
 			}
 		}
 	}

@@ -221,6 +221,13 @@ type GPU struct {
 	Unhealthy   string   `json:"unhealthy,omitempty"`
 	DriverVer   string   `json:"driver,omitempty"`
 	Persistence *bool    `json:"persistence,omitempty"`
+	VBIOS       string   `json:"vbios,omitempty"`
+	ECC         *bool    `json:"ecc,omitempty"`
+	MIG         *bool    `json:"mig,omitempty"`
+	PowerLimitW *float64 `json:"power_limit_w,omitempty"`
+	// Excluded is why the GPU breaks its node-class profile (it is then
+	// not used for placement); "" when it complies or no profile is set.
+	Excluded string `json:"excluded,omitempty"`
 }
 
 // Host is an agent's host load.

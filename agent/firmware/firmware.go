@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -107,35 +108,39 @@ func (p *Profile) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Check returns, per GPU UUID, why it does not comply ("" when it does).
-// vbios maps UUID → VBIOS version where known.
-func (p *Profile) Check(driver string, gpus []proto.GPU, vbios map[string]string) map[string]string {
+// Check returns, per GPU UUID, why it breaks the profile ("" when it
+// complies). Readings a GPU could not give are not held against it, except
+// the VBIOS when the profile lists allowed versions.
+func (p *Profile) Check(driver string, gpus []proto.GPU) map[string]string {
 	out := map[string]string{}
 	dv, derr := parseVersion(driver)
-	min, _ := parseVersion(p.GPU.MinDriver)
+	minDrv, _ := parseVersion(p.GPU.MinDriver)
+	want := p.GPU
 	for _, g := range gpus {
 		var why []string
-		if p.GPU.Count == 0 {
+		if want.Count == 0 {
 			why = append(why, "profile "+p.Class+" expects no GPU")
 		}
-		if p.GPU.Model != "" && g.Name != p.GPU.Model {
-			why = append(why, fmt.Sprintf("model %q, profile wants %q", g.Name, p.GPU.Model))
+		if want.Model != "" && g.Name != want.Model {
+			why = append(why, fmt.Sprintf("model %q, profile wants %q", g.Name, want.Model))
 		}
-		if p.GPU.MinDriver != "" && (derr != nil || less(dv, min)) {
-			why = append(why, fmt.Sprintf("driver %q below %s", driver, p.GPU.MinDriver))
+		if want.MinDriver != "" && (derr != nil || less(dv, minDrv)) {
+			why = append(why, fmt.Sprintf("driver %q below %s", driver, want.MinDriver))
 		}
-		if len(p.GPU.AllowedVBIOS) > 0 {
-			v := vbios[g.UUID]
-			ok := false
-			for _, a := range p.GPU.AllowedVBIOS {
-				ok = ok || a == v
-			}
-			if !ok {
-				why = append(why, fmt.Sprintf("VBIOS %q not allowed", v))
-			}
+		if len(want.AllowedVBIOS) > 0 && !slices.Contains(want.AllowedVBIOS, g.VBIOS) {
+			why = append(why, fmt.Sprintf("VBIOS %q not allowed", g.VBIOS))
 		}
-		if p.GPU.Persistence != nil && g.Persistence != nil && *g.Persistence != *p.GPU.Persistence {
-			why = append(why, fmt.Sprintf("persistence mode %v, profile wants %v", *g.Persistence, *p.GPU.Persistence))
+		if want.ECC != nil && g.ECC != nil && *g.ECC != *want.ECC {
+			why = append(why, fmt.Sprintf("ECC %v, profile wants %v", *g.ECC, *want.ECC))
+		}
+		if want.MIG != nil && g.MIG != nil && *g.MIG != *want.MIG {
+			why = append(why, fmt.Sprintf("MIG %v, profile wants %v", *g.MIG, *want.MIG))
+		}
+		if want.Persistence != nil && g.Persistence != nil && *g.Persistence != *want.Persistence {
+			why = append(why, fmt.Sprintf("persistence mode %v, profile wants %v", *g.Persistence, *want.Persistence))
+		}
+		if want.PowerLimitW > 0 && g.PowerLimitW != nil && int(*g.PowerLimitW+0.5) != want.PowerLimitW {
+			why = append(why, fmt.Sprintf("power limit %.0f W, profile wants %d W", *g.PowerLimitW, want.PowerLimitW))
 		}
 		out[g.UUID] = strings.Join(why, "; ")
 	}

@@ -41,30 +41,37 @@ func TestCheckSimulatedServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim, _ := gpu.NewSim("dgxa100")
-	n, err := gpu.New(sim)
+	s, _ := gpu.NewSim("dgxa100")
+	n, err := gpu.New(s)
+	sim := n
 	if err != nil {
 		t.Fatal(err)
 	}
 	devs, _ := n.Devices()
 	p := ps["a100-sxm-40"]
-	for uuid, why := range p.Check(n.Driver(), devs, nil) {
+	for uuid, why := range p.Check(n.Driver(), devs) {
 		if why != "" {
 			t.Fatalf("GPU %s should comply: %s", uuid, why)
 		}
 	}
-	res := p.Check("450.80.02", devs[:1], nil)
+	res := p.Check("450.80.02", devs[:1])
 	if why := res[devs[0].UUID]; !strings.Contains(why, "driver") {
 		t.Fatalf("old driver not reported: %q", why)
 	}
 	h := ps["h100-sxm"]
-	why := h.Check(n.Driver(), devs[:1], map[string]string{devs[0].UUID: "00.00"})[devs[0].UUID]
+	why := h.Check(n.Driver(), devs[:1])[devs[0].UUID]
 	for _, w := range []string{"model", "VBIOS"} {
 		if !strings.Contains(why, w) {
 			t.Errorf("A100 against the H100 profile: %q lacks %s", why, w)
 		}
 	}
-	if why := ps["cpu-only"].Check("", devs[:1], nil)[devs[0].UUID]; why == "" {
+	// A power limit off the profile, as on a misconfigured server.
+	sim.Apply(devs[2].UUID, gpu.Settings{PowerLimitW: 250})
+	devs, _ = n.Devices()
+	if why := p.Check(n.Driver(), devs)[devs[2].UUID]; !strings.Contains(why, "power limit 250 W") {
+		t.Fatalf("power limit not reported: %q", why)
+	}
+	if why := ps["cpu-only"].Check("", devs[:1])[devs[0].UUID]; why == "" {
 		t.Error("a GPU on a cpu-only node should be reported")
 	}
 }

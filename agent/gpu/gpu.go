@@ -124,6 +124,21 @@ func (n *NVML) read(i int, d nvml.Device) proto.GPU {
 		v := pm == nvml.FEATURE_ENABLED
 		g.Persistence = &v
 	}
+	if v, ret := d.GetVbiosVersion(); ret == nvml.SUCCESS {
+		g.VBIOS = v
+	}
+	if cur, _, ret := d.GetEccMode(); ret == nvml.SUCCESS {
+		v := cur == nvml.FEATURE_ENABLED
+		g.ECC = &v
+	}
+	if cur, _, ret := d.GetMigMode(); ret == nvml.SUCCESS {
+		v := cur == nvml.DEVICE_MIG_ENABLE
+		g.MIG = &v
+	}
+	if mw, ret := d.GetEnforcedPowerLimit(); ret == nvml.SUCCESS {
+		v := float64(mw) / 1000
+		g.PowerLimitW = &v
+	}
 	n.mu.Lock()
 	why := n.health[g.UUID]
 	n.mu.Unlock()
@@ -134,4 +149,39 @@ func (n *NVML) read(i int, d nvml.Device) proto.GPU {
 		g.Healthy, g.Unhealthy = false, strings.Join(problems, "; ")
 	}
 	return g
+}
+
+// Settings are what Apply may change on a GPU.
+type Settings struct {
+	Persistence *bool
+	PowerLimitW int // 0: leave as is
+}
+
+// Apply sets what NVML can set (persistence mode, power limit) on the GPU
+// with the given UUID and returns one line per change or failure.
+func (n *NVML) Apply(uuid string, want Settings) []string {
+	d, ret := n.lib.DeviceGetHandleByUUID(uuid)
+	if ret != nvml.SUCCESS {
+		return []string{fmt.Sprintf("%s: not found: %v", uuid, ret)}
+	}
+	var out []string
+	if want.Persistence != nil {
+		mode := nvml.FEATURE_DISABLED
+		if *want.Persistence {
+			mode = nvml.FEATURE_ENABLED
+		}
+		if ret := d.SetPersistenceMode(mode); ret != nvml.SUCCESS {
+			out = append(out, fmt.Sprintf("%s: persistence mode not set: %v", uuid, ret))
+		} else {
+			out = append(out, fmt.Sprintf("%s: persistence mode set to %v", uuid, *want.Persistence))
+		}
+	}
+	if want.PowerLimitW > 0 {
+		if ret := d.SetPowerManagementLimit(uint32(want.PowerLimitW * 1000)); ret != nvml.SUCCESS {
+			out = append(out, fmt.Sprintf("%s: power limit not set to %d W: %v", uuid, want.PowerLimitW, ret))
+		} else {
+			out = append(out, fmt.Sprintf("%s: power limit set to %d W", uuid, want.PowerLimitW))
+		}
+	}
+	return out
 }

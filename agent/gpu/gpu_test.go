@@ -59,7 +59,7 @@ func TestDGXA100Inventory(t *testing.T) {
 }
 
 func TestReadingsFromPartialFake(t *testing.T) {
-	dev := &mock.Device{
+	dev := unsupported(&mock.Device{
 		GetUUIDFunc: func() (string, nvml.Return) { return "GPU-1234", nvml.SUCCESS },
 		GetNameFunc: func() (string, nvml.Return) { return "NVIDIA L4", nvml.SUCCESS },
 		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
@@ -71,7 +71,7 @@ func TestReadingsFromPartialFake(t *testing.T) {
 		GetTemperatureFunc:     func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 61, nvml.SUCCESS },
 		GetPowerUsageFunc:      func() (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED },
 		GetPersistenceModeFunc: func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, nvml.SUCCESS },
-	}
+	})
 	lib := &mock.Interface{
 		InitFunc:                   func() nvml.Return { return nvml.SUCCESS },
 		SystemGetDriverVersionFunc: func() (string, nvml.Return) { return "550.54.15", nvml.SUCCESS },
@@ -109,5 +109,44 @@ func TestSimReadingsReachTheCollector(t *testing.T) {
 	}
 	if _, err := NewSim("nope"); err == nil {
 		t.Fatal("unknown simulated server accepted")
+	}
+}
+
+// unsupported fills the optional readings a partial fake leaves nil with
+// ERROR_NOT_SUPPORTED, as a device without the feature answers.
+func unsupported(d *mock.Device) *mock.Device {
+	if d.GetVbiosVersionFunc == nil {
+		d.GetVbiosVersionFunc = func() (string, nvml.Return) { return "", nvml.ERROR_NOT_SUPPORTED }
+	}
+	if d.GetEccModeFunc == nil {
+		d.GetEccModeFunc = func() (nvml.EnableState, nvml.EnableState, nvml.Return) { return 0, 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	if d.GetMigModeFunc == nil {
+		d.GetMigModeFunc = func() (int, int, nvml.Return) { return 0, 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	if d.GetEnforcedPowerLimitFunc == nil {
+		d.GetEnforcedPowerLimitFunc = func() (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	return d
+}
+
+func TestApplyOnSimulatedServer(t *testing.T) {
+	srv, _ := NewSim("dgxa100")
+	n, err := New(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := n.Devices()
+	off := false
+	rep := n.Apply(devs[0].UUID, Settings{Persistence: &off, PowerLimitW: 300})
+	if len(rep) != 2 {
+		t.Fatalf("report %q", rep)
+	}
+	devs, _ = n.Devices()
+	if *devs[0].Persistence || *devs[0].PowerLimitW != 300 || *devs[1].PowerLimitW != 400 {
+		t.Fatalf("not applied: %+v", devs[0])
+	}
+	if rep := n.Apply("GPU-none", Settings{}); len(rep) != 1 {
+		t.Fatalf("unknown GPU: %q", rep)
 	}
 }

@@ -20,7 +20,7 @@ type fakeEvents struct {
 func twoGPUs(es *fakeEvents, registered *int, mu *sync.Mutex) (*mock.Interface, []*mock.Device) {
 	var devs []*mock.Device
 	for _, u := range []string{"GPU-a", "GPU-b"} {
-		d := &mock.Device{
+		d := unsupported(&mock.Device{
 			GetUUIDFunc:             func() (string, nvml.Return) { return u, nvml.SUCCESS },
 			GetNameFunc:             func() (string, nvml.Return) { return "NVIDIA L4", nvml.SUCCESS },
 			GetMemoryInfoFunc:       func() (nvml.Memory, nvml.Return) { return nvml.Memory{Total: 1 << 34, Free: 1 << 34}, nvml.SUCCESS },
@@ -34,7 +34,7 @@ func twoGPUs(es *fakeEvents, registered *int, mu *sync.Mutex) (*mock.Interface, 
 				mu.Unlock()
 				return nvml.SUCCESS
 			},
-		}
+		})
 		devs = append(devs, d)
 	}
 	set := &mock.EventSet{

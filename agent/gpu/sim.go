@@ -66,7 +66,33 @@ func (s *Sim) fill(i int, d *mock.Device) {
 		defer s.mu.Unlock()
 		return s.power[i], nvml.SUCCESS
 	}
-	d.GetPersistenceModeFunc = func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, nvml.SUCCESS }
+	persist, limit := nvml.FEATURE_ENABLED, uint32(400000)
+	d.GetPersistenceModeFunc = func() (nvml.EnableState, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return persist, nvml.SUCCESS
+	}
+	d.SetPersistenceModeFunc = func(m nvml.EnableState) nvml.Return {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		persist = m
+		return nvml.SUCCESS
+	}
+	d.GetVbiosVersionFunc = func() (string, nvml.Return) { return "92.00.25.00.08", nvml.SUCCESS }
+	d.GetEccModeFunc = func() (nvml.EnableState, nvml.EnableState, nvml.Return) {
+		return nvml.FEATURE_ENABLED, nvml.FEATURE_ENABLED, nvml.SUCCESS
+	}
+	d.GetEnforcedPowerLimitFunc = func() (uint32, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return limit, nvml.SUCCESS
+	}
+	d.SetPowerManagementLimitFunc = func(mw uint32) nvml.Return {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		limit = mw
+		return nvml.SUCCESS
+	}
 }
 
 // Set changes one GPU's readings.

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/callscribe/callscribe/agent"
+	"github.com/callscribe/callscribe/agent/firmware"
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
@@ -75,6 +76,8 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.ModelDir, "models", "", "directory of extra model manifests")
 	fs.StringVar(&cfg.StateDir, "state", "/var/lib/callscribe", "state directory (its disk is reported)")
 	fs.StringVar(&sim, "sim-gpus", "", "simulate a GPU server instead of NVML (dgxa100)")
+	profile := fs.String("profile", "", "node-class profile (a file from firmware-configs/)")
+	fs.BoolVar(&cfg.Apply, "apply", false, "set what NVML can set to match the profile (persistence mode, power limit)")
 	xids := fs.String("ignore-xids", "13,31,43,45,68,109", "XIDs caused by applications, which do not make a GPU unhealthy")
 	fs.StringVar(&level, "log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
@@ -95,6 +98,13 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return fmt.Errorf("--ignore-xids: %q is not a number", x)
 		}
 		cfg.IgnoredXIDs = append(cfg.IgnoredXIDs, n)
+	}
+	if *profile != "" {
+		p, err := firmware.Load(*profile)
+		if err != nil {
+			return err
+		}
+		cfg.Profile = p
 	}
 	if cfg.IgnoredXIDs == nil {
 		cfg.IgnoredXIDs = []uint64{} // an empty flag ignores none

@@ -68,8 +68,11 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for _, n := range st.Nodes {
 		for _, g := range n.GPUs {
 			health := "ok"
-			if !g.Healthy {
+			switch {
+			case !g.Healthy:
 				health = "UNHEALTHY: " + g.Unhealthy
+			case g.Excluded != "":
+				health = "EXCLUDED: " + g.Excluded
 			}
 			fmt.Fprintf(tw, "%d %s\t%s\t%s\t%d/%d MB\t%s\t%s\t%s\t%s\n", g.Index, short(g.UUID), n.ID, g.Name, g.MemUsedMB, g.MemTotalMB, opt(g.UtilPct, "%"), opt(g.TempC, "°C"), optf(g.PowerW, "W"), health)
 		}
