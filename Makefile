@@ -70,6 +70,8 @@ install: build ## install the binary, units, sysusers and tmpfiles (honours DEST
 	sed 's|/usr/local/bin/callscribe|$(PREFIX)/bin/callscribe|' systemd/callscribe-agent.service > $(DESTDIR)$(UNITDIR)/callscribe-agent.service
 	install -D -m 0644 systemd/callscribe.sysusers $(DESTDIR)/usr/lib/sysusers.d/callscribe.conf
 	install -D -m 0644 systemd/callscribe.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/callscribe.conf
+	install -d $(DESTDIR)/etc/callscribe
+	for f in coordinator agent; do [ -e $(DESTDIR)/etc/callscribe/$$f.toml ] || install -m 0640 systemd/$$f.toml $(DESTDIR)/etc/callscribe/$$f.toml; done
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/callscribe/README.md
 	install -d $(DESTDIR)$(PREFIX)/share/callscribe
 	cp -r firmware-configs $(DESTDIR)$(PREFIX)/share/callscribe/

@@ -356,19 +356,22 @@ func (c *Coordinator) janitor(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		c.reg.mu.Lock() // AbandonAfter is reloadable
+		after := c.cfg.AbandonAfter
+		c.reg.mu.Unlock()
 		c.mu.Lock()
 		var idle []*call
 		for _, cl := range c.calls {
 			cl.mu.Lock()
 			live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
-			if live && cl.sess == nil && time.Since(cl.lastActive) > c.cfg.AbandonAfter {
+			if live && cl.sess == nil && time.Since(cl.lastActive) > after {
 				idle = append(idle, cl)
 			}
 			cl.mu.Unlock()
 		}
 		c.mu.Unlock()
 		for _, cl := range idle {
-			why := fmt.Sprintf("console gone for %v", c.cfg.AbandonAfter)
+			why := fmt.Sprintf("console gone for %v", after)
 			if err := c.endCall(ctx, cl, why); err != nil {
 				c.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
 				continue

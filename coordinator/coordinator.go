@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/scaling"
@@ -66,6 +67,8 @@ type Coordinator struct {
 	reg     *registry
 	metrics metrics
 	ingest  *ingest.Server
+
+	consoleTokens atomic.Pointer[[]string]
 
 	mu    sync.Mutex
 	calls map[proto.CallID]*call
@@ -118,7 +121,9 @@ func New(cfg Config) (*Coordinator, error) {
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}}
 	c.metrics.p = newProm(c)
 	c.runCtx, c.stop = context.WithCancel(context.Background())
-	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, c.cfg.ConsoleTokens) }}
+	toks := append([]string(nil), cfg.ConsoleTokens...)
+	c.consoleTokens.Store(&toks)
+	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, *c.consoleTokens.Load()) }}
 	return c, nil
 }
 
@@ -462,6 +467,29 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 			}
 		}
 	}
+}
+
+// Reloadable is the part of the configuration that changes without a
+// restart (SIGHUP).
+type Reloadable struct {
+	ConsoleTokens []string
+	Scaling       map[string]scaling.Policy
+	AbandonAfter  time.Duration
+}
+
+// Reload applies a new reloadable configuration.
+func (c *Coordinator) Reload(r Reloadable) {
+	toks := append([]string(nil), r.ConsoleTokens...)
+	c.consoleTokens.Store(&toks)
+	c.reg.mu.Lock()
+	if r.Scaling != nil {
+		c.cfg.Scaling = r.Scaling
+	}
+	if r.AbandonAfter > 0 {
+		c.cfg.AbandonAfter = r.AbandonAfter
+	}
+	c.reg.mu.Unlock()
+	c.reg.kickReconcile()
 }
 
 // Healthy reports whether the store accepts writes (the watchdog's check).

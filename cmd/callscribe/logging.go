@@ -7,22 +7,31 @@ import (
 	"strings"
 )
 
-// newLogger logs text to w, or JSON under systemd (JOURNAL_STREAM set).
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var lv slog.Level
+func parseLevel(level string) slog.Level {
 	switch strings.ToLower(level) {
 	case "debug":
-		lv = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		lv = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		lv = slog.LevelError
-	default:
-		lv = slog.LevelInfo
+		return slog.LevelError
 	}
+	return slog.LevelInfo
+}
+
+// newLogger logs text to w, or JSON under systemd (JOURNAL_STREAM set).
+func newLogger(w io.Writer, level string) *slog.Logger {
+	l, _ := newLeveledLogger(w, level)
+	return l
+}
+
+// newLeveledLogger is newLogger with a level that can change later (reload).
+func newLeveledLogger(w io.Writer, level string) (*slog.Logger, *slog.LevelVar) {
+	lv := &slog.LevelVar{}
+	lv.Set(parseLevel(level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if os.Getenv("JOURNAL_STREAM") != "" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), lv
 }

@@ -31,11 +31,12 @@ var commands = map[string]command{
 	"worker":      {cmdWorker, "run one ASR worker (started by an agent)"},
 	"status":      {cmdStatus, "show nodes, GPUs, workers and calls (--json)"},
 	"node":        {cmdNode, "drain or undrain a node"},
+	"config":      {cmdConfig, "check a configuration file or node profile"},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

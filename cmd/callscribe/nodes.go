@@ -8,12 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/callscribe/callscribe/agent"
 	"github.com/callscribe/callscribe/agent/firmware"
 	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/internal/config"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/proto"
@@ -62,58 +62,67 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	return worker.Run(ctx, cfg)
 }
 
+// agentConfig is agent.toml; each key is also a flag and a CALLSCRIBE_*
+// environment variable.
+type agentConfig struct {
+	Coordinator string   `toml:"coordinator" help:"coordinator QUIC address"`
+	CA          string   `toml:"ca" help:"CA certificate file"`
+	ServerName  string   `toml:"server_name" help:"name in the coordinator's certificate"`
+	Node        string   `toml:"node" help:"node id"`
+	TokenFile   string   `toml:"token_file" help:"node token file (or CALLSCRIBE_NODE_TOKEN)"`
+	Models      string   `toml:"models" help:"directory of extra model manifests"`
+	State       string   `toml:"state" help:"state directory (its disk is reported)"`
+	Profile     string   `toml:"profile" help:"node-class profile (a file from firmware-configs/)"`
+	Apply       bool     `toml:"apply" help:"set what NVML can set to match the profile (persistence mode, power limit)"`
+	IgnoreXIDs  []uint64 `toml:"ignore_xids" help:"XIDs caused by applications, which do not make a GPU unhealthy"`
+	SimGPUs     string   `toml:"sim_gpus" help:"simulate a GPU server instead of NVML (dgxa100)"`
+	LogLevel    string   `toml:"log_level" help:"debug, info, warn or error"`
+}
+
+func defaultAgentConfig() *agentConfig {
+	return &agentConfig{Coordinator: "127.0.0.1:4433", CA: "/etc/callscribe/ca.pem", ServerName: "localhost", Node: hostnameOr("node"),
+		State: "/var/lib/callscribe-agent", IgnoreXIDs: append([]uint64(nil), gpu.DefaultIgnoredXIDs...), LogLevel: "info"}
+}
+
 // cmdAgent runs a node agent.
 func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg agent.Config
-	var node, tokenFile, level, sim string
-	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:4433", "coordinator QUIC address")
-	fs.StringVar(&cfg.CAFile, "ca", "/var/lib/callscribe/ca.pem", "CA certificate file")
-	fs.StringVar(&cfg.ServerName, "server-name", "localhost", "coordinator certificate name")
-	fs.StringVar(&node, "node", hostnameOr("node"), "node id")
-	fs.StringVar(&tokenFile, "token-file", "", "node token file (or CALLSCRIBE_NODE_TOKEN)")
-	fs.StringVar(&cfg.ModelDir, "models", "", "directory of extra model manifests")
-	fs.StringVar(&cfg.StateDir, "state", "/var/lib/callscribe", "state directory (its disk is reported)")
-	fs.StringVar(&sim, "sim-gpus", "", "simulate a GPU server instead of NVML (dgxa100)")
-	profile := fs.String("profile", "", "node-class profile (a file from firmware-configs/)")
-	fs.BoolVar(&cfg.Apply, "apply", false, "set what NVML can set to match the profile (persistence mode, power limit)")
-	xids := fs.String("ignore-xids", "13,31,43,45,68,109", "XIDs caused by applications, which do not make a GPU unhealthy")
-	fs.StringVar(&level, "log-level", "info", "log level")
+	ac := defaultAgentConfig()
+	config.Bind(fs, ac)
+	file := fs.String("config", "/etc/callscribe/agent.toml", "configuration file (drop-ins in FILE.d/)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	tok, err := nodeToken(tokenFile)
+	required := false
+	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
+	src, err := config.Resolve(fs, ac, *file, required)
 	if err != nil {
 		return err
 	}
-	cfg.Token, cfg.NodeID = tok, proto.NodeID(node)
-	cfg.Logger = newLogger(stderr, level)
-	for _, x := range strings.Split(*xids, ",") {
-		if x = strings.TrimSpace(x); x == "" {
-			continue
-		}
-		n, err := strconv.ParseUint(x, 10, 64)
-		if err != nil {
-			return fmt.Errorf("--ignore-xids: %q is not a number", x)
-		}
-		cfg.IgnoredXIDs = append(cfg.IgnoredXIDs, n)
+	log := newLogger(stderr, ac.LogLevel)
+	for _, line := range config.Effective(ac, src) {
+		log.Info("config", "effective", line)
 	}
-	if *profile != "" {
-		p, err := firmware.Load(*profile)
-		if err != nil {
-			return err
-		}
-		cfg.Profile = p
+	tok, err := nodeToken(ac.TokenFile)
+	if err != nil {
+		return err
 	}
+	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinator: ac.Coordinator, CAFile: ac.CA, ServerName: ac.ServerName, Token: tok,
+		ModelDir: ac.Models, StateDir: ac.State, Apply: ac.Apply, IgnoredXIDs: ac.IgnoreXIDs, Logger: log}
 	if cfg.IgnoredXIDs == nil {
-		cfg.IgnoredXIDs = []uint64{} // an empty flag ignores none
+		cfg.IgnoredXIDs = []uint64{} // an empty list ignores none
 	}
 	if cfg.WorkerCommand, err = workerCommand(); err != nil {
 		return err
 	}
-	if sim != "" {
-		s, err := gpu.NewSim(sim)
+	if ac.Profile != "" {
+		if cfg.Profile, err = firmware.Load(ac.Profile); err != nil {
+			return err
+		}
+	}
+	if ac.SimGPUs != "" {
+		s, err := gpu.NewSim(ac.SimGPUs)
 		if err != nil {
 			return err
 		}
@@ -126,10 +135,43 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	go watchdog(ctx, func(context.Context) error { return nil })
-	_ = sdnotify.Ready("agent " + node + " running")
+	_ = sdnotify.Ready("agent " + ac.Node + " running")
 	err = a.Run(ctx)
 	_ = sdnotify.Stopping("stopped")
 	return err
+}
+
+// cmdConfig checks a configuration file: `callscribe config check FILE`.
+func cmdConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) != 2 || args[0] != "check" {
+		fmt.Fprintln(stderr, "usage: callscribe config check FILE   (coordinator.toml, agent.toml or a profile from firmware-configs/)")
+		return errUsage
+	}
+	path := args[1]
+	fs := flag.NewFlagSet("config", flag.ContinueOnError)
+	var target any
+	switch base := filepath.Base(path); {
+	case strings.Contains(base, "agent"):
+		target = defaultAgentConfig()
+	case strings.Contains(base, "coordinator"):
+		target = defaultCoordinatorConfig("/var/lib/callscribe")
+	default:
+		p, err := firmware.Load(path)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: node-class profile %q is valid\n", path, p.Class)
+		return nil
+	}
+	src, err := config.Resolve(fs, target, path, true)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: valid; effective configuration:\n", path)
+	for _, l := range config.Effective(target, src) {
+		fmt.Fprintln(stdout, "  "+l)
+	}
+	return nil
 }
 
 func workerCommand() ([]string, error) {

@@ -3,82 +3,160 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/callscribe/callscribe/agent"
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/coordinator/scaling"
+	"github.com/callscribe/callscribe/internal/config"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
 
-type serveFlags struct {
-	data, http, quic, hosts, level, modelDir string
-	workers, idle                            int
-	abandon, check                           time.Duration
+// coordinatorConfig is coordinator.toml. Each key is also a flag (dashes for
+// underscores) and a CALLSCRIBE_* environment variable.
+type coordinatorConfig struct {
+	Data          string          `toml:"data" help:"state directory (store, CA, tokens)"`
+	HTTP          string          `toml:"http" help:"HTTP listen address"`
+	QUIC          string          `toml:"quic" help:"QUIC listen address (consoles, agents, workers)"`
+	Hosts         []string        `toml:"hosts" help:"names and addresses the serving certificate covers"`
+	Workers       int             `toml:"workers" help:"fewest workers of the default model the rack runs"`
+	IdleSlots     int             `toml:"idle_slots" help:"idle call-channel slots to keep ready (reloadable)"`
+	CheckInterval config.Duration `toml:"check_interval" help:"how often the scaling policy runs"`
+	AbandonAfter  config.Duration `toml:"abandon_after" help:"end a call whose console has been gone this long (reloadable)"`
+	Models        string          `toml:"models" help:"directory of extra model manifests"`
+	ConsoleTokens []string        `toml:"console_tokens" help:"console tokens accepted besides DATA/console.token (reloadable)"`
+	LogLevel      string          `toml:"log_level" help:"debug, info, warn or error (reloadable)"`
 }
 
-func (f *serveFlags) register(fs *flag.FlagSet, defData string) {
-	fs.StringVar(&f.data, "data", defData, "state directory (store, CA, tokens)")
-	fs.StringVar(&f.http, "http", "127.0.0.1:8080", "HTTP listen address")
-	fs.StringVar(&f.quic, "quic", "127.0.0.1:4433", "QUIC listen address")
-	fs.StringVar(&f.hosts, "hosts", "localhost,127.0.0.1,::1", "names and addresses the serving certificate covers")
-	fs.IntVar(&f.workers, "workers", 2, "fewest workers of the default model the rack runs")
-	fs.IntVar(&f.idle, "idle-slots", 2, "idle call-channel slots to keep ready (more workers start when fewer are free, as the hardware allows)")
-	fs.StringVar(&f.modelDir, "models", "", "directory of extra model manifests")
-	fs.StringVar(&f.level, "log-level", "info", "log level")
-	fs.DurationVar(&f.abandon, "abandon-after", 2*time.Minute, "end a call whose console has been gone this long")
-	fs.DurationVar(&f.check, "check-interval", time.Second, "how often the scaling policy runs")
+func defaultCoordinatorConfig(data string) *coordinatorConfig {
+	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
+		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info"}
 }
 
-// setup prepares the state directory: CA, serving certificate and tokens.
-func (f *serveFlags) setup(log *slog.Logger) (coordinator.Config, string, string, error) {
+// loaded is a resolved configuration and how to reload it.
+type loaded struct {
+	cfg    *coordinatorConfig
+	src    config.Source
+	reload func() (*coordinatorConfig, error)
+}
+
+func loadCoordinatorConfig(fs *flag.FlagSet, args []string, defData, defFile string, stderr io.Writer) (*loaded, []string, error) {
+	cfg := defaultCoordinatorConfig(defData)
+	config.Bind(fs, cfg)
+	file := fs.String("config", defFile, "configuration file (drop-ins in FILE.d/)")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, errUsage
+	}
+	required := false
+	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
+	src, err := config.Resolve(fs, cfg, *file, required)
+	if err != nil {
+		return nil, nil, err
+	}
+	l := &loaded{cfg: cfg, src: src}
+	l.reload = func() (*coordinatorConfig, error) {
+		c := defaultCoordinatorConfig(defData)
+		if _, err := config.Resolve(fs, c, *file, required); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	return l, fs.Args(), nil
+}
+
+// setup prepares the state directory (CA, serving certificate, tokens)
+// and the coordinator's configuration.
+func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, error) {
+	f := l.cfg
 	var cfg coordinator.Config
-	ca, caKey, err := pki.EnsureCA(f.data)
+	if f.Data == "" {
+		return cfg, "", "", errors.New("--data DIR is required")
+	}
+	ca, caKey, err := pki.EnsureCA(f.Data)
 	if err != nil {
 		return cfg, "", "", fmt.Errorf("CA: %w", err)
 	}
-	cert, err := pki.EnsureServerCert(f.data, ca, caKey, strings.Split(f.hosts, ","))
+	cert, err := pki.EnsureServerCert(f.Data, ca, caKey, f.Hosts)
 	if err != nil {
 		return cfg, "", "", fmt.Errorf("server certificate: %w", err)
 	}
-	ctoken, err := pki.EnsureToken(filepath.Join(f.data, pki.ConsoleToken))
+	ctoken, err := pki.EnsureToken(filepath.Join(f.Data, pki.ConsoleToken))
 	if err != nil {
 		return cfg, "", "", err
 	}
-	ntoken, err := pki.EnsureToken(filepath.Join(f.data, pki.NodeToken))
+	ntoken, err := pki.EnsureToken(filepath.Join(f.Data, pki.NodeToken))
 	if err != nil {
 		return cfg, "", "", err
 	}
-	cat, err := models.Load(f.modelDir)
+	cat, err := models.Load(f.Models)
 	if err != nil {
 		return cfg, "", "", err
 	}
-	cfg = coordinator.Config{DataDir: f.data, QUICAddr: f.quic, HTTPAddr: f.http, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{ctoken}, NodeTokens: []string{ntoken}, Models: cat, MinWorkers: f.workers, IdleSlots: f.idle, AbandonAfter: f.abandon, CheckInterval: f.check, Logger: log.With("component", "coordinator")}
+	cfg = coordinator.Config{DataDir: f.Data, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, Models: cat,
+		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
+		Logger: log.With("component", "coordinator")}
+	for _, line := range config.Effective(f, l.src) {
+		log.Info("config", "effective", line)
+	}
 	return cfg, ctoken, ntoken, nil
+}
+
+// reloadOnHUP re-reads the configuration on SIGHUP and applies what can
+// change without a restart: console tokens, scaling targets, the abandon
+// timeout and the log level.
+func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, ctoken string, level *slog.LevelVar, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		_ = sdnotify.Notify("RELOADING=1\nSTATUS=reloading configuration")
+		nc, err := l.reload()
+		if err != nil {
+			log.Error("reload refused: configuration kept as it was", "err", err)
+			_ = sdnotify.Notify("READY=1\nSTATUS=reload failed: " + err.Error())
+			continue
+		}
+		c.Reload(coordinator.Reloadable{
+			ConsoleTokens: append([]string{ctoken}, nc.ConsoleTokens...),
+			Scaling:       map[string]scaling.Policy{models.Default: {TargetIdle: nc.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: nc.Workers}},
+			AbandonAfter:  nc.AbandonAfter.Duration,
+		})
+		level.Set(parseLevel(nc.LogLevel))
+		log.Info("configuration reloaded", "idle_slots", nc.IdleSlots, "workers", nc.Workers, "console_tokens", len(nc.ConsoleTokens)+1, "log_level", nc.LogLevel)
+		_ = sdnotify.Notify("READY=1\nSTATUS=serving (configuration reloaded)")
+	}
 }
 
 // cmdCoordinator runs the coordinator alone.
 func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var f serveFlags
-	f.register(fs, "/var/lib/callscribe")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	l, _, err := loadCoordinatorConfig(fs, args, "/var/lib/callscribe", "/etc/callscribe/coordinator.toml", stderr)
+	if err != nil {
+		return err
 	}
-	log := newLogger(stderr, f.level)
-	cfg, _, _, err := f.setup(log)
+	log, level := newLeveledLogger(stderr, l.cfg.LogLevel)
+	cfg, ctoken, _, err := l.setup(log)
 	if err != nil {
 		return err
 	}
@@ -89,32 +167,32 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := c.Listen(); err != nil {
 		return err
 	}
-	log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", f.data)
+	log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data)
 	go watchdog(ctx, c.Healthy)
+	go reloadOnHUP(ctx, l, c, ctoken, level, log)
 	_ = sdnotify.Ready("serving: quic " + c.QUICAddr().String() + ", http " + c.HTTPAddr().String())
 	err = c.Serve(ctx)
 	_ = sdnotify.Stopping("stopped")
 	return err
 }
 
-// cmdDev runs a whole appliance on this machine: coordinator, one agent and
+// cmdDev runs a whole appliance on this machine: coordinator, one local agent and
 // its workers, on loopback.
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var f serveFlags
-	f.register(fs, "")
 	node := fs.String("node", "local", "node id of the local agent")
 	sim := fs.String("sim-gpus", "", "give the local agent a simulated GPU server (dgxa100) instead of NVML")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	l, _, err := loadCoordinatorConfig(fs, args, "", "", stderr)
+	if err != nil {
+		return err
 	}
-	if f.data == "" {
+	if l.cfg.Data == "" {
 		fmt.Fprintln(stderr, "dev: --data DIR is required")
 		return errUsage
 	}
-	log := newLogger(stderr, f.level)
-	cfg, ctoken, ntoken, err := f.setup(log)
+	log, level := newLeveledLogger(stderr, l.cfg.LogLevel)
+	cfg, ctoken, ntoken, err := l.setup(log)
 	if err != nil {
 		return err
 	}
@@ -130,8 +208,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(f.data, pki.CAFile),
-		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: f.modelDir, StateDir: f.data, Logger: log.With("component", "agent")}
+	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(l.cfg.Data, pki.CAFile),
+		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: l.cfg.Models, StateDir: l.cfg.Data, Logger: log.With("component", "agent")}
 	if *sim != "" {
 		s, err := gpu.NewSim(*sim)
 		if err != nil {
@@ -145,8 +223,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	log.Info("callscribe dev appliance", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", f.data,
-		"ca", filepath.Join(f.data, pki.CAFile), "workers", f.workers)
+	log.Info("callscribe dev appliance", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data,
+		"ca", filepath.Join(l.cfg.Data, pki.CAFile), "workers", l.cfg.Workers)
+	go reloadOnHUP(ctx, l, c, ctoken, level, log)
 	actx, acancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
