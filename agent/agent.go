@@ -27,6 +27,8 @@ type Config struct {
 	NodeID      proto.NodeID
 	Coordinator string // QUIC host:port
 	CAFile      string
+	CertFile    string // client certificate (mutual TLS), passed on to workers
+	KeyFile     string
 	ServerName  string
 	Token       string
 	// WorkerCommand is the worker executable and the arguments that come
@@ -132,6 +134,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	tc := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, NextProtos: []string{proto.ALPNNode}, MinVersion: tls.VersionTLS13}
+	if a.cfg.CertFile != "" {
+		cert, err := pki.LoadClientCert(a.cfg.CertFile, a.cfg.KeyFile)
+		if err != nil {
+			return err
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -303,6 +312,9 @@ func (a *Agent) apply(c proto.Command) {
 			"--worker-id", string(c.WorkerID), "--node", string(a.cfg.NodeID), "--model", c.Model)
 		if a.cfg.ModelDir != "" {
 			args = append(args, "--models", a.cfg.ModelDir)
+		}
+		if a.cfg.CertFile != "" {
+			args = append(args, "--cert", a.cfg.CertFile, "--key", a.cfg.KeyFile)
 		}
 		env := []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}
 		if c.GPU != "" { // the engine sees only its GPU

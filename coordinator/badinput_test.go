@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -382,5 +383,68 @@ func TestMetricsEndpoint(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// With NodeCAs set the node plane is mutual TLS: no certificate, or one from
+// another CA, is refused; a node certificate from our CA is welcome.
+func TestNodeMutualTLS(t *testing.T) {
+	var caDir string
+	tc := startCoordinatorWith(t, func(c *Config) {
+		caDir = c.DataDir
+		pool, _ := pki.CertPool(caDir + "/" + pki.CAFile)
+		c.NodeCAs = pool
+	})
+	hello := func(cert *tls.Certificate) error {
+		cfg := &tls.Config{RootCAs: tc.pool, ServerName: "localhost", NextProtos: []string{proto.ALPNNode}}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := quic.DialAddr(ctx, tc.c.QUICAddr().String(), cfg, nil)
+		if err != nil {
+			return err
+		}
+		defer conn.CloseWithError(0, "")
+		st, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			return err
+		}
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		w, r := proto.NewWriter(st), proto.NewReader(st)
+		w.WriteJSON(proto.TAgentHello, proto.AgentHello{Version: proto.Version, Token: "node-token-0123456789", NodeID: "n1"})
+		var wel proto.AgentWelcome
+		return r.ReadJSON(proto.TAgentWelcome, &wel)
+	}
+	var pe *proto.Error
+	if err := hello(nil); !errors.As(err, &pe) || pe.Code != proto.CodeUnauthorized {
+		t.Fatalf("node without a certificate: %v", err)
+	}
+	ca, key, _ := pki.LoadCA(caDir)
+	good := filepath.Join(t.TempDir(), "n1")
+	if err := pki.IssueClient(ca, key, "n1", pki.KindNode, good+".pem", good+"-key.pem"); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := pki.LoadClientCert(good+".pem", good+"-key.pem")
+	if err := hello(&cert); err != nil {
+		t.Fatalf("node with our certificate refused: %v", err)
+	}
+	console := filepath.Join(t.TempDir(), "c1")
+	pki.IssueClient(ca, key, "c1", pki.KindConsole, console+".pem", console+"-key.pem")
+	ccert, _ := pki.LoadClientCert(console+".pem", console+"-key.pem")
+	if err := hello(&ccert); !errors.As(err, &pe) || pe.Code != proto.CodeUnauthorized {
+		t.Fatalf("a console certificate on the node plane: %v", err)
+	}
+	foreignDir := t.TempDir()
+	fca, fkey, _ := pki.EnsureCA(foreignDir)
+	bad := filepath.Join(foreignDir, "n1")
+	pki.IssueClient(fca, fkey, "n1", pki.KindNode, bad+".pem", bad+"-key.pem")
+	fcert, _ := pki.LoadClientCert(bad+".pem", bad+"-key.pem")
+	if err := hello(&fcert); err == nil {
+		t.Fatal("a node certificate from another CA was accepted")
+	}
+	if !strings.Contains(tc.logs.String(), "no node certificate") {
+		t.Fatal("refusal not logged")
 	}
 }

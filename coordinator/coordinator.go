@@ -9,6 +9,7 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,7 +38,11 @@ type Config struct {
 	TLS           *tls.Config // serving certificate
 	ConsoleTokens []string
 	NodeTokens    []string
-	Models        models.Catalog
+	// NodeCAs, when set, makes the node plane mutual TLS: agents and
+	// workers must present a client certificate of kind "node" from these
+	// CAs (a certificate from any other CA fails the handshake).
+	NodeCAs *x509.CertPool
+	Models  models.Catalog
 	// MinWorkers is the fewest workers of the default model the rack runs.
 	MinWorkers int
 	// IdleSlots is the default model's target of idle call-channel slots
@@ -135,6 +140,11 @@ func (c *Coordinator) Listen() error {
 	tc := c.cfg.TLS.Clone()
 	tc.NextProtos = []string{proto.ALPNConsole, proto.ALPNNode}
 	tc.MinVersion = tls.VersionTLS13
+	if c.cfg.NodeCAs != nil {
+		// Consoles may come without a certificate; whatever certificate is
+		// presented must verify, and node connections must present one.
+		tc.ClientAuth, tc.ClientCAs = tls.VerifyClientCertIfGiven, c.cfg.NodeCAs
+	}
 	// A stateless-reset key that survives restarts: packets for the
 	// connections of a killed coordinator are answered with a reset, so
 	// consoles, agents and workers reconnect at once instead of waiting out
@@ -304,6 +314,14 @@ func (c *Coordinator) serveNode(conn *quic.Conn) {
 		return
 	}
 	r, w := proto.NewReader(st), proto.NewWriter(st)
+	if c.cfg.NodeCAs != nil && !pki.HasKind(conn.ConnectionState().TLS.VerifiedChains, pki.KindNode) {
+		c.log.Warn("node refused: no node certificate", "remote", conn.RemoteAddr().String())
+		_ = w.WriteJSON(proto.TError, &proto.Error{Code: proto.CodeUnauthorized, Message: "a node certificate from this coordinator's CA is required", Fatal: true})
+		_ = st.Close()
+		time.Sleep(50 * time.Millisecond)
+		_ = conn.CloseWithError(1, proto.CodeUnauthorized)
+		return
+	}
 	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := r.Read()
 	if err != nil {

@@ -28,6 +28,8 @@ var selfTestWAV []byte
 type Config struct {
 	Coordinator string // host:port of the coordinator's QUIC listener
 	CAFile      string
+	CertFile    string // client certificate (mutual TLS); "" for none
+	KeyFile     string
 	ServerName  string
 	Token       string
 	WorkerID    proto.WorkerID
@@ -75,6 +77,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	tc := &tls.Config{RootCAs: pool2, ServerName: cfg.ServerName, NextProtos: []string{proto.ALPNNode}, MinVersion: tls.VersionTLS13}
+	if cfg.CertFile != "" {
+		cert, err := pki.LoadClientCert(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return err
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
 	hello := proto.WorkerHello{Version: proto.Version, Token: cfg.Token, WorkerID: cfg.WorkerID, NodeID: cfg.NodeID, Model: m.Name, Slots: slots, SelfTest: text, PID: os.Getpid()}
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {

@@ -32,11 +32,12 @@ var commands = map[string]command{
 	"status":      {cmdStatus, "show nodes, GPUs, workers and calls (--json)"},
 	"node":        {cmdNode, "drain or undrain a node"},
 	"config":      {cmdConfig, "check a configuration file or node profile"},
+	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "ca", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

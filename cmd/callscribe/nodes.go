@@ -38,6 +38,8 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var id, node, tokenFile, level string
 	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:4433", "coordinator QUIC address")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file")
+	fs.StringVar(&cfg.CertFile, "cert", "", "client certificate (mutual TLS)")
+	fs.StringVar(&cfg.KeyFile, "key", "", "client certificate key")
 	fs.StringVar(&cfg.ServerName, "server-name", "localhost", "coordinator certificate name")
 	fs.StringVar(&id, "worker-id", "", "worker id")
 	fs.StringVar(&node, "node", "local", "node id")
@@ -67,6 +69,8 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 type agentConfig struct {
 	Coordinator string   `toml:"coordinator" help:"coordinator QUIC address"`
 	CA          string   `toml:"ca" help:"CA certificate file"`
+	Cert        string   `toml:"cert" help:"this node's client certificate (callscribe ca issue --kind node)"`
+	Key         string   `toml:"key" help:"its key"`
 	ServerName  string   `toml:"server_name" help:"name in the coordinator's certificate"`
 	Node        string   `toml:"node" help:"node id"`
 	TokenFile   string   `toml:"token_file" help:"node token file (or CALLSCRIBE_NODE_TOKEN)"`
@@ -80,7 +84,7 @@ type agentConfig struct {
 }
 
 func defaultAgentConfig() *agentConfig {
-	return &agentConfig{Coordinator: "127.0.0.1:4433", CA: "/etc/callscribe/ca.pem", ServerName: "localhost", Node: hostnameOr("node"),
+	return &agentConfig{Coordinator: "127.0.0.1:4433", CA: "/etc/callscribe/ca.pem", Cert: "/etc/callscribe/node.pem", Key: "/etc/callscribe/node-key.pem", ServerName: "localhost", Node: hostnameOr("node"),
 		State: "/var/lib/callscribe-agent", IgnoreXIDs: append([]uint64(nil), gpu.DefaultIgnoredXIDs...), LogLevel: "info"}
 }
 
@@ -108,7 +112,7 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinator: ac.Coordinator, CAFile: ac.CA, ServerName: ac.ServerName, Token: tok,
+	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinator: ac.Coordinator, CAFile: ac.CA, CertFile: ac.Cert, KeyFile: ac.Key, ServerName: ac.ServerName, Token: tok,
 		ModelDir: ac.Models, StateDir: ac.State, Apply: ac.Apply, IgnoredXIDs: ac.IgnoreXIDs, Logger: log}
 	if cfg.IgnoredXIDs == nil {
 		cfg.IgnoredXIDs = []uint64{} // an empty list ignores none

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -94,6 +95,11 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err != nil {
 		return cfg, "", "", fmt.Errorf("server certificate: %w", err)
 	}
+	if err := pki.EnsureNodeCert(f.Data, ca, caKey); err != nil {
+		return cfg, "", "", fmt.Errorf("node certificate: %w", err)
+	}
+	nodeCAs := x509.NewCertPool()
+	nodeCAs.AddCert(ca)
 	ctoken, err := pki.EnsureToken(filepath.Join(f.Data, pki.ConsoleToken))
 	if err != nil {
 		return cfg, "", "", err
@@ -107,7 +113,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		return cfg, "", "", err
 	}
 	cfg = coordinator.Config{DataDir: f.Data, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, Models: cat,
+		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		Logger: log.With("component", "coordinator")}
 	for _, line := range config.Effective(f, l.src) {
@@ -209,6 +215,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(l.cfg.Data, pki.CAFile),
+		CertFile: filepath.Join(l.cfg.Data, pki.NodeCert), KeyFile: filepath.Join(l.cfg.Data, pki.NodeKey),
 		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: l.cfg.Models, StateDir: l.cfg.Data, Logger: log.With("component", "agent")}
 	if *sim != "" {
 		s, err := gpu.NewSim(*sim)

@@ -41,7 +41,8 @@ func newChaosRack(t *testing.T) *chaosRack {
 	waitUntil(t, "coordinator up", 60*time.Second, func() bool { _, ok := statusIn(t, p.a, r.http); return ok })
 	agent := func(ns, node string) *proc {
 		return start(t, "netns-exec", ns, "agent", "--coordinator", r.quic, "--ca", filepath.Join(r.dir, pki.CAFile), "--node", node,
-			"--token-file", filepath.Join(r.dir, pki.NodeToken), "--state", t.TempDir())
+			"--token-file", filepath.Join(r.dir, pki.NodeToken), "--state", t.TempDir(),
+			"--cert", filepath.Join(r.dir, pki.NodeCert), "--key", filepath.Join(r.dir, pki.NodeKey))
 	}
 	r.victim = agent(p.b, "victim")
 	waitUntil(t, "workers on the victim", 60*time.Second, func() bool { st, ok := statusIn(t, p.a, r.http); return ok && len(st.Workers) >= 2 })

@@ -179,7 +179,8 @@ func (a *appliance) coordinator(t *testing.T, workers int) *proc {
 
 func (a *appliance) agent(t *testing.T, node string) *proc {
 	return start(t, "agent", "--coordinator", a.quic, "--ca", filepath.Join(a.dir, pki.CAFile), "--node", node,
-		"--token-file", filepath.Join(a.dir, pki.NodeToken), "--state", a.dir)
+		"--token-file", filepath.Join(a.dir, pki.NodeToken), "--state", a.dir,
+		"--cert", filepath.Join(a.dir, pki.NodeCert), "--key", filepath.Join(a.dir, pki.NodeKey))
 }
 
 func (a *appliance) waitReady(t *testing.T, p *proc) {

@@ -82,7 +82,8 @@ func TestAgentPartitionedMidCall(t *testing.T) {
 	waitUntil(t, "coordinator up", 60*time.Second, func() bool { _, ok := statusIn(t, p.a, http); return ok })
 	token := filepath.Join(dir, pki.NodeToken)
 	// The victim registers first, so the placement puts the workers there.
-	start(t, "netns-exec", p.b, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "victim", "--token-file", token, "--state", t.TempDir())
+	start(t, "netns-exec", p.b, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "victim", "--token-file", token, "--state", t.TempDir(),
+		"--cert", filepath.Join(dir, pki.NodeCert), "--key", filepath.Join(dir, pki.NodeKey))
 	waitUntil(t, "workers on the victim", 60*time.Second, func() bool {
 		st, ok := statusIn(t, p.a, http)
 		return ok && len(st.Workers) >= 2
@@ -94,7 +95,8 @@ func TestAgentPartitionedMidCall(t *testing.T) {
 	// The call starts while only the victim has workers; then the survivor
 	// joins and gets the spare worker the N+1 policy places there.
 	console := start(t, "netns-exec", p.a, "stream", "--server", quic, "--ca", filepath.Join(dir, pki.CAFile), "--token", tok, "--call", "partition-call", "--speed", "3", "--quiet", demoCall)
-	start(t, "netns-exec", p.a, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "survivor", "--token-file", token, "--state", t.TempDir())
+	start(t, "netns-exec", p.a, "agent", "--coordinator", quic, "--ca", filepath.Join(dir, pki.CAFile), "--node", "survivor", "--token-file", token, "--state", t.TempDir(),
+		"--cert", filepath.Join(dir, pki.NodeCert), "--key", filepath.Join(dir, pki.NodeKey))
 	waitUntil(t, "a spare worker on the survivor", 60*time.Second, func() bool {
 		st, ok := statusIn(t, p.a, http)
 		for _, w := range st.Workers {

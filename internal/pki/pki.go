@@ -31,6 +31,14 @@ const (
 	KeyFile      = "server-key.pem"
 	ConsoleToken = "console.token"
 	NodeToken    = "node.token"
+	NodeCert     = "node.pem"
+	NodeKey      = "node-key.pem"
+)
+
+// Kinds of client certificate, carried in the subject's OrganizationalUnit.
+const (
+	KindNode    = "node"
+	KindConsole = "console"
 )
 
 // EnsureCA loads the CA in dir, creating it on first use.
@@ -103,6 +111,69 @@ func EnsureServerCert(dir string, ca *x509.Certificate, caKey *ecdsa.PrivateKey,
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}, nil
+}
+
+// IssueClient issues a client certificate (CN name, OU kind) from the CA and
+// writes it to certFile and keyFile (0600).
+func IssueClient(ca *x509.Certificate, caKey *ecdsa.PrivateKey, name, kind, certFile, keyFile string) error {
+	if kind != KindNode && kind != KindConsole {
+		return fmt.Errorf("pki: kind %q: want %s or %s", kind, KindNode, KindConsole)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: []string{kind}, Organization: []string{"callscribe"}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(2, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	return writePair(certFile, keyFile, der, key)
+}
+
+// EnsureNodeCert issues DIR/node.pem once: the certificate nodes present
+// when no per-node one was issued (like node.token, copy it to the nodes).
+func EnsureNodeCert(dir string, ca *x509.Certificate, caKey *ecdsa.PrivateKey) error {
+	cp, kp := filepath.Join(dir, NodeCert), filepath.Join(dir, NodeKey)
+	if c, _, err := loadPair(cp, kp); err == nil && c.CheckSignatureFrom(ca) == nil {
+		return nil
+	}
+	return IssueClient(ca, caKey, "callscribe-nodes", KindNode, cp, kp)
+}
+
+// LoadCA loads the CA pair in dir (it must exist).
+func LoadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	return loadPair(filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile))
+}
+
+// LoadClientCert loads a certificate and key for TLS.
+func LoadClientCert(certFile, keyFile string) (tls.Certificate, error) {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return c, fmt.Errorf("pki: client certificate: %w", err)
+	}
+	return c, nil
+}
+
+// HasKind reports whether a verified peer certificate is of the given kind.
+func HasKind(chains [][]*x509.Certificate, kind string) bool {
+	for _, ch := range chains {
+		if len(ch) > 0 {
+			for _, ou := range ch[0].Subject.OrganizationalUnit {
+				if ou == kind {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func covers(c *x509.Certificate, hosts []string) bool {
