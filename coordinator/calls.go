@@ -40,6 +40,9 @@ type channel struct {
 	decoded  uint32
 	complete bool
 	received uint64 // frames received, duplicates included
+	// resumedUnseen: the channel moved to a worker while no console was
+	// attached; the console is told when it reattaches.
+	resumedUnseen bool
 	recvAt   map[uint32]time.Time
 	notify   chan struct{}
 }
@@ -130,6 +133,10 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
 	for i, ch := range cl.chans {
 		wel.NextSeq[i] = ch.nextSeq
+		if ch.resumedUnseen {
+			ch.resumedUnseen = false
+			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: i, Label: ch.label}})
+		}
 		// Resend the finals the console has not got.
 		if s.nextFinal[i] < ch.finals {
 			fs, err := c.store.Finals(h.CallID, i, s.nextFinal[i])

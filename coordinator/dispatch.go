@@ -88,6 +88,8 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 		cl.rec.Resumes++
 		if s := cl.sess; s != nil {
 			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: ch.idx, Label: ch.label}})
+		} else {
+			ch.resumedUnseen = true
 		}
 		cl.mu.Unlock()
 		c.metrics.observeResume(time.Since(lostAt))
