@@ -231,7 +231,7 @@ func (a *Agent) applyProfile() {
 
 func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
 	dctx, cancel := context.WithTimeout(ctx, time.Second) // see worker.serve
-	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: time.Second})
+	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 2 * time.Second, KeepAlivePeriod: 500 * time.Millisecond})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)

@@ -137,7 +137,11 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 	// A dial to a dead coordinator gets no ICMP answer over QUIC: keep the
 	// timeout short and retry, so a restarted coordinator is found at once.
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
-	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: 5 * time.Second, KeepAlivePeriod: 300 * time.Millisecond, MaxIncomingStreams: 1024})
+	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{
+		// Keep-alives every 300 ms and a 1.5 s idle timeout: a coordinator
+		// that died is noticed within 1.5 s even where no stateless reset
+		// reaches an idle connection (seen in the chaos suite).
+		MaxIdleTimeout: 1500 * time.Millisecond, KeepAlivePeriod: 300 * time.Millisecond, MaxIncomingStreams: 1024})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
