@@ -43,8 +43,8 @@ type channel struct {
 	// resumedUnseen: the channel moved to a worker while no console was
 	// attached; the console is told when it reattaches.
 	resumedUnseen bool
-	recvAt   map[uint32]time.Time
-	notify   chan struct{}
+	recvAt        map[uint32]time.Time
+	notify        chan struct{}
 }
 
 func (ch *channel) signal() {

@@ -61,7 +61,14 @@ type Config struct {
 	// audio, this long (default 2 minutes): it is finalised with what was
 	// received, and its workers are freed.
 	AbandonAfter time.Duration
-	Logger       *slog.Logger
+	// AudioRetention deletes a call's audio this long after it was
+	// finalised (0: keep); TranscriptRetention deletes the whole call
+	// (0: keep transcripts for ever). RetentionInterval is how often the
+	// policy and Badger's value-log GC run (default 10 minutes).
+	AudioRetention      time.Duration
+	TranscriptRetention time.Duration
+	RetentionInterval   time.Duration
+	Logger              *slog.Logger
 }
 
 // Coordinator is a running coordinator.
@@ -105,6 +112,9 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.AbandonAfter == 0 {
 		cfg.AbandonAfter = 2 * time.Minute
+	}
+	if cfg.RetentionInterval == 0 {
+		cfg.RetentionInterval = 10 * time.Minute
 	}
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = time.Second
@@ -230,10 +240,14 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 		}
 	}()
 	go func() { errc <- c.acceptLoop() }()
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
 		c.reconcileLoop(c.runCtx)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.retentionLoop(c.runCtx)
 	}()
 	c.wg.Add(1)
 	go func() {

@@ -40,12 +40,15 @@ type coordinatorConfig struct {
 	AbandonAfter  config.Duration `toml:"abandon_after" help:"end a call whose console has been gone this long (reloadable)"`
 	Models        string          `toml:"models" help:"directory of extra model manifests"`
 	ConsoleTokens []string        `toml:"console_tokens" help:"console tokens accepted besides DATA/console.token (reloadable)"`
+	AudioRet      config.Duration `toml:"audio_retention" help:"delete a call's audio this long after it is finalised (0: keep)"`
+	TranscriptRet config.Duration `toml:"transcript_retention" help:"delete a whole call this long after it is finalised (0: keep)"`
 	LogLevel      string          `toml:"log_level" help:"debug, info, warn or error (reloadable)"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
-		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info"}
+		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
+		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}}
 }
 
 // loaded is a resolved configuration and how to reload it.
@@ -115,6 +118,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	cfg = coordinator.Config{DataDir: f.Data, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
+		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,
 		Logger: log.With("component", "coordinator")}
 	for _, line := range config.Effective(f, l.src) {
 		log.Info("config", "effective", line)

@@ -51,6 +51,8 @@ type Call struct {
 	Decoded []uint32 `json:"decoded"`
 	// Resumes counts how often a channel moved to another worker.
 	Resumes int `json:"resumes"`
+	// AudioDeleted is when retention removed the call's audio.
+	AudioDeleted *time.Time `json:"audio_deleted,omitempty"`
 	// Complete is, per channel, whether decoding reached the end.
 	Complete []bool `json:"complete,omitempty"`
 }
@@ -467,4 +469,61 @@ func (s *Store) Nodes() ([]Node, error) {
 		return nil
 	})
 	return out, err
+}
+
+// deletePrefix deletes every key under prefix in batches of at most 1000
+// keys per transaction (never DropPrefix: it blocks writers) and returns
+// how many it deleted.
+func (s *Store) deletePrefix(ctx context.Context, prefix []byte) (int, error) {
+	total := 0
+	for ctx.Err() == nil {
+		var keys [][]byte
+		err := s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err != nil || len(keys) == 0 {
+			return total, err
+		}
+		err = s.db.Update(func(txn *badger.Txn) error {
+			for _, k := range keys {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("store: delete: %w", err)
+		}
+		total += len(keys)
+	}
+	return total, ctx.Err()
+}
+
+// DeleteAudio removes every audio frame of a call.
+func (s *Store) DeleteAudio(ctx context.Context, id proto.CallID) (int, error) {
+	return s.deletePrefix(ctx, append(append([]byte("a/"), id...), '/'))
+}
+
+// DeleteCall removes a call's finals and record (its audio must be gone).
+func (s *Store) DeleteCall(ctx context.Context, id proto.CallID) error {
+	if _, err := s.deletePrefix(ctx, append(append([]byte("f/"), id...), '/')); err != nil {
+		return err
+	}
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(callKey(id)) })
+}
+
+// CollectGarbage rewrites value-log files that are at least half garbage,
+// until none is left; it returns how many files were rewritten.
+func (s *Store) CollectGarbage() int {
+	n := 0
+	for s.db.RunValueLogGC(0.5) == nil {
+		n++
+	}
+	return n
 }
