@@ -32,6 +32,7 @@ func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock()
 func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 type testCoord struct {
+	stop func()
 	c    *Coordinator
 	pool *x509.CertPool
 	logs *logBuf
@@ -69,9 +70,11 @@ func startCoordinatorWith(t *testing.T, tweak func(*Config)) *testCoord {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = c.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	pool, _ := pki.CertPool(dir + "/" + pki.CAFile)
-	tc := &testCoord{c: c, pool: pool, logs: logs}
+	tc := &testCoord{c: c, pool: pool, logs: logs, stop: stop}
 	tc.conn = tc.dial(t, proto.ALPNConsole)
 	return tc
 }

@@ -68,7 +68,9 @@ type Config struct {
 	AudioRetention      time.Duration
 	TranscriptRetention time.Duration
 	RetentionInterval   time.Duration
-	Logger              *slog.Logger
+	// Export sends finalised transcripts upstream (off when URL is empty).
+	Export ExportConfig
+	Logger *slog.Logger
 }
 
 // Coordinator is a running coordinator.
@@ -81,6 +83,8 @@ type Coordinator struct {
 	ingest  *ingest.Server
 
 	consoleTokens atomic.Pointer[[]string]
+
+	exportKick chan struct{}
 
 	mu    sync.Mutex
 	calls map[proto.CallID]*call
@@ -133,7 +137,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	toks := append([]string(nil), cfg.ConsoleTokens...)
@@ -249,6 +253,13 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 		defer c.wg.Done()
 		c.retentionLoop(c.runCtx)
 	}()
+	if c.cfg.Export.URL != "" {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.exporter(c.runCtx)
+		}()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

@@ -286,8 +286,16 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 	cl.mu.Unlock()
 	// Retry: a finalisation must not be lost to a passing storage error.
 	for attempt := 0; ; attempt++ {
-		err := c.store.PutCall(context.Background(), &rec)
+		put := c.store.PutCall
+		if c.cfg.Export.URL != "" {
+			put = c.store.PutCallExport // queued for export in the same commit
+		}
+		err := put(context.Background(), &rec)
 		if err == nil {
+			select {
+			case c.exportKick <- struct{}{}:
+			default:
+			}
 			break
 		}
 		if attempt == 0 || errors.Is(err, context.Canceled) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,6 +43,9 @@ type coordinatorConfig struct {
 	ConsoleTokens []string        `toml:"console_tokens" help:"console tokens accepted besides DATA/console.token (reloadable)"`
 	AudioRet      config.Duration `toml:"audio_retention" help:"delete a call's audio this long after it is finalised (0: keep)"`
 	TranscriptRet config.Duration `toml:"transcript_retention" help:"delete a whole call this long after it is finalised (0: keep)"`
+	ExportURL     string          `toml:"export_url" help:"HTTPS endpoint that receives every finalised transcript (empty: no export)"`
+	ExportCA      string          `toml:"export_ca" help:"CA file for the export endpoint (default: the system's)"`
+	ExportToken   string          `toml:"export_token" help:"bearer token for the export endpoint"`
 	LogLevel      string          `toml:"log_level" help:"debug, info, warn or error (reloadable)"`
 }
 
@@ -115,7 +119,19 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err != nil {
 		return cfg, "", "", err
 	}
-	cfg = coordinator.Config{DataDir: f.Data, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	var export coordinator.ExportConfig
+	if f.ExportURL != "" {
+		if !strings.HasPrefix(f.ExportURL, "https://") {
+			return cfg, "", "", fmt.Errorf("export_url %q: transcripts leave only over HTTPS", f.ExportURL)
+		}
+		export = coordinator.ExportConfig{URL: f.ExportURL, Token: f.ExportToken}
+		if f.ExportCA != "" {
+			if export.RootCAs, err = pki.CertPool(f.ExportCA); err != nil {
+				return cfg, "", "", err
+			}
+		}
+	}
+	cfg = coordinator.Config{DataDir: f.Data, Export: export, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,

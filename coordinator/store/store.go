@@ -527,3 +527,54 @@ func (s *Store) CollectGarbage() int {
 	}
 	return n
 }
+
+// OutboxEntry is a finalised call waiting to be exported.
+type OutboxEntry struct {
+	CallID   proto.CallID `json:"call_id"`
+	Enqueued time.Time    `json:"enqueued"`
+	Attempts int          `json:"attempts"`
+	LastErr  string       `json:"last_error,omitempty"`
+}
+
+func outboxKey(id proto.CallID) []byte { return append([]byte("o/"), id...) }
+
+// PutCallExport makes a call record durable and, in the same commit, queues
+// it for export: a finalisation is never persisted without its outbox entry.
+func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	ob, _ := json.Marshal(OutboxEntry{CallID: c.ID, Enqueued: time.Now().UTC()})
+	return s.write(ctx, entry{callKey(c.ID), b}, entry{outboxKey(c.ID), ob})
+}
+
+// Outbox lists queued exports, oldest first.
+func (s *Store) Outbox() ([]OutboxEntry, error) {
+	var out []OutboxEntry
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("o/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var e OutboxEntry
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &e) }); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
+	return out, err
+}
+
+// UpdateOutbox records a failed attempt.
+func (s *Store) UpdateOutbox(ctx context.Context, e OutboxEntry) error {
+	b, _ := json.Marshal(e)
+	return s.write(ctx, entry{outboxKey(e.CallID), b})
+}
+
+// DoneOutbox removes an exported entry.
+func (s *Store) DoneOutbox(id proto.CallID) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(outboxKey(id)) })
+}
