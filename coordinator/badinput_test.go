@@ -451,3 +451,35 @@ func TestNodeMutualTLS(t *testing.T) {
 		t.Fatal("refusal not logged")
 	}
 }
+
+// Transcripts never leave in plaintext: plain HTTP off loopback is refused
+// at start, and with http_tls the API answers HTTPS only.
+func TestHTTPAPIPlaintextOnlyOnLoopback(t *testing.T) {
+	dir := t.TempDir()
+	ca, key, _ := pki.EnsureCA(dir)
+	cert, _ := pki.EnsureServerCert(dir, ca, key, []string{"localhost", "127.0.0.1"})
+	mk := func(http string, tlsOn bool) (*Coordinator, error) {
+		c, err := New(Config{DataDir: t.TempDir(), QUICAddr: "127.0.0.1:0", HTTPAddr: http, HTTPTLS: tlsOn,
+			TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, c.Listen()
+	}
+	if c, err := mk("0.0.0.0:0", false); err == nil || !strings.Contains(err.Error(), "in the clear") {
+		t.Fatalf("plain HTTP on all interfaces accepted: %v", err)
+	} else {
+		c.store.Close()
+	}
+	tc := startCoordinatorWith(t, func(c *Config) { c.HTTPTLS = true })
+	url := tc.c.HTTPAddr().String() + "/healthz"
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tc.pool, ServerName: "localhost"}}}
+	resp, err := client.Get("https://" + url)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("https: %v", err)
+	}
+	resp.Body.Close()
+	if resp, err := http.Get("http://" + url); err == nil && resp.StatusCode == 200 {
+		t.Fatal("plain HTTP answered on a TLS listener")
+	}
+}

@@ -32,9 +32,12 @@ import (
 
 // Config configures a coordinator.
 type Config struct {
-	DataDir       string
-	QUICAddr      string
-	HTTPAddr      string
+	DataDir  string
+	QUICAddr string
+	HTTPAddr string
+	// HTTPTLS serves the HTTP API over TLS with the serving certificate.
+	// Plain HTTP is allowed on loopback addresses only.
+	HTTPTLS       bool
 	TLS           *tls.Config // serving certificate
 	ConsoleTokens []string
 	NodeTokens    []string
@@ -187,10 +190,19 @@ func (c *Coordinator) Listen() error {
 		udp.Close()
 		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
 	}
+	if !c.cfg.HTTPTLS && !loopback(c.cfg.HTTPAddr) {
+		ql.Close()
+		return fmt.Errorf("coordinator: plain HTTP on %s would send transcripts in the clear: set http_tls = true or listen on loopback", c.cfg.HTTPAddr)
+	}
 	hl, err := net.Listen("tcp", c.cfg.HTTPAddr)
 	if err != nil {
 		ql.Close()
 		return fmt.Errorf("coordinator: listen http %s: %w", c.cfg.HTTPAddr, err)
+	}
+	if c.cfg.HTTPTLS {
+		htc := c.cfg.TLS.Clone()
+		htc.MinVersion, htc.NextProtos = tls.VersionTLS12, []string{"h2", "http/1.1"}
+		hl = tls.NewListener(hl, htc)
 	}
 	c.ql, c.httpLn = ql, hl
 	nodes, err := c.store.Nodes()
@@ -203,6 +215,19 @@ func (c *Coordinator) Listen() error {
 		}
 	}
 	return c.recover()
+}
+
+// loopback reports whether a listen address is on the loopback interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // QUICAddr is the bound QUIC address.

@@ -33,6 +33,7 @@ import (
 type coordinatorConfig struct {
 	Data          string          `toml:"data" help:"state directory (store, CA, tokens)"`
 	HTTP          string          `toml:"http" help:"HTTP listen address"`
+	HTTPTLS       bool            `toml:"http_tls" help:"serve the HTTP API over TLS (required off loopback)"`
 	QUIC          string          `toml:"quic" help:"QUIC listen address (consoles, agents, workers)"`
 	Hosts         []string        `toml:"hosts" help:"names and addresses the serving certificate covers"`
 	Workers       int             `toml:"workers" help:"fewest workers of the default model the rack runs"`
@@ -131,7 +132,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 			}
 		}
 	}
-	cfg = coordinator.Config{DataDir: f.Data, Export: export, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	cfg = coordinator.Config{DataDir: f.Data, Export: export, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,

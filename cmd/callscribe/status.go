@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -12,16 +13,22 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/internal/pki"
 )
 
 // cmdStatus prints nodes, GPUs, workers and calls from a coordinator.
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address")
+	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)")
+	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
+	}
+	client, err := apiClient(*caFile)
+	if err != nil {
+		return err
 	}
 	base := *server
 	if !strings.Contains(base, "://") {
@@ -30,7 +37,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, base+"/v1/status", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("coordinator at %s: %w", base, err)
 	}
@@ -113,6 +120,7 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address")
+	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
 	if len(args) < 2 || (args[0] != "drain" && args[0] != "undrain") {
 		fmt.Fprintln(stderr, "usage: callscribe node drain|undrain NODE [--server URL]")
 		return errUsage
@@ -121,6 +129,10 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := fs.Parse(args[2:]); err != nil {
 		return errUsage
 	}
+	client, err := apiClient(*caFile)
+	if err != nil {
+		return err
+	}
 	base := *server
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
@@ -128,7 +140,7 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(rctx, http.MethodPost, base+"/v1/nodes/"+node+"/"+op, nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("coordinator at %s: %w", base, err)
 	}
@@ -143,4 +155,16 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "node %s back in service\n", node)
 	}
 	return nil
+}
+
+// apiClient trusts caFile (when given) for an https:// coordinator.
+func apiClient(caFile string) (*http.Client, error) {
+	if caFile == "" {
+		return http.DefaultClient, nil
+	}
+	pool, err := pki.CertPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
 }
