@@ -14,6 +14,9 @@ import (
 	"github.com/callscribe/callscribe/internal/pki"
 )
 
+// caFor maps a coordinator's HTTP address to its CA file.
+var caFor = map[string]string{}
+
 // pair is two network namespaces made by the test, joined by a veth pair.
 // Addresses exist only inside them.
 type pair struct {
@@ -61,8 +64,10 @@ func newPair(t *testing.T) *pair {
 	return p
 }
 
+// statusIn reads the coordinator's status over HTTPS from inside ns (off
+// loopback the API is HTTPS only), trusting the CA recorded in caFor.
 func statusIn(t *testing.T, ns, http string) (coordinator.Status, bool) {
-	out, err := exec.Command("ip", "netns", "exec", ns, binPath, "status", "--json", "--server", http).Output()
+	out, err := exec.Command("ip", "netns", "exec", ns, binPath, "status", "--json", "--server", "https://"+http, "--ca", caFor[http]).Output()
 	var st coordinator.Status
 	if err != nil || json.Unmarshal(out, &st) != nil {
 		return st, false
@@ -78,7 +83,8 @@ func TestAgentPartitionedMidCall(t *testing.T) {
 	want := run(t, "transcribe", demoCall)
 	dir := t.TempDir()
 	http, quic := p.ipA+":8080", p.ipA+":4433"
-	start(t, "netns-exec", p.a, "coordinator", "--data", dir, "--http", http, "--quic", quic, "--hosts", "localhost,"+p.ipA, "--workers", "2")
+	caFor[http] = filepath.Join(dir, pki.CAFile)
+	start(t, "netns-exec", p.a, "coordinator", "--data", dir, "--http", http, "--http-tls", "--quic", quic, "--hosts", "localhost,"+p.ipA, "--workers", "2")
 	waitUntil(t, "coordinator up", 60*time.Second, func() bool { _, ok := statusIn(t, p.a, http); return ok })
 	token := filepath.Join(dir, pki.NodeToken)
 	// The victim registers first, so the placement puts the workers there.
