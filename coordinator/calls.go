@@ -9,6 +9,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/proto"
 )
 
@@ -355,36 +356,31 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 // janitor ends calls whose console has been gone, with no audio, for
 // AbandonAfter: they are finalised with what was received.
 func (c *Coordinator) janitor(ctx context.Context) {
-	t := time.NewTicker(min(c.cfg.AbandonAfter/4, 10*time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	loop.Every(ctx, min(c.cfg.AbandonAfter/4, 10*time.Second), nil, func() { c.endAbandoned(ctx) })
+}
+
+func (c *Coordinator) endAbandoned(ctx context.Context) {
+	c.reg.mu.Lock() // AbandonAfter is reloadable
+	after := c.cfg.AbandonAfter
+	c.reg.mu.Unlock()
+	c.mu.Lock()
+	var idle []*call
+	for _, cl := range c.calls {
+		cl.mu.Lock()
+		live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
+		if live && cl.sess == nil && time.Since(cl.lastActive) > after {
+			idle = append(idle, cl)
 		}
-		c.reg.mu.Lock() // AbandonAfter is reloadable
-		after := c.cfg.AbandonAfter
-		c.reg.mu.Unlock()
-		c.mu.Lock()
-		var idle []*call
-		for _, cl := range c.calls {
-			cl.mu.Lock()
-			live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
-			if live && cl.sess == nil && time.Since(cl.lastActive) > after {
-				idle = append(idle, cl)
-			}
-			cl.mu.Unlock()
+		cl.mu.Unlock()
+	}
+	c.mu.Unlock()
+	for _, cl := range idle {
+		why := fmt.Sprintf("console gone for %v", after)
+		if err := c.endCall(ctx, cl, why); err != nil {
+			c.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
+			continue
 		}
-		c.mu.Unlock()
-		for _, cl := range idle {
-			why := fmt.Sprintf("console gone for %v", after)
-			if err := c.endCall(ctx, cl, why); err != nil {
-				c.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
-				continue
-			}
-			c.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
-		}
+		c.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
 	}
 }
 

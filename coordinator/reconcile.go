@@ -8,6 +8,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/placement"
 	"github.com/callscribe/callscribe/coordinator/scaling"
+	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -39,17 +40,7 @@ func (r *registry) kickReconcile() {
 // reconcileLoop runs the scaling policy every CheckInterval and whenever
 // nodes or workers change.
 func (c *Coordinator) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.CheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-c.reg.kick:
-		}
-		c.reconcile(time.Now())
-	}
+	loop.Every(ctx, c.cfg.CheckInterval, c.reg.kick, func() { c.reconcile(time.Now()) })
 }
 
 // placementView builds placement's picture of the rack. Caller holds reg.mu.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/internal/loop"
 )
 
 // retentionLoop applies the retention policy every RetentionInterval: the
@@ -13,16 +14,7 @@ import (
 // deleted whole (0 keeps transcripts for ever), and Badger's value log is
 // garbage-collected.
 func (c *Coordinator) retentionLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.RetentionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		c.applyRetention(ctx, time.Now())
-	}
+	loop.Every(ctx, c.cfg.RetentionInterval, nil, func() { c.applyRetention(ctx, time.Now()) })
 }
 
 func (c *Coordinator) applyRetention(ctx context.Context, now time.Time) {

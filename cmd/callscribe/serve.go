@@ -22,6 +22,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/internal/config"
+	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/models"
@@ -276,16 +277,9 @@ func watchdog(ctx context.Context, healthy func(context.Context) error) {
 	if iv == 0 {
 		return
 	}
-	t := time.NewTicker(iv)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if healthy(ctx) == nil {
-				_ = sdnotify.Watchdog()
-			}
+	loop.Every(ctx, iv, nil, func() {
+		if healthy(ctx) == nil {
+			_ = sdnotify.Watchdog()
 		}
-	}
+	})
 }

@@ -26,28 +26,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	client, err := apiClient(*caFile)
+	body, err := callAPI(ctx, *server, *caFile, http.MethodGet, "/v1/status")
 	if err != nil {
 		return err
-	}
-	base := *server
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, base+"/v1/status", nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("coordinator at %s: %w", base, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	if *asJSON {
 		_, err := stdout.Write(body)
@@ -129,25 +110,8 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := fs.Parse(args[2:]); err != nil {
 		return errUsage
 	}
-	client, err := apiClient(*caFile)
-	if err != nil {
-		return err
-	}
-	base := *server
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(rctx, http.MethodPost, base+"/v1/nodes/"+node+"/"+op, nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("coordinator at %s: %w", base, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s %s: %s: %s", op, node, resp.Status, strings.TrimSpace(string(body)))
+	if _, err := callAPI(ctx, *server, *caFile, http.MethodPost, "/v1/nodes/"+node+"/"+op); err != nil {
+		return fmt.Errorf("%s %s: %w", op, node, err)
 	}
 	if op == "drain" {
 		fmt.Fprintf(stdout, "node %s draining: its calls move to other workers and resume; no new calls go there\n", node)
@@ -157,14 +121,38 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// apiClient trusts caFile (when given) for an https:// coordinator.
-func apiClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return http.DefaultClient, nil
+// callAPI sends one request to the coordinator's HTTP API (trusting caFile
+// for https://) and returns the body of a 200 answer.
+func callAPI(ctx context.Context, server, caFile, method, path string) ([]byte, error) {
+	client := http.DefaultClient
+	if caFile != "" {
+		pool, err := pki.CertPool(caFile)
+		if err != nil {
+			return nil, err
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
-	pool, err := pki.CertPool(caFile)
+	base := server
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, method, base+path, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator at %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
 }
