@@ -352,8 +352,12 @@ func TestAbandonedCallIsEnded(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(tc.logs.String(), "abandoned") {
-		t.Fatal("no log line for the abandoned call")
+	// The end is made durable first, then logged: wait for the line.
+	for !strings.Contains(tc.logs.String(), "abandoned") {
+		if time.Now().After(deadline) {
+			t.Fatal("no log line for the abandoned call")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
