@@ -84,13 +84,23 @@ func TestHealthEventsAndRecovery(t *testing.T) {
 		}
 		return m
 	}
+	eventually := func(what string, cond func(map[string]bool) bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond(health()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v", what, health())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	// An application XID leaves the GPU healthy.
 	es.ch <- nvml.EventData{Device: devs[0], EventType: nvml.EventTypeXidCriticalError, EventData: 13}
 	// XID 79 (fallen off the bus) does not.
 	es.ch <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
-	time.Sleep(50 * time.Millisecond)
-	if h := health(); !h["GPU-a"] || h["GPU-b"] {
-		t.Fatalf("after XID 13 on a and 79 on b: %v", h)
+	eventually("XID 79 marks b unhealthy", func(h map[string]bool) bool { return !h["GPU-b"] })
+	if h := health(); !h["GPU-a"] {
+		t.Fatalf("application XID 13 made a unhealthy: %v", h)
 	}
 	ds, _ := n.Devices()
 	if ds[1].Unhealthy == "" {
@@ -100,16 +110,10 @@ func TestHealthEventsAndRecovery(t *testing.T) {
 	clock.Lock()
 	now = now.Add(61 * time.Second)
 	clock.Unlock()
-	time.Sleep(80 * time.Millisecond)
-	if h := health(); !h["GPU-b"] {
-		t.Fatalf("GPU-b did not recover: %v", h)
-	}
+	eventually("GPU-b recovers after a quiet minute", func(h map[string]bool) bool { return h["GPU-b"] })
 	// Double-bit ECC errors count too.
 	es.ch <- nvml.EventData{Device: devs[0], EventType: nvml.EventTypeDoubleBitEccError}
-	time.Sleep(50 * time.Millisecond)
-	if h := health(); h["GPU-a"] {
-		t.Fatalf("ECC error ignored: %v", h)
-	}
+	eventually("a double-bit ECC error marks a unhealthy", func(h map[string]bool) bool { return !h["GPU-a"] })
 	cancel()
 	select {
 	case err := <-done:
