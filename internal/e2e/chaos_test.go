@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,8 +12,6 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
-	"github.com/callscribe/callscribe/ingest/console"
-	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/proto"
 	"golang.org/x/sys/unix"
@@ -69,13 +65,6 @@ func (r *chaosRack) survivorReady(t *testing.T) {
 	})
 }
 
-// chaosCall is a console in namespace a, in this process, recording when
-// each channel was told it resumed.
-type chaosCall struct {
-	sentCall
-	resumedAt [][]time.Time
-}
-
 func enterNetns(name string) error {
 	f, err := os.Open("/var/run/netns/" + name)
 	if err != nil {
@@ -85,71 +74,14 @@ func enterNetns(name string) error {
 	return unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 }
 
-func (r *chaosRack) call(t *testing.T, id, wavPath string, speed float64) *chaosCall {
-	t.Helper()
-	w, err := audio.ReadWAVFile(wavPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, _ := pki.CertPool(filepath.Join(r.dir, pki.CAFile))
-	tok, _ := pki.ReadToken(filepath.Join(r.dir, pki.ConsoleToken))
-	labels := []string{proto.ChannelCaller, proto.ChannelCallTaker}[:w.Channels]
-	c := &chaosCall{resumedAt: make([][]time.Time, w.Channels)}
-	c.frames, c.finals, c.done = make([][][]byte, w.Channels), make([][]string, w.Channels), make(chan error, 1)
-	for ch := range w.Channels {
-		pcm := w.Channel(ch)
-		for off := 0; off < len(pcm); off += 1600 {
-			c.frames[ch] = append(c.frames[ch], audio.PCMToBytes(pcm[off:min(off+1600, len(pcm))]))
-		}
-	}
-	c.call = console.New(console.Config{Server: r.quic, RootCAs: pool, ServerName: "localhost", Token: tok, CallID: proto.CallID(id),
-		ConsoleID: "chaos-console", Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	t.Cleanup(cancel)
-	go func() {
-		// Every socket this goroutine opens lives in namespace a; the
-		// thread is discarded when the goroutine ends.
-		runtime.LockOSThread()
-		if err := enterNetns(r.p.a); err != nil {
-			c.done <- err
-			return
-		}
-		c.done <- c.call.Run(ctx)
-	}()
-	go func() {
-		for ev := range c.call.Events() {
-			if ev.Transcript == nil {
-				continue
-			}
-			c.mu.Lock()
-			switch ev.Transcript.Kind {
-			case proto.KindFinal:
-				c.finals[ev.Transcript.Channel] = append(c.finals[ev.Transcript.Channel], ev.Transcript.Text)
-			case proto.KindResumed:
-				c.resume++
-				c.resumedAt[ev.Transcript.Channel] = append(c.resumedAt[ev.Transcript.Channel], time.Now())
-			}
-			c.mu.Unlock()
-		}
-	}()
-	go func() {
-		start := time.Now()
-		for i := range len(c.frames[0]) {
-			time.Sleep(time.Until(start.Add(time.Duration(float64(i) * float64(100*time.Millisecond) / speed))))
-			for ch := range c.frames {
-				if _, err := c.call.Send(ch, c.frames[ch][i], time.Now()); err != nil {
-					return
-				}
-			}
-		}
-		c.call.End()
-	}()
-	return c
+// call starts a console in namespace a, in this process.
+func (r *chaosRack) call(t *testing.T, id, wavPath string, speed float64) *sentCall {
+	return startCall(t, callTarget{quic: r.quic, dir: r.dir, consoleID: "chaos-console", netns: r.p.a}, id, wavPath, speed)
 }
 
 // resumedAfter is how long after the fault the last affected channel was
 // resumed (0 if none was).
-func (c *chaosCall) resumedAfter(fault time.Time) time.Duration {
+func (c *sentCall) resumedAfter(fault time.Time) time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var worst time.Duration
@@ -166,7 +98,7 @@ func (c *chaosCall) resumedAfter(fault time.Time) time.Duration {
 
 // lostFrames stops the coordinator and counts sent frames missing from the
 // store or differing from what was sent, and frames acked but missing.
-func (r *chaosRack) lostFrames(t *testing.T, id string, c *chaosCall) (missing, acked int) {
+func (r *chaosRack) lostFrames(t *testing.T, id string, c *sentCall) (missing, acked int) {
 	t.Helper()
 	r.coord.kill(syscall.SIGTERM)
 	st, err := store.Open(filepath.Join(r.dir, "store"), store.Options{})

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -270,14 +271,15 @@ func referenceClips(t *testing.T) []string {
 }
 
 // sentCall streams a WAV through the console library, paced, recording
-// every payload sent so the test can check the store byte for byte.
+// every payload sent so the test can check the store byte for byte, and
+// when each channel was told it resumed.
 type sentCall struct {
-	call   *console.Call
-	frames [][][]byte
-	finals [][]string
-	resume int
-	mu     sync.Mutex
-	done   chan error
+	call      *console.Call
+	frames    [][][]byte
+	finals    [][]string
+	resumedAt [][]time.Time
+	mu        sync.Mutex
+	done      chan error
 }
 
 func (s *sentCall) texts() [][]string {
@@ -290,35 +292,67 @@ func (s *sentCall) texts() [][]string {
 	return out
 }
 
+// resumed counts the resumed events the console got, all channels.
 func (s *sentCall) resumed() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.resume
+	n := 0
+	for _, ts := range s.resumedAt {
+		n += len(ts)
+	}
+	return n
+}
+
+// callTarget is the coordinator a test console talks to.
+type callTarget struct {
+	quic, dir string // QUIC address; data directory (CA and console token)
+	consoleID string
+	netns     string // run the console inside this namespace ("": here)
 }
 
 func streamCall(t *testing.T, a *appliance, id, wavPath string, speed float64) *sentCall {
+	return startCall(t, callTarget{quic: a.quic, dir: a.dir, consoleID: "e2e-console"}, id, wavPath, speed)
+}
+
+func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *sentCall {
 	t.Helper()
 	w, err := audio.ReadWAVFile(wavPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pki.CertPool(filepath.Join(a.dir, pki.CAFile))
+	pool, err := pki.CertPool(filepath.Join(to.dir, pki.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := pki.ReadToken(filepath.Join(to.dir, pki.ConsoleToken))
 	if err != nil {
 		t.Fatal(err)
 	}
 	labels := []string{proto.ChannelCaller, proto.ChannelCallTaker}[:w.Channels]
-	s := &sentCall{frames: make([][][]byte, w.Channels), finals: make([][]string, w.Channels), done: make(chan error, 1)}
+	s := &sentCall{frames: make([][][]byte, w.Channels), finals: make([][]string, w.Channels),
+		resumedAt: make([][]time.Time, w.Channels), done: make(chan error, 1)}
 	for c := range w.Channels {
 		pcm := w.Channel(c)
 		for off := 0; off < len(pcm); off += 1600 {
 			s.frames[c] = append(s.frames[c], audio.PCMToBytes(pcm[off:min(off+1600, len(pcm))]))
 		}
 	}
-	s.call = console.New(console.Config{Server: a.quic, RootCAs: pool, ServerName: "localhost", Token: a.token(t), CallID: proto.CallID(id),
-		ConsoleID: "e2e-console", Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second})
+	s.call = console.New(console.Config{Server: to.quic, RootCAs: pool, ServerName: "localhost", Token: tok, CallID: proto.CallID(id),
+		ConsoleID: proto.ConsoleID(to.consoleID), Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
-	go func() { s.done <- s.call.Run(ctx) }()
+	go func() {
+		if to.netns != "" {
+			// Every socket this goroutine opens lives in the namespace; the
+			// thread is discarded when the goroutine ends.
+			runtime.LockOSThread()
+			if err := enterNetns(to.netns); err != nil {
+				s.done <- err
+				return
+			}
+		}
+		s.done <- s.call.Run(ctx)
+	}()
 	go func() {
 		for ev := range s.call.Events() {
 			if ev.Transcript == nil {
@@ -329,7 +363,7 @@ func streamCall(t *testing.T, a *appliance, id, wavPath string, speed float64) *
 			case proto.KindFinal:
 				s.finals[ev.Transcript.Channel] = append(s.finals[ev.Transcript.Channel], ev.Transcript.Text)
 			case proto.KindResumed:
-				s.resume++
+				s.resumedAt[ev.Transcript.Channel] = append(s.resumedAt[ev.Transcript.Channel], time.Now())
 			}
 			s.mu.Unlock()
 		}
