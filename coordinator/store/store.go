@@ -300,20 +300,27 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 
 // Calls returns every call record, newest first.
 func (s *Store) Calls() ([]*Call, error) {
-	var out []*Call
+	out, err := scanJSON[*Call](s, "c/")
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, err
+}
+
+// scanJSON decodes every JSON value under prefix, in key order. T may be a
+// struct or a pointer to one.
+func scanJSON[T any](s *Store, prefix string) ([]T, error) {
+	var out []T
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/"), PrefetchValues: true, PrefetchSize: 64})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			var c Call
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &c) }); err != nil {
+			var v T // for a pointer type, Unmarshal allocates the value
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &v) }); err != nil {
 				return err
 			}
-			out = append(out, &c)
+			out = append(out, v)
 		}
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
 	return out, err
 }
 
@@ -455,20 +462,7 @@ func (s *Store) PutNode(ctx context.Context, n Node) error {
 
 // Nodes returns every node record.
 func (s *Store) Nodes() ([]Node, error) {
-	var out []Node
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("n/"), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var n Node
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &n) }); err != nil {
-				return err
-			}
-			out = append(out, n)
-		}
-		return nil
-	})
-	return out, err
+	return scanJSON[Node](s, "n/")
 }
 
 // deletePrefix deletes every key under prefix in batches of at most 1000
@@ -551,19 +545,7 @@ func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
 
 // Outbox lists queued exports, oldest first.
 func (s *Store) Outbox() ([]OutboxEntry, error) {
-	var out []OutboxEntry
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("o/"), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var e OutboxEntry
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &e) }); err != nil {
-				return err
-			}
-			out = append(out, e)
-		}
-		return nil
-	})
+	out, err := scanJSON[OutboxEntry](s, "o/")
 	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
 	return out, err
 }
