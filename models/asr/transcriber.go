@@ -147,9 +147,6 @@ func Pristine(dec Decoder) (EngineState, error) {
 	return EngineState{Mean: m, Sum: s, Frames: n}, nil
 }
 
-// Sample returns how many samples have been fed to the decoder.
-func (t *Transcriber) Sample() int64 { return t.sample }
-
 // Feed adds PCM and returns the events it produced, in order.
 func (t *Transcriber) Feed(pcm []int16) ([]Event, error) {
 	if t.flushed {

@@ -108,24 +108,6 @@ func (p *Pool) Put(in *Instance) {
 	<-p.sem
 }
 
-// Warm creates n instances ahead of need.
-func (p *Pool) Warm(ctx context.Context, n int) error {
-	got := make([]*Instance, 0, n)
-	defer func() {
-		for _, in := range got {
-			p.Put(in)
-		}
-	}()
-	for range n {
-		in, err := p.Get(ctx)
-		if err != nil {
-			return err
-		}
-		got = append(got, in)
-	}
-	return nil
-}
-
 // Close frees every idle instance.
 func (p *Pool) Close() {
 	p.mu.Lock()
