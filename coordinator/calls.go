@@ -20,6 +20,8 @@ type call struct {
 	rec   *store.Call
 	chans []*channel
 	sess  *session
+	// watchers follow the call's transcript read-only (SSE supervisors).
+	watchers map[*session]struct{}
 	// lastActive is when a console last attached or sent audio.
 	lastActive time.Time
 	// recovered is set for a call reloaded from the store after a restart:
@@ -41,6 +43,8 @@ type channel struct {
 	decoded  uint32
 	complete bool
 	received uint64 // frames received, duplicates included
+	// concealed counts loss markers stored: packets the transport lost.
+	concealed uint64
 	// resumedUnseen: the channel moved to a worker while no console was
 	// attached; the console is told when it reattaches.
 	resumedUnseen bool
@@ -63,6 +67,7 @@ type session struct {
 	events    chan ingest.Event
 	nextFinal []uint32 // guarded by call.mu
 	closed    bool     // guarded by call.mu
+	watch     bool     // a read-only watcher, not the console
 }
 
 var _ ingest.Sink = (*Coordinator)(nil)
@@ -86,29 +91,15 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	if err != nil {
 		return nil, nil, perr(proto.CodeUnknownModel, "%v", err)
 	}
-	c.mu.Lock()
-	cl, ok := c.calls[h.CallID]
-	c.mu.Unlock()
-	resumed := ok
-	if !ok {
-		rec, err := c.store.Call(h.CallID)
-		switch {
-		case err == nil:
-			// A call we know but do not hold: finalised calls are not kept
-			// in memory. Load it to serve its transcript.
-			cl, err = c.loadCall(rec)
-			if err != nil {
-				return nil, nil, perr(proto.CodeStorage, "load call: %v", err)
-			}
-			resumed = true
-		case errors.Is(err, store.ErrNotFound):
-			cl, err = c.newCall(ctx, h, m.Name)
-			if err != nil {
-				return nil, nil, err
-			}
-		default:
-			return nil, nil, perr(proto.CodeStorage, "load call: %v", err)
+	cl, err := c.callByID(h.CallID)
+	resumed := err == nil
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if cl, err = c.newCall(ctx, h, m.Name); err != nil {
+			return nil, nil, err
 		}
+	case err != nil:
+		return nil, nil, err
 	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
@@ -123,12 +114,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		c.log.Info("console reconnected: replacing its previous stream", "call", h.CallID)
 		cl.sess.closeLocked()
 	}
-	s := &session{c: c, call: cl, console: h.ConsoleID, events: make(chan ingest.Event, 4096), nextFinal: make([]uint32, len(cl.chans))}
-	for i := range s.nextFinal {
-		if i < len(h.NextFinal) {
-			s.nextFinal[i] = h.NextFinal[i]
-		}
-	}
+	s := c.newSessionLocked(cl, h.ConsoleID, h.NextFinal)
 	cl.sess = s
 	cl.lastActive = time.Now()
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
@@ -138,24 +124,98 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 			ch.resumedUnseen = false
 			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: i, Label: ch.label}})
 		}
-		// Resend the finals the console has not got.
-		if s.nextFinal[i] < ch.finals {
-			fs, err := c.store.Finals(h.CallID, i, s.nextFinal[i])
-			if err != nil {
-				return nil, nil, perr(proto.CodeStorage, "read finals: %v", err)
-			}
-			for _, f := range fs {
-				if f.Index >= ch.finals {
-					break
-				}
-				s.sendFinalLocked(cl, f)
-			}
-		}
 	}
-	if rec.State == store.StateFinalised {
-		s.finalisedLocked(cl)
+	if err := c.catchUpLocked(s); err != nil {
+		return nil, nil, err
 	}
 	return s, wel, nil
+}
+
+// Watch follows a call's transcript read-only, as a supervisor does: the
+// finals from nextFinal on (per channel) first, then partials and finals
+// live, then the Finalised event. It does not disturb the console's session.
+func (c *Coordinator) Watch(id proto.CallID, nextFinal []uint32) (ingest.Watcher, error) {
+	cl, err := c.callByID(id)
+	if err != nil {
+		return nil, err
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	s := c.newSessionLocked(cl, "", nextFinal)
+	s.watch = true
+	if cl.watchers == nil {
+		cl.watchers = map[*session]struct{}{}
+	}
+	cl.watchers[s] = struct{}{}
+	if err := c.catchUpLocked(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// callByID returns a call from memory or, loading it, from the store.
+// Errors are *proto.Error; an unknown call wraps store.ErrNotFound.
+func (c *Coordinator) callByID(id proto.CallID) (*call, error) {
+	c.mu.Lock()
+	cl, ok := c.calls[id]
+	c.mu.Unlock()
+	if ok {
+		return cl, nil
+	}
+	rec, err := c.store.Call(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("call %s: %w", id, err)
+	}
+	if err == nil {
+		// A call we know but do not hold: finalised calls are not kept in
+		// memory. Load it to serve its transcript.
+		cl, err = c.loadCall(rec)
+	}
+	if err != nil {
+		return nil, perr(proto.CodeStorage, "load call: %v", err)
+	}
+	return cl, nil
+}
+
+func (c *Coordinator) newSessionLocked(cl *call, console proto.ConsoleID, nextFinal []uint32) *session {
+	s := &session{c: c, call: cl, console: console, events: make(chan ingest.Event, 4096), nextFinal: make([]uint32, len(cl.chans))}
+	copy(s.nextFinal, nextFinal)
+	return s
+}
+
+// catchUpLocked sends a new session the finals it has not got, and the end
+// of a finalised call.
+func (c *Coordinator) catchUpLocked(s *session) error {
+	cl := s.call
+	for i, ch := range cl.chans {
+		if s.nextFinal[i] >= ch.finals {
+			continue
+		}
+		fs, err := c.store.Finals(cl.id, i, s.nextFinal[i])
+		if err != nil {
+			return perr(proto.CodeStorage, "read finals: %v", err)
+		}
+		for _, f := range fs {
+			if f.Index >= ch.finals {
+				break
+			}
+			s.sendFinalLocked(cl, f)
+		}
+	}
+	if cl.rec.State == store.StateFinalised {
+		s.finalisedLocked(cl)
+	}
+	return nil
+}
+
+// eachLocked calls f for the console's session and every watcher.
+func (cl *call) eachLocked(f func(s *session)) {
+	if cl.sess != nil {
+		f(cl.sess)
+	}
+	for w := range cl.watchers {
+		f(w)
+	}
 }
 
 func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string) (*call, error) {
@@ -212,6 +272,9 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 		if i < len(rec.Received) {
 			ch.received = rec.Received[i]
 		}
+		if i < len(rec.Concealed) {
+			ch.concealed = rec.Concealed[i]
+		}
 		last, err := c.store.LastFinal(rec.ID, i)
 		if err != nil {
 			return nil, err
@@ -248,6 +311,9 @@ func (c *Coordinator) startCall(cl *call) {
 // Append implements ingest.Session.
 func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) {
 	cl := s.call
+	if s.watch {
+		return proto.Ack{}, perr(proto.CodeBadRequest, "a watcher cannot send audio")
+	}
 	if int(a.Channel) >= len(cl.chans) {
 		return proto.Ack{}, perr(proto.CodeBadRequest, "channel %d does not exist (call has %d)", a.Channel, len(cl.chans))
 	}
@@ -284,6 +350,10 @@ func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) 
 	cl.mu.Lock()
 	ch.nextSeq = a.Seq + 1
 	ch.recvAt[a.Seq] = now
+	if len(a.Payload) == 0 {
+		ch.concealed++
+		s.c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
+	}
 	cl.lastActive = now
 	var rec store.Call
 	if first = first && cl.rec.State == store.StateOpen; first {
@@ -303,6 +373,9 @@ func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) 
 // End implements ingest.Session.
 func (s *session) End(ctx context.Context, e proto.End) error {
 	cl := s.call
+	if s.watch {
+		return perr(proto.CodeBadRequest, "a watcher cannot end a call")
+	}
 	cl.mu.Lock()
 	if len(e.Frames) != len(cl.chans) {
 		cl.mu.Unlock()
@@ -336,15 +409,16 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 	rec.State, rec.Ended, rec.EndReason = store.StateEnded, &now, why
 	rec.EndFrames = make([]uint32, len(cl.chans))
 	rec.Received = make([]uint64, len(cl.chans))
+	rec.Concealed = make([]uint64, len(cl.chans))
 	for i, ch := range cl.chans {
-		rec.EndFrames[i], rec.Received[i] = ch.nextSeq, ch.received
+		rec.EndFrames[i], rec.Received[i], rec.Concealed[i] = ch.nextSeq, ch.received, ch.concealed
 	}
 	cl.mu.Unlock()
 	if err := c.store.PutCall(ctx, &rec); err != nil {
 		return err
 	}
 	cl.mu.Lock()
-	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason, cl.rec.Received = rec.State, rec.Ended, rec.EndFrames, rec.EndReason, rec.Received
+	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason, cl.rec.Received, cl.rec.Concealed = rec.State, rec.Ended, rec.EndFrames, rec.EndReason, rec.Received, rec.Concealed
 	for _, ch := range cl.chans {
 		ch.ended = true
 		ch.signal()
@@ -394,6 +468,7 @@ func (s *session) Close() {
 	if s.call.sess == s {
 		s.call.sess = nil
 	}
+	delete(s.call.watchers, s)
 	s.closeLocked()
 }
 
@@ -413,7 +488,7 @@ func (s *session) pushLocked(ev ingest.Event) {
 	select {
 	case s.events <- ev:
 	default:
-		s.c.log.Warn("console too slow for its transcript: disconnecting it", "call", s.call.id)
+		s.c.log.Warn("console too slow for its transcript: disconnecting it", "call", s.call.id, "watcher", s.watch)
 		s.closeLocked()
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
@@ -73,7 +74,18 @@ type Config struct {
 	RetentionInterval   time.Duration
 	// Export sends finalised transcripts upstream (off when URL is empty).
 	Export ExportConfig
+	// WebRTC configures the WHIP endpoint.
+	WebRTC WebRTCConfig
 	Logger *slog.Logger
+}
+
+// WebRTCConfig configures WebRTC (WHIP) ingest.
+type WebRTCConfig struct {
+	// UDPPortMin and UDPPortMax bound ICE's UDP ports (0: any), for
+	// firewalls.
+	UDPPortMin, UDPPortMax uint16
+	// MaxSessions bounds concurrent WebRTC sessions (default 1000).
+	MaxSessions int
 }
 
 // Coordinator is a running coordinator.
@@ -84,6 +96,10 @@ type Coordinator struct {
 	reg     *registry
 	metrics metrics
 	ingest  *ingest.Server
+	whip    *whip.Server
+	// closing is closed when shutdown starts, ending long-lived HTTP
+	// responses (server-sent events).
+	closing chan struct{}
 
 	consoleTokens atomic.Pointer[[]string]
 
@@ -145,8 +161,20 @@ func New(cfg Config) (*Coordinator, error) {
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	toks := append([]string(nil), cfg.ConsoleTokens...)
 	c.consoleTokens.Store(&toks)
-	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: func(t string) bool { return pki.TokenEqual(t, *c.consoleTokens.Load()) }}
+	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth}
+	c.closing = make(chan struct{})
+	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.consoleAuth, Log: cfg.Logger.With("component", "whip"),
+		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true})
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	return c, nil
+}
+
+// consoleAuth checks a console token (QUIC, WHIP and the transcript API).
+func (c *Coordinator) consoleAuth(token string) bool {
+	return pki.TokenEqual(token, *c.consoleTokens.Load())
 }
 
 // Store returns the coordinator's store (for tests and tools in-process).
@@ -302,6 +330,8 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 func (c *Coordinator) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	close(c.closing)
+	c.whip.Close()
 	_ = c.httpSrv.Shutdown(sctx)
 	c.stop()
 	_ = c.ql.Close()

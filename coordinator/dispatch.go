@@ -86,11 +86,11 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	if resumed {
 		cl.mu.Lock()
 		cl.rec.Resumes++
-		if s := cl.sess; s != nil {
-			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: ch.idx, Label: ch.label}})
-		} else {
+		ev := ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: ch.idx, Label: ch.label}}
+		if cl.sess == nil {
 			ch.resumedUnseen = true
 		}
+		cl.eachLocked(func(s *session) { s.pushLocked(ev) })
 		cl.mu.Unlock()
 		c.metrics.observeResume(time.Since(lostAt))
 	}
@@ -118,9 +118,10 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 		switch ev.Kind {
 		case proto.WorkerPartial:
 			cl.mu.Lock()
-			if s := cl.sess; s != nil && ev.Index >= ch.finals {
-				s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindPartial, Channel: ch.idx, Label: ch.label,
-					Index: ev.Index, Text: ev.Text, StartMS: samplesToMS(ev.Start), EndMS: samplesToMS(ev.End)}})
+			if ev.Index >= ch.finals {
+				pe := ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindPartial, Channel: ch.idx, Label: ch.label,
+					Index: ev.Index, Text: ev.Text, StartMS: samplesToMS(ev.Start), EndMS: samplesToMS(ev.End)}}
+				cl.eachLocked(func(s *session) { s.pushLocked(pe) })
 			}
 			cl.mu.Unlock()
 		case proto.WorkerFinal:
@@ -241,9 +242,7 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 		ch.complete = true
 		cl.rec.Complete[ch.idx] = true
 	}
-	if s := cl.sess; s != nil {
-		s.sendFinalLocked(cl, f)
-	}
+	cl.eachLocked(func(s *session) { s.sendFinalLocked(cl, f) })
 	cl.mu.Unlock()
 	c.metrics.observeToConsole(time.Since(got))
 	c.metrics.finals.Add(1)
@@ -308,9 +307,7 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 	}
 	cl.mu.Lock()
 	cl.rec.State, cl.rec.Finalised = rec.State, rec.Finalised
-	if s := cl.sess; s != nil {
-		s.finalisedLocked(cl)
-	}
+	cl.eachLocked(func(s *session) { s.finalisedLocked(cl) })
 	close(cl.done)
 	cl.mu.Unlock()
 	c.metrics.finalised.Add(1)
@@ -322,7 +319,7 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 		defer c.mu.Unlock()
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
-		if c.calls[cl.id] == cl && cl.sess == nil {
+		if c.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 {
 			delete(c.calls, cl.id)
 		}
 	})
@@ -332,6 +329,7 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 type channelJSON struct {
 	Label     string `json:"label"`
 	Received  uint64 `json:"frames_received"`
+	Concealed uint64 `json:"frames_concealed,omitempty"`
 	Stored    uint32 `json:"frames_stored"`
 	Decoded   uint32 `json:"frames_decoded"`
 	Finals    uint32 `json:"finals"`

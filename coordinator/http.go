@@ -3,11 +3,15 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,13 +23,101 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /readyz", c.handleReady)
 	mux.HandleFunc("GET /v1/calls", c.handleCalls)
 	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
-	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.handleTranscript)
+	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.authorised(c.handleTranscript))
+	mux.HandleFunc("GET /v1/calls/{id}/events", c.authorised(c.handleEvents))
+	c.whip.Register(mux)
+	mux.Handle("GET /console/", whip.ConsoleHandler("/console/"))
+	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
 	mux.HandleFunc("GET /v1/status", c.handleStatus)
 	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.handleDrain(true))
 	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.handleDrain(false))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
 	return mux
+}
+
+// authorised requires a console token (Authorization: Bearer, or a token
+// query parameter for browsers' EventSource) before a transcript is served.
+func (c *Coordinator) authorised(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if tok == "" {
+			tok = r.URL.Query().Get("token")
+		}
+		if !c.consoleAuth(strings.TrimSpace(tok)) {
+			c.log.Warn("transcript API: request without a valid console token", "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="callscribe"`)
+			httpError(w, http.StatusUnauthorized, "a valid console token is required (Authorization: Bearer TOKEN)")
+			return
+		}
+		h(w, r)
+	}
+}
+
+// handleEvents streams a call's transcript as server-sent events: the
+// finals so far, then partials and finals live, then "finalised". from
+// (comma-separated, per channel) skips finals a client already has.
+func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !proto.ValidID(id) {
+		httpError(w, http.StatusBadRequest, "invalid call id")
+		return
+	}
+	var from []uint32
+	if v := r.URL.Query().Get("from"); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(f, 10, 32)
+			if err != nil {
+				httpError(w, http.StatusBadRequest, "from is a comma-separated list of final indexes")
+				return
+			}
+			from = append(from, uint32(n))
+		}
+	}
+	wt, err := c.Watch(proto.CallID(id), from)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusNotFound, "no such call")
+		return
+	case err != nil:
+		httpError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer wt.Close()
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		httpError(w, http.StatusInternalServerError, "streaming not supported")
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case ev, ok := <-wt.Events():
+			if !ok {
+				return
+			}
+			typ, b := ingest.EventJSON(ev)
+			if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typ, b); err != nil {
+				return
+			}
+			fl.Flush()
+		case <-keep.C:
+			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		case <-r.Context().Done():
+			return
+		case <-c.closing:
+			return
+		}
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -72,7 +164,7 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 		cp := *cl.rec
 		v.Call, v.Live = &cp, cl.rec.State != store.StateFinalised
 		for _, ch := range cl.chans {
-			cj := channelJSON{Label: ch.label, Received: ch.received, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
+			cj := channelJSON{Label: ch.label, Received: ch.received, Concealed: ch.concealed, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
 			v.ChannelInfo = append(v.ChannelInfo, cj)
 		}
 		cl.mu.Unlock()
@@ -89,6 +181,9 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 			cj := channelJSON{Label: l, Stored: n}
 			if i < len(rec.Received) {
 				cj.Received = rec.Received[i]
+			}
+			if i < len(rec.Concealed) {
+				cj.Concealed = rec.Concealed[i]
 			}
 			if i < len(rec.Decoded) {
 				cj.Decoded = rec.Decoded[i]

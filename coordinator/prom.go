@@ -16,13 +16,15 @@ type prom struct {
 	framesStor prometheus.Counter
 	framesDec  prometheus.Counter
 	framesLost prometheus.Counter
-	failovers  prometheus.Counter
-	placements *prometheus.CounterVec
-	finals     prometheus.Counter
-	ack        prometheus.Histogram
-	toWorker   prometheus.Histogram
-	toConsole  prometheus.Histogram
-	resume     prometheus.Histogram
+	// framesConceal counts loss markers: packets lost in transit (WebRTC).
+	framesConceal prometheus.Counter
+	failovers     prometheus.Counter
+	placements    *prometheus.CounterVec
+	finals        prometheus.Counter
+	ack           prometheus.Histogram
+	toWorker      prometheus.Histogram
+	toConsole     prometheus.Histogram
+	resume        prometheus.Histogram
 }
 
 func newProm(c *Coordinator) *prom {
@@ -34,13 +36,14 @@ func newProm(c *Coordinator) *prom {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "callscribe", Name: name, Help: help})
 	}
 	p := &prom{
-		reg:        prometheus.NewRegistry(),
-		framesRecv: ctr("frames_received_total", "Audio frames received from consoles, resends included."),
-		framesDup:  ctr("frames_duplicate_total", "Resent frames that were already durable (acked again, stored once)."),
-		framesStor: ctr("frames_stored_total", "Audio frames made durable (synced) and acknowledged."),
-		framesDec:  ctr("frames_decoded_total", "Audio frames decoded by workers, as of their last report."),
-		framesLost: ctr("frames_lost_total", "Frames refused because they could not be stored (not acked: the console resends them)."),
-		failovers:  ctr("failovers_total", "Call channels moved to another worker after a failure."),
+		reg:           prometheus.NewRegistry(),
+		framesRecv:    ctr("frames_received_total", "Audio frames received from consoles, resends included."),
+		framesDup:     ctr("frames_duplicate_total", "Resent frames that were already durable (acked again, stored once)."),
+		framesStor:    ctr("frames_stored_total", "Audio frames made durable (synced) and acknowledged."),
+		framesDec:     ctr("frames_decoded_total", "Audio frames decoded by workers, as of their last report."),
+		framesConceal: ctr("frames_concealed_total", "WebRTC packets lost in transit, stored as loss markers and concealed by the decoder."),
+		framesLost:    ctr("frames_lost_total", "Frames refused because they could not be stored (not acked: the console resends them)."),
+		failovers:     ctr("failovers_total", "Call channels moved to another worker after a failure."),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "callscribe", Name: "placements_total",
 			Help: "Worker instances placed, by kind (gpu, cpu, degraded)."}, []string{"kind"}),
 		finals:    ctr("finals_total", "Final utterances persisted."),
@@ -49,7 +52,7 @@ func newProm(c *Coordinator) *prom {
 		toConsole: lat("final_to_console_seconds", "Worker final received to persisted and queued to the console."),
 		resume:    lat("resume_seconds", "Channel lost its worker to assigned to another."),
 	}
-	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.failovers, p.placements, p.finals,
+	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.framesConceal, p.failovers, p.placements, p.finals,
 		p.ack, p.toWorker, p.toConsole, p.resume, &stateCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p

@@ -8,6 +8,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,13 @@ type Session interface {
 	// (replaced by a reconnect, or the call finalised and drained).
 	Events() <-chan Event
 	// Close releases the session.
+	Close()
+}
+
+// Watcher follows one call's transcript without sending audio (a
+// supervisor's view). Its events are those of a Session.
+type Watcher interface {
+	Events() <-chan Event
 	Close()
 }
 
@@ -164,6 +172,9 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
 		switch m.Type {
 		case proto.TAudio:
 			a, err := proto.ParseAudio(m.Body)
+			if err == nil && len(a.Payload) == 0 {
+				err = fmt.Errorf("%w: empty audio payload", proto.ErrMalformed)
+			}
 			if err != nil {
 				log.Warn("console stream: bad audio frame", "err", err)
 				fail(AsProtoError(err))
@@ -210,4 +221,49 @@ func AsProtoError(err error) *proto.Error {
 		return &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
 	}
 	return &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+}
+
+// EventJSON encodes an event for web consoles (the WHIP data channel and
+// server-sent events): the transcript, finalised or error fields with a
+// "type" of "transcript", "finalised" or "error".
+func EventJSON(ev Event) (typ string, b []byte) {
+	var v any
+	switch {
+	case ev.Transcript != nil:
+		typ, v = "transcript", struct {
+			Type string `json:"type"`
+			*proto.Transcript
+		}{"transcript", ev.Transcript}
+	case ev.Finalised != nil:
+		typ, v = "finalised", struct {
+			Type string `json:"type"`
+			*proto.Finalised
+		}{"finalised", ev.Finalised}
+	case ev.Error != nil:
+		typ, v = "error", struct {
+			Type string `json:"type"`
+			*proto.Error
+		}{"error", ev.Error}
+	default:
+		return "", nil
+	}
+	b, _ = json.Marshal(v)
+	return typ, b
+}
+
+// HTTPStatus is the HTTP status for a console error (web transports).
+func HTTPStatus(e *proto.Error) int {
+	switch e.Code {
+	case proto.CodeUnauthorized:
+		return 401
+	case proto.CodeCallInUse:
+		return 409
+	case proto.CodeTooLarge:
+		return 413
+	case proto.CodeStorage, proto.CodeUnavailable:
+		return 503
+	case proto.CodeInternal:
+		return 500
+	}
+	return 400
 }

@@ -89,7 +89,10 @@ type End struct {
 	Frames []uint32 `json:"frames"`
 }
 
-// Audio is one frame of one channel.
+// Audio is one frame of one channel. An empty Payload is a loss marker: the
+// transport lost that packet, and the decoder conceals one packet time
+// (LossFrameMS) in its place. Only the coordinator writes loss markers;
+// consoles must send audio (ingest refuses empty frames).
 type Audio struct {
 	Channel uint8
 	Seq     uint32
@@ -110,15 +113,16 @@ func AppendAudio(dst []byte, a Audio) []byte {
 	return append(dst, a.Payload...)
 }
 
-// ParseAudio decodes an audio body. Payload aliases b.
+// LossFrameMS is the audio a loss marker stands for: one WebRTC packet time.
+const LossFrameMS = 20
+
+// ParseAudio decodes an audio body. Payload aliases b; it is empty for a
+// loss marker.
 func ParseAudio(b []byte) (Audio, error) {
 	if len(b) < audioHeader {
 		return Audio{}, fmt.Errorf("%w: audio frame of %d bytes", ErrMalformed, len(b))
 	}
 	a := Audio{Channel: b[0], Seq: binary.BigEndian.Uint32(b[1:]), Capture: int64(binary.BigEndian.Uint64(b[5:])), Payload: b[audioHeader:]}
-	if len(a.Payload) == 0 {
-		return Audio{}, fmt.Errorf("%w: empty audio payload", ErrMalformed)
-	}
 	if len(a.Payload) > MaxAudioPayload {
 		return Audio{}, fmt.Errorf("%w: audio payload %d bytes (limit %d)", ErrTooLarge, len(a.Payload), MaxAudioPayload)
 	}

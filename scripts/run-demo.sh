@@ -22,4 +22,4 @@ echo
 "$bin" stream --server "$quic" --ca "$data/ca.pem" --token "$token" --call "$call" "$wav"
 echo
 echo "transcript stored by the coordinator: http://$http/v1/calls/$call/transcript?format=text"
-curl -sf "http://$http/v1/calls/$call/transcript?format=text"
+curl -sf -H "Authorization: Bearer $token" "http://$http/v1/calls/$call/transcript?format=text"

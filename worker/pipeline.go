@@ -86,8 +86,13 @@ func NewChannel(codec proto.Codec, in *engine.Instance, cp json.RawMessage, from
 // Next returns the sequence number of the next frame the channel expects.
 func (c *Channel) Next() uint32 { return c.next }
 
-// PCM decodes one frame's payload to 16 kHz PCM.
+// PCM decodes one frame's payload to 16 kHz PCM. An empty payload is a loss
+// marker: Opus conceals it with libopus's packet loss concealment, G.711
+// with silence, each for proto.LossFrameMS.
 func (c *Channel) PCM(payload []byte) ([]int16, error) {
+	if len(payload) == 0 {
+		return c.conceal()
+	}
 	switch c.codec {
 	case proto.CodecL16:
 		if len(payload)%2 != 0 {
@@ -100,6 +105,18 @@ func (c *Channel) PCM(payload []byte) ([]int16, error) {
 		return c.rs.Process(audio.AlawDecode(payload)), nil
 	case proto.CodecOpus:
 		return c.opus.Decode(payload, 0)
+	}
+	return nil, fmt.Errorf("worker: unknown codec %q", c.codec)
+}
+
+func (c *Channel) conceal() ([]int16, error) {
+	switch c.codec {
+	case proto.CodecOpus:
+		return c.opus.Decode(nil, asr.SampleRate*proto.LossFrameMS/1000)
+	case proto.CodecPCMU, proto.CodecPCMA:
+		return c.rs.Process(make([]int16, 8000*proto.LossFrameMS/1000)), nil
+	case proto.CodecL16:
+		return make([]int16, asr.SampleRate*proto.LossFrameMS/1000), nil
 	}
 	return nil, fmt.Errorf("worker: unknown codec %q", c.codec)
 }

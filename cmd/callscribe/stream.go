@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest/console"
+	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models/asr"
@@ -20,7 +24,7 @@ import (
 func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stream", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "127.0.0.1:4433", "coordinator QUIC address")
+	server := fs.String("server", "", "coordinator address: QUIC host:port (default 127.0.0.1:4433), or for whip its HTTP(S) address or URL (default http://127.0.0.1:8080)")
 	caFile := fs.String("ca", "", "CA certificate the coordinator's certificate chains to")
 	serverName := fs.String("server-name", "localhost", "coordinator certificate name")
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
@@ -29,17 +33,16 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	codec := fs.String("codec", "l16", "l16, pcmu, pcma or opus")
 	model := fs.String("model", "", "model (default: the coordinator's default)")
 	speed := fs.Float64("speed", 1, "pace relative to real time; 0 sends as fast as acks allow")
-	transport := fs.String("transport", "quic", "quic")
+	transport := fs.String("transport", "quic", "quic or whip (WebRTC)")
 	quiet := fs.Bool("quiet", false, "do not print partials")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	if fs.NArg() != 1 || *callID == "" || *caFile == "" || *token == "" {
-		fmt.Fprintln(stderr, "usage: callscribe stream --server ADDR --ca FILE --token T --call ID [--codec l16|pcmu|pcma|opus] [--speed X] FILE.wav")
+	whipT := *transport == "whip"
+	if fs.NArg() != 1 || *callID == "" || (*caFile == "" && !whipT) || *token == "" || (*transport != "quic" && !whipT) {
+		fmt.Fprintln(stderr, "usage: callscribe stream [--transport quic|whip] --server ADDR --ca FILE --token T --call ID [--codec l16|pcmu|pcma|opus] [--speed X] FILE.wav")
+		fmt.Fprintln(stderr, "       (--ca is required for quic, and for whip over https)")
 		return errUsage
-	}
-	if *transport != "quic" {
-		return fmt.Errorf("transport %q is not available in this build (quic)", *transport)
 	}
 	w, err := audio.ReadWAVFile(fs.Arg(0))
 	if err != nil {
@@ -49,12 +52,34 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	pool, err := pki.CertPool(*caFile)
-	if err != nil {
-		return err
+	var pool *x509.CertPool
+	if *caFile != "" {
+		if pool, err = pki.CertPool(*caFile); err != nil {
+			return err
+		}
 	}
 	labels := defaultLabels(w.Channels)
 	log := newLogger(stderr, "warn")
+	out := &finalsPrinter{stdout: stdout, stderr: stderr, labels: labels, quiet: *quiet}
+	if whipT {
+		if *codec == string(proto.CodecL16) {
+			return errors.New("l16 is not a WebRTC codec: use --codec opus, pcmu or pcma with --transport whip")
+		}
+		base := *server
+		switch {
+		case base == "":
+			base = "http://127.0.0.1:8080"
+		case !strings.Contains(base, "://") && pool != nil:
+			base = "https://" + base
+		case !strings.Contains(base, "://"):
+			base = "http://" + base
+		}
+		return streamWHIP(ctx, whip.ClientConfig{Server: base, RootCAs: pool, Token: *token, CallID: proto.CallID(*callID), ConsoleID: proto.ConsoleID(*consoleID),
+			Channels: labels, Codec: proto.Codec(*codec), Model: *model, Logger: log}, frames, dur, *speed, out)
+	}
+	if *server == "" {
+		*server = "127.0.0.1:4433"
+	}
 	maxUnacked := 0
 	if *speed == 0 {
 		maxUnacked = 64
@@ -72,29 +97,12 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		sendErr = pace(ctx, call, frames, dur, *speed)
 	}()
 
-	finals := make([][]asr.Event, len(labels))
-	mono := len(labels) == 1
 	for ev := range call.Events() {
 		switch {
 		case ev.Reconnected:
 			fmt.Fprintln(stderr, "[reconnected: resuming the call]")
 		case ev.Transcript != nil:
-			t := ev.Transcript
-			switch t.Kind {
-			case proto.KindPartial:
-				if !*quiet {
-					fmt.Fprintf(stderr, "  … [%s] %s\n", t.Label, t.Text)
-				}
-			case proto.KindResumed:
-				fmt.Fprintf(stderr, "[%s: transcription resumed on another worker]\n", t.Label)
-			case proto.KindFinal:
-				finals[t.Channel] = append(finals[t.Channel], asr.Event{Kind: asr.Final, Index: t.Index, Text: t.Text, Start: t.StartMS * 16})
-				if mono {
-					fmt.Fprintln(stdout, t.Text)
-				} else {
-					fmt.Fprintf(stderr, "  ✓ [%s] %s\n", t.Label, t.Text)
-				}
-			}
+			out.transcript(ev.Transcript)
 		}
 	}
 	err = <-runErr
@@ -105,11 +113,122 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if sendErr != nil && ctx.Err() == nil {
 		return sendErr
 	}
-	if !mono {
-		for _, l := range formatFinals(finals, labels) {
-			fmt.Fprintln(stdout, l)
+	out.done()
+	return nil
+}
+
+// finalsPrinter is the console output contract, whatever the transport: a
+// one-channel call prints each final on stdout as it comes; a two-channel
+// call prints partials and finals on stderr and the ordered transcript on
+// stdout at the end.
+type finalsPrinter struct {
+	stdout, stderr io.Writer
+	labels         []string
+	quiet          bool
+	finals         [][]asr.Event
+}
+
+func (p *finalsPrinter) transcript(t *proto.Transcript) {
+	if p.finals == nil {
+		p.finals = make([][]asr.Event, len(p.labels))
+	}
+	switch t.Kind {
+	case proto.KindPartial:
+		if !p.quiet {
+			fmt.Fprintf(p.stderr, "  … [%s] %s\n", t.Label, t.Text)
+		}
+	case proto.KindResumed:
+		fmt.Fprintf(p.stderr, "[%s: transcription resumed on another worker]\n", t.Label)
+	case proto.KindFinal:
+		if t.Channel < 0 || t.Channel >= len(p.finals) {
+			return
+		}
+		p.finals[t.Channel] = append(p.finals[t.Channel], asr.Event{Kind: asr.Final, Index: t.Index, Text: t.Text, Start: t.StartMS * 16})
+		if len(p.labels) == 1 {
+			fmt.Fprintln(p.stdout, t.Text)
+		} else {
+			fmt.Fprintf(p.stderr, "  ✓ [%s] %s\n", t.Label, t.Text)
 		}
 	}
+}
+
+func (p *finalsPrinter) done() {
+	if len(p.labels) > 1 {
+		for _, l := range formatFinals(p.finals, p.labels) {
+			fmt.Fprintln(p.stdout, l)
+		}
+	}
+}
+
+// streamWHIP sends a file as a WebRTC console does: 20 ms RTP packets at
+// real-time pace, "end" on the data channel with the packets sent, the
+// transcript from the data channel until the call is finalised, then
+// DELETE.
+func streamWHIP(ctx context.Context, cfg whip.ClientConfig, frames [][][]byte, dur time.Duration, speed float64, out *finalsPrinter) error {
+	cl, err := whip.Dial(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer cl.Close(context.Background())
+	clock := uint32(8000)
+	if cfg.Codec == proto.CodecOpus {
+		clock = 48000
+	}
+	samples := uint32(int64(clock) * int64(dur) / int64(time.Second))
+	sendErr := make(chan error, 1)
+	go func() {
+		start := time.Now()
+		n := 0
+		for _, f := range frames {
+			n = max(n, len(f))
+		}
+		for i := range n {
+			if speed > 0 {
+				select {
+				case <-time.After(time.Until(start.Add(time.Duration(float64(i) * float64(dur) / speed)))):
+				case <-ctx.Done():
+					sendErr <- ctx.Err()
+					return
+				}
+			}
+			for ch, f := range frames {
+				if i < len(f) {
+					if err := cl.Send(ch, f[i], samples); err != nil {
+						sendErr <- err
+						return
+					}
+				}
+			}
+		}
+		sendErr <- cl.End()
+	}()
+	finalised := false
+	for !finalised {
+		select {
+		case err := <-sendErr:
+			if err != nil {
+				return fmt.Errorf("whip: send: %w", err)
+			}
+			sendErr = nil
+		case ev, ok := <-cl.Events():
+			switch {
+			case !ok:
+				return errors.New("whip: the connection closed before the call was finalised")
+			case ev.Transcript != nil:
+				out.transcript(ev.Transcript)
+			case ev.Error != nil:
+				if ev.Error.Fatal || ev.Error.Code == proto.CodeStorage {
+					return ev.Error
+				}
+				fmt.Fprintf(out.stderr, "[coordinator: %s]\n", ev.Error.Message)
+			case ev.Finalised != nil:
+				finalised = true
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	out.done()
 	return nil
 }
 

@@ -46,6 +46,9 @@ type Call struct {
 	// Received is, per channel, frames the coordinator received, resent
 	// duplicates included (as of the end of the call).
 	Received []uint64 `json:"received,omitempty"`
+	// Concealed is, per channel, packets the transport lost that are
+	// stored as loss markers (WebRTC only; as of the end of the call).
+	Concealed []uint64 `json:"concealed,omitempty"`
 	// Decoded is, per channel, frames the workers have decoded (as of the
 	// last final or the end).
 	Decoded []uint32 `json:"decoded"`

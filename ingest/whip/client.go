@@ -1,0 +1,283 @@
+package whip
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/proto"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+)
+
+// ClientConfig configures a WHIP console (the CLI and the load generator).
+type ClientConfig struct {
+	// Server is the coordinator's HTTP(S) base URL.
+	Server    string
+	RootCAs   *x509.CertPool
+	Token     string
+	CallID    proto.CallID
+	ConsoleID proto.ConsoleID
+	Channels  []string
+	Codec     proto.Codec
+	Model     string
+	Logger    *slog.Logger
+}
+
+// Client is one WebRTC console call.
+type Client struct {
+	cfg     ClientConfig
+	http    *http.Client
+	pc      *webrtc.PeerConnection
+	dc      *webrtc.DataChannel
+	tracks  []*webrtc.TrackLocalStaticRTP
+	session string
+	events  chan ingest.Event
+	open    chan struct{}
+
+	mu      sync.Mutex
+	seq     []uint16
+	ts      []uint32
+	sent    []uint64
+	evClose bool
+}
+
+// Dial offers the call to the coordinator and waits until the data channel
+// is open (audio can flow).
+func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
+	c := &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: 15 * time.Second}, events: make(chan ingest.Event, 4096), open: make(chan struct{}),
+		seq: make([]uint16, len(cfg.Channels)), ts: make([]uint32, len(cfg.Channels)), sent: make([]uint64, len(cfg.Channels))}
+	me := &webrtc.MediaEngine{}
+	capab := codecCapability(cfg.Codec)
+	if capab.MimeType == "" {
+		return nil, fmt.Errorf("whip: codec %q is not available over WebRTC (opus, pcmu, pcma)", cfg.Codec)
+	}
+	if err := me.RegisterCodec(webrtc.RTPCodecParameters{RTPCodecCapability: capab, PayloadType: payloadType(cfg.Codec)}, webrtc.RTPCodecTypeAudio); err != nil {
+		return nil, err
+	}
+	se := webrtc.SettingEngine{}
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
+	c.pc = pc
+	for i, l := range cfg.Channels {
+		t, err := webrtc.NewTrackLocalStaticRTP(capab, fmt.Sprintf("ch%d", i), l)
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
+		if _, err := pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+			pc.Close()
+			return nil, err
+		}
+		c.tracks = append(c.tracks, t)
+		c.seq[i] = uint16(time.Now().UnixNano()>>8) + uint16(i*7919) // as random as RTP wants
+	}
+	dc, err := pc.CreateDataChannel("callscribe", nil)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	c.dc = dc
+	dc.OnOpen(func() { close(c.open) })
+	dc.OnMessage(c.onMessage)
+	dc.OnClose(c.closeEvents)
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateFailed || s == webrtc.PeerConnectionStateClosed {
+			c.closeEvents()
+		}
+	})
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(offer); err != nil {
+		pc.Close()
+		return nil, err
+	}
+	<-gathered
+	answer, err := c.post(ctx, pc.LocalDescription().SDP)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("whip: bad answer: %w", err)
+	}
+	select {
+	case <-c.open:
+		return c, nil
+	case <-time.After(10 * time.Second):
+		err = errors.New("whip: the connection did not open in 10 s")
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	c.Close(context.Background())
+	return nil, err
+}
+
+func codecCapability(c proto.Codec) webrtc.RTPCodecCapability {
+	switch c {
+	case proto.CodecOpus:
+		return webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"}
+	case proto.CodecPCMU:
+		return webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypePCMU, ClockRate: 8000}
+	case proto.CodecPCMA:
+		return webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypePCMA, ClockRate: 8000}
+	}
+	return webrtc.RTPCodecCapability{}
+}
+
+func payloadType(c proto.Codec) webrtc.PayloadType {
+	switch c {
+	case proto.CodecPCMU:
+		return 0
+	case proto.CodecPCMA:
+		return 8
+	}
+	return 111
+}
+
+func (c *Client) post(ctx context.Context, sdp string) (string, error) {
+	u := strings.TrimSuffix(c.cfg.Server, "/") + "/v1/whip/" + url.PathEscape(string(c.cfg.CallID))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(sdp))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/sdp")
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	req.Header.Set("X-Callscribe-Codec", string(c.cfg.Codec))
+	req.Header.Set("X-Callscribe-Channels", strings.Join(c.cfg.Channels, ","))
+	if c.cfg.ConsoleID != "" {
+		req.Header.Set("X-Callscribe-Console", string(c.cfg.ConsoleID))
+	}
+	if c.cfg.Model != "" {
+		req.Header.Set("X-Callscribe-Model", c.cfg.Model)
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("whip: %w", err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if res.StatusCode != http.StatusCreated {
+		return "", fmt.Errorf("whip: the coordinator refused the call: %s: %s", res.Status, bytes.TrimSpace(body))
+	}
+	loc, err := res.Location()
+	if err != nil {
+		return "", fmt.Errorf("whip: answer without a Location: %w", err)
+	}
+	c.session = loc.String()
+	return string(body), nil
+}
+
+// Events delivers transcript events; it is closed when the session ends.
+func (c *Client) Events() <-chan ingest.Event { return c.events }
+
+func (c *Client) onMessage(m webrtc.DataChannelMessage) {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(m.Data, &head) != nil {
+		return
+	}
+	var ev ingest.Event
+	switch head.Type {
+	case "transcript":
+		ev.Transcript = &proto.Transcript{}
+		_ = json.Unmarshal(m.Data, ev.Transcript)
+	case "finalised":
+		ev.Finalised = &proto.Finalised{}
+		_ = json.Unmarshal(m.Data, ev.Finalised)
+	case "error":
+		ev.Error = &proto.Error{}
+		_ = json.Unmarshal(m.Data, ev.Error)
+	default:
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.evClose {
+		select {
+		case c.events <- ev:
+		default:
+			c.cfg.Logger.Warn("whip client: event dropped: reader too slow")
+		}
+	}
+}
+
+func (c *Client) closeEvents() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.evClose {
+		c.evClose = true
+		close(c.events)
+	}
+}
+
+// Send sends one packet of channel ch holding samples samples (at the RTP
+// clock rate).
+func (c *Client) Send(ch int, payload []byte, samples uint32) error {
+	c.mu.Lock()
+	p := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: c.seq[ch], Timestamp: c.ts[ch], Marker: c.sent[ch] == 0}, Payload: payload}
+	c.seq[ch]++
+	c.ts[ch] += samples
+	c.sent[ch]++
+	c.mu.Unlock()
+	return c.tracks[ch].WriteRTP(p)
+}
+
+// End tells the coordinator the console has sent everything.
+func (c *Client) End() error {
+	c.mu.Lock()
+	b, _ := json.Marshal(dcMessage{Type: "end", Packets: append([]uint64(nil), c.sent...)})
+	c.mu.Unlock()
+	return c.dc.SendText(string(b))
+}
+
+// Close deletes the WHIP session and closes the connection.
+func (c *Client) Close(ctx context.Context) error {
+	var err error
+	if c.session != "" {
+		u, perr := url.Parse(c.cfg.Server)
+		if perr == nil {
+			loc, _ := url.Parse(c.session)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, u.ResolveReference(loc).String(), nil)
+			req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+			res, derr := c.http.Do(req)
+			if derr == nil {
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK && res.StatusCode != http.StatusNotFound {
+					err = fmt.Errorf("whip: DELETE: %s", res.Status)
+				}
+			}
+		}
+	}
+	_ = c.pc.Close()
+	c.closeEvents()
+	return err
+}
