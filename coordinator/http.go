@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
-	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )

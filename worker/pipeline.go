@@ -23,6 +23,10 @@ type Checkpoint struct {
 	Resampler *audio.ResamplerState `json:"resampler,omitempty"`
 }
 
+// OpusPreSkip is the decoder output dropped at the start of an Opus
+// channel, at 16 kHz: 6.5 ms.
+var OpusPreSkip = 104
+
 // Channel decodes one channel: codec → 16 kHz PCM → transcriber.
 type Channel struct {
 	codec proto.Codec
@@ -129,6 +133,12 @@ func (c *Channel) Feed(seq uint32, payload []byte) ([]Event, error) {
 	pcm, err := c.PCM(payload)
 	if err != nil {
 		return nil, err
+	}
+	if seq == 0 && c.codec == proto.CodecOpus {
+		// Opus's pre-skip: an encoder's output starts with its lookahead
+		// (6.5 ms, RFC 7845's 312 samples at 48 kHz). Dropping it lines the
+		// audio up with the original, as Ogg Opus players do.
+		pcm = pcm[min(len(pcm), OpusPreSkip):]
 	}
 	c.next++
 	evs, err := c.tr.Feed(pcm)

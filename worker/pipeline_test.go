@@ -148,3 +148,36 @@ func TestChannelRejectsBadInput(t *testing.T) {
 		t.Fatal("odd-length l16 accepted")
 	}
 }
+
+// TestLossMarkersAreConcealed: an empty payload (a packet lost in transit)
+// decodes to one packet time of concealment for every codec.
+func TestLossMarkersAreConcealed(t *testing.T) {
+	f := factory(t)
+	in, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	for _, codec := range []proto.Codec{proto.CodecL16, proto.CodecPCMU, proto.CodecPCMA, proto.CodecOpus} {
+		ch, err := NewChannel(codec, in, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := 0
+		for range 10 { // the resampler's first call may hold samples back
+			pcm, err := ch.PCM(nil)
+			if err != nil {
+				t.Fatalf("%s: %v", codec, err)
+			}
+			total += len(pcm)
+		}
+		want := 10 * 16000 * proto.LossFrameMS / 1000
+		if total < want-64 || total > want {
+			t.Errorf("%s: 10 loss markers gave %d samples, want about %d", codec, total, want)
+		}
+		if _, err := ch.Feed(0, nil); err != nil || ch.Next() != 1 {
+			t.Errorf("%s: a loss marker does not advance the channel: %v", codec, err)
+		}
+		ch.Finish()
+	}
+}

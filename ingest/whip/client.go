@@ -242,13 +242,24 @@ func (c *Client) closeEvents() {
 // Send sends one packet of channel ch holding samples samples (at the RTP
 // clock rate).
 func (c *Client) Send(ch int, payload []byte, samples uint32) error {
+	return c.send(ch, payload, samples, func(p *rtp.Packet) []*rtp.Packet { return []*rtp.Packet{p} })
+}
+
+// send numbers the next packet, and writes what net makes of it (tests
+// drop and reorder packets with it).
+func (c *Client) send(ch int, payload []byte, samples uint32, net func(*rtp.Packet) []*rtp.Packet) error {
 	c.mu.Lock()
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: c.seq[ch], Timestamp: c.ts[ch], Marker: c.sent[ch] == 0}, Payload: payload}
 	c.seq[ch]++
 	c.ts[ch] += samples
 	c.sent[ch]++
 	c.mu.Unlock()
-	return c.tracks[ch].WriteRTP(p)
+	for _, q := range net(p) {
+		if err := c.tracks[ch].WriteRTP(q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // End tells the coordinator the console has sent everything.

@@ -803,3 +803,6 @@ func (x *session) restartICE(ctx context.Context, f frag) (string, error) {
 	x.log.Info("whip ICE restart")
 	return b.String(), nil
 }
+
+// negotiating is the number of offers being answered (tests).
+func (s *Server) negotiating() int { return len(s.slots) }
