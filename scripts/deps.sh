@@ -4,7 +4,12 @@
 set -eu
 need="gcc pkg-config curl libpocketsphinx-dev pocketsphinx-en-us libopus-dev"
 case "${1:-run}" in
-  test)  need="$need pocketsphinx-testdata iproute2" ;;
+  test)  # The real WebRTC clients: Debian's chromium (driven by playwright-core
+         # from npm) and GStreamer's webrtcbin from Python.
+         need="$need pocketsphinx-testdata iproute2 chromium fonts-dejavu-core python3-gi gir1.2-gstreamer-1.0
+               gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base
+               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice"
+         command -v npm >/dev/null 2>&1 || need="$need nodejs npm" ;;
   bench) need="$need pocketsphinx-testdata" ;;
 esac
 missing=""
@@ -16,6 +21,10 @@ if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+if [ "${1:-run}" = test ] && [ ! -d tests/webrtc/node_modules/playwright-core ]; then
+  echo "installing playwright-core (npm) for the browser test"
+  npm ci --prefix tests/webrtc --no-audit --no-fund --loglevel=error
 fi
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   echo "note: go is at /usr/local/go/bin; the Makefile adds it to PATH"

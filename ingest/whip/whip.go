@@ -669,6 +669,18 @@ func (x *session) onDataChannel(dc *webrtc.DataChannel) {
 	})
 }
 
+var pingMsg = `{"type":"ping"}`
+
+// ping sends a keep-alive if the data channel is open.
+func (x *session) ping() {
+	x.mu.Lock()
+	dc, open := x.dc, x.dcOpen
+	x.mu.Unlock()
+	if open {
+		_ = dc.SendText(pingMsg)
+	}
+}
+
 // send queues or sends one event on the data channel.
 func (x *session) send(ev ingest.Event) {
 	_, b := ingest.EventJSON(ev)
@@ -692,9 +704,24 @@ func (x *session) send(ev ingest.Event) {
 
 // forward sends the call's events to the console until the coordinator
 // closes the session (finalised, or replaced by a newer connection).
+// A keep-alive every second lets a console notice a dead coordinator in
+// seconds, well before ICE gives up.
 func (x *session) forward() {
-	for ev := range x.sess.Events() {
-		x.send(ev)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+events:
+	for {
+		select {
+		case ev, ok := <-x.sess.Events():
+			if !ok {
+				break events
+			}
+			x.send(ev)
+		case <-tick.C:
+			x.ping()
+		case <-x.done:
+			return
+		}
 	}
 	// Let the data channel deliver the last events, then hang up.
 	select {

@@ -215,7 +215,22 @@ func (a *appliance) token(t *testing.T) string {
 
 func (a *appliance) getJSON(t *testing.T, path string, v any) {
 	t.Helper()
-	r, err := http.Get("http://" + a.http + path)
+	a.getJSONWith(t, path, "", v)
+}
+
+// getJSONAuth is getJSON with the console token (the transcript API).
+func (a *appliance) getJSONAuth(t *testing.T, path string, v any) {
+	t.Helper()
+	a.getJSONWith(t, path, a.token(t), v)
+}
+
+func (a *appliance) getJSONWith(t *testing.T, path, token string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+a.http+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	r, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

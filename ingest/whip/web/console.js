@@ -126,7 +126,11 @@ async function connect() {
   for (const t of call.tracks) pc.addTransceiver(t, { direction: 'sendonly' });
   const dc = pc.createDataChannel('callscribe');
   call.dc = dc;
-  dc.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { log('bad event: ' + e); } };
+  call.lastMsg = Date.now();
+  dc.onmessage = (m) => {
+    call.lastMsg = Date.now();
+    try { onEvent(JSON.parse(m.data)); } catch (e) { log('bad event: ' + e); }
+  };
   dc.onopen = () => { if (call.ending) sendEnd(); };
   pc.onconnectionstatechange = () => {
     if (pc !== call.pc) return;
@@ -249,6 +253,15 @@ function stopped() {
   ui.start.disabled = false;
   ui.end.disabled = true;
 }
+
+// The coordinator sends a keep-alive every second: three seconds of silence
+// on an open data channel means it is gone (ICE would take much longer).
+setInterval(() => {
+  const pc = call.pc;
+  if (pc && !call.stopped && call.dc && call.dc.readyState === 'open' && Date.now() - call.lastMsg > 3000) {
+    lost(pc, 'no keep-alive from the coordinator');
+  }
+}, 500);
 
 ui.start.onclick = start;
 ui.end.onclick = end;

@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator"
+)
+
+const webrtcDir = "../../tests/webrtc"
+
+// needClient skips a real-client test when its tools are missing, unless
+// CALLSCRIBE_REQUIRE_WEBRTC is set (make test sets it after installing them):
+// then a missing tool is a failure, not a silent skip.
+func needClient(t *testing.T, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			if os.Getenv("CALLSCRIBE_REQUIRE_WEBRTC") != "" {
+				t.Fatalf("%s is missing (make test installs it): %v", p, err)
+			}
+			t.Skipf("%s is missing; `make test` installs the WebRTC clients", p)
+		}
+	}
+}
+
+// artefact is where a test leaves a file for people to look at.
+func artefact(t *testing.T, name string) string {
+	dir := os.Getenv("CALLSCRIBE_ARTEFACTS")
+	if dir == "" {
+		dir, _ = filepath.Abs("../../test-artefacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, name)
+}
+
+// runClient runs a client script and returns its one JSON line.
+func runClient(t *testing.T, d time.Duration, name string, args ...string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		t.Fatalf("%s %v: %v\nstdout:\n%s\nstderr:\n%s", name, args, err, out.String(), errb.String())
+	}
+	return out.Bytes()
+}
+
+type browserResult struct {
+	Finals []string `json:"finals"`
+	State  string   `json:"state"`
+	Log    string   `json:"log"`
+	Error  string   `json:"error"`
+}
+
+// Debian's chromium, driven by playwright-core, opens the console page the
+// coordinator serves, captures a WAV as its microphone and streams it over
+// WHIP: the page must show the clip's words.
+func TestBrowserConsole(t *testing.T) {
+	needClient(t, "/usr/bin/chromium", filepath.Join(webrtcDir, "node_modules/playwright-core"))
+	a := newAppliance(t)
+	a.dev(t, 2)
+	wav, _ := filepath.Abs("../../worker/selftest.wav")
+	shot := artefact(t, "browser-console.png")
+	out := runClient(t, 2*time.Minute, "node", filepath.Join(webrtcDir, "browser.mjs"), "http://"+a.http, a.token(t), "browser-1", wav, shot)
+	var r browserResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got := strings.Join(r.Finals, " "); got != "go forward ten meters" || r.State != "finalised" {
+		t.Fatalf("page shows %q (state %s), want %q finalised; log:\n%s", got, r.State, "go forward ten meters", r.Log)
+	}
+	if _, err := os.Stat(shot); err != nil {
+		t.Errorf("no screenshot: %v", err)
+	}
+	t.Logf("screenshot: %s", shot)
+}
+
+// The coordinator is killed while the page streams and started again on
+// its data directory: the page reconnects by itself with the same call
+// id, the call resumes, and what the page shows is what the coordinator
+// stored.
+func TestBrowserReconnectsAfterCoordinatorRestart(t *testing.T) {
+	needClient(t, "/usr/bin/chromium", filepath.Join(webrtcDir, "node_modules/playwright-core"))
+	a := newAppliance(t)
+	dev := a.dev(t, 2)
+	wav := filepath.Join(testData, "librivox/sense_and_sensibility_01_austen_64kb-0930.wav")
+	marker := filepath.Join(t.TempDir(), "connected")
+	shot := artefact(t, "browser-console-after-restart.png")
+	done := make(chan []byte, 1)
+	go func() {
+		done <- runClient(t, 3*time.Minute, "node", filepath.Join(webrtcDir, "browser.mjs"), "http://"+a.http, a.token(t), "browser-2", wav, shot, marker)
+	}()
+	waitUntil(t, "the page is connected", 30*time.Second, func() bool { _, err := os.Stat(marker); return err == nil })
+	time.Sleep(time.Second) // some audio stored before the fault
+	dev.kill(syscall.SIGKILL)
+	a.dev(t, 2)
+	var r browserResult
+	if err := json.Unmarshal(<-done, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.State != "finalised" || len(r.Finals) == 0 || !strings.Contains(r.Log, "call resumed") {
+		t.Fatalf("page state %s, finals %q; log:\n%s", r.State, r.Finals, r.Log)
+	}
+	var tr struct {
+		Utterances []coordinator.Utterance `json:"utterances"`
+	}
+	a.getJSONAuth(t, "/v1/calls/browser-2/transcript", &tr)
+	var stored []string
+	for _, u := range tr.Utterances {
+		stored = append(stored, u.Text)
+	}
+	if strings.Join(stored, "|") != strings.Join(r.Finals, "|") {
+		t.Fatalf("page shows %q, the coordinator stored %q", r.Finals, stored)
+	}
+}
+
+type gstResult struct {
+	Call struct {
+		State     string   `json:"state"`
+		EndFrames []uint32 `json:"end_frames"`
+		Received  []uint64 `json:"received"`
+		Decoded   []uint32 `json:"decoded"`
+		Concealed []uint64 `json:"concealed"`
+	} `json:"call"`
+	Transcript struct {
+		Utterances []coordinator.Utterance `json:"utterances"`
+	} `json:"transcript"`
+}
+
+// An independent WebRTC stack, GStreamer's webrtcbin from Python, streams
+// the same clip with Opus and with PCMU: every packet is stored and
+// decoded. With Opus the words come through; PCMU's 8 kHz audio is beyond
+// the 16 kHz model (a known limit), so it only has to produce a final.
+func TestGStreamerClient(t *testing.T) {
+	needClient(t, "/usr/lib/python3/dist-packages/gi", "/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstwebrtc.so", "/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstnice.so")
+	a := newAppliance(t)
+	a.dev(t, 2)
+	wav, _ := filepath.Abs("../../worker/selftest.wav")
+	for _, codec := range []string{"opus", "pcmu"} {
+		out := runClient(t, 2*time.Minute, "/usr/bin/python3", filepath.Join(webrtcDir, "gst_whip.py"), "http://"+a.http, a.token(t), "gst-"+codec, wav, codec)
+		var r gstResult
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%s: %v: %s", codec, err, out)
+		}
+		c := r.Call
+		if c.State != "finalised" || len(c.EndFrames) != 1 || c.EndFrames[0] < 100 || uint64(c.EndFrames[0]) != c.Received[0] || c.Decoded[0] != c.EndFrames[0] {
+			t.Errorf("%s: call %+v: want finalised with every packet (20 ms each, ≥100) stored and decoded", codec, c)
+		}
+		var words []string
+		for _, u := range r.Transcript.Utterances {
+			words = append(words, u.Text)
+		}
+		text := strings.Join(words, " ")
+		t.Logf("%s: %q, %d packets, %v concealed", codec, text, c.EndFrames[0], c.Concealed)
+		switch {
+		case codec == "opus" && text != "go forward ten meters":
+			t.Errorf("opus: transcript %q, want %q", text, "go forward ten meters")
+		case text == "":
+			t.Errorf("%s: empty transcript", codec)
+		}
+	}
+}
