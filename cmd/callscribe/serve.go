@@ -49,6 +49,8 @@ type coordinatorConfig struct {
 	ExportCA      string          `toml:"export_ca" help:"CA file for the export endpoint (default: the system's)"`
 	ExportToken   string          `toml:"export_token" help:"bearer token for the export endpoint"`
 	LogLevel      string          `toml:"log_level" help:"debug, info, warn or error (reloadable)"`
+	WebRTCPorts   string          `toml:"webrtc_udp_ports" help:"UDP port range for WebRTC (WHIP) media, e.g. 50000-50999 (empty: any)"`
+	WebRTCMax     int             `toml:"webrtc_max_sessions" help:"most concurrent WebRTC sessions"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
@@ -133,7 +135,19 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 			}
 		}
 	}
-	cfg = coordinator.Config{DataDir: f.Data, Export: export, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	var rtc coordinator.WebRTCConfig
+	if f.WebRTCPorts != "" {
+		var lo, hi uint16
+		if _, err := fmt.Sscanf(f.WebRTCPorts, "%d-%d", &lo, &hi); err != nil || lo == 0 || lo > hi {
+			return cfg, "", "", fmt.Errorf("webrtc_udp_ports %q: want a range such as 50000-50999", f.WebRTCPorts)
+		}
+		rtc.UDPPortMin, rtc.UDPPortMax = lo, hi
+	}
+	if f.WebRTCMax < 0 {
+		return cfg, "", "", fmt.Errorf("webrtc_max_sessions %d: must be positive", f.WebRTCMax)
+	}
+	rtc.MaxSessions = f.WebRTCMax
+	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,
