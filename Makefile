@@ -43,7 +43,7 @@ test: deps-test build ## run every test with -race (installs what it needs)
 
 .PHONY: bench
 bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
-	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md
+	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md -bin $(BIN)
 
 .PHONY: chaos
 chaos: deps-test build ## kill workers, agents and the coordinator mid-call, cut an agent off; write CHAOS.md (needs root)

@@ -41,35 +41,12 @@ const benchNode = "bench-node-token-0123456789"
 // (real Badger in dir, real QUIC on loopback) with a fast fake worker that
 // emits a final every 10 frames: the system's own cost, without ASR.
 func Pipeline(ctx context.Context, dir string, calls int, d time.Duration) (PipelineResult, error) {
-	ca, key, err := pki.EnsureCA(dir)
+	app, err := StartAppliance(ctx, dir, calls+8)
 	if err != nil {
 		return PipelineResult{}, err
 	}
-	cert, err := pki.EnsureServerCert(dir, ca, key, []string{"localhost"})
-	if err != nil {
-		return PipelineResult{}, err
-	}
-	c, err := coordinator.New(coordinator.Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ConsoleTokens: []string{benchToken}, NodeTokens: []string{benchNode},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return PipelineResult{}, err
-	}
-	if err := c.Listen(); err != nil {
-		return PipelineResult{}, err
-	}
-	sctx, stop := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { _ = c.Serve(sctx); close(served) }()
-	defer func() { stop(); <-served }()
-	pool, err := pki.CertPool(filepath.Join(dir, pki.CAFile))
-	if err != nil {
-		return PipelineResult{}, err
-	}
-	wctx, wstop := context.WithCancel(ctx)
-	defer wstop()
-	go fakeWorker(wctx, c.QUICAddr().String(), pool, calls+8)
-	time.Sleep(200 * time.Millisecond)
+	defer app.Stop()
+	c, pool := app.Coordinator, app.Pool
 
 	var ack Recorder
 	var wg sync.WaitGroup
@@ -134,6 +111,52 @@ func Pipeline(ctx context.Context, dir string, calls int, d time.Duration) (Pipe
 }
 
 func statsOf(c *coordinator.Coordinator) coordinator.Stats { return c.Stats() }
+
+// Appliance is an in-process coordinator (real Badger, real QUIC, HTTP and
+// WHIP on loopback) with the fast fake worker: the system without ASR.
+type Appliance struct {
+	Coordinator *coordinator.Coordinator
+	Pool        *x509.CertPool
+	Token       string
+	stop        func()
+}
+
+// StartAppliance starts an appliance on dir with a fake worker of slots.
+func StartAppliance(ctx context.Context, dir string, slots int) (*Appliance, error) {
+	ca, key, err := pki.EnsureCA(dir)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pki.EnsureServerCert(dir, ca, key, []string{"localhost"})
+	if err != nil {
+		return nil, err
+	}
+	c, err := coordinator.New(coordinator.Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ConsoleTokens: []string{benchToken}, NodeTokens: []string{benchNode},
+		WebRTC: coordinator.WebRTCConfig{MaxSessions: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Listen(); err != nil {
+		return nil, err
+	}
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { _ = c.Serve(sctx); close(served) }()
+	pool, err := pki.CertPool(filepath.Join(dir, pki.CAFile))
+	if err != nil {
+		stop()
+		<-served
+		return nil, err
+	}
+	wctx, wstop := context.WithCancel(ctx)
+	go fakeWorker(wctx, c.QUICAddr().String(), pool, slots)
+	time.Sleep(200 * time.Millisecond)
+	return &Appliance{Coordinator: c, Pool: pool, Token: benchToken, stop: func() { wstop(); stop(); <-served }}, nil
+}
+
+// Stop stops the appliance.
+func (a *Appliance) Stop() { a.stop() }
 
 // fakeWorker speaks the worker protocol and "decodes" instantly: a final
 // every 10 frames (with a checkpoint, as a real engine sends), then done.

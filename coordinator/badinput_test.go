@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -485,5 +487,88 @@ func TestHTTPAPIPlaintextOnlyOnLoopback(t *testing.T) {
 	resp.Body.Close()
 	if resp, err := http.Get("http://" + url); err == nil && resp.StatusCode == 200 {
 		t.Fatal("plain HTTP answered on a TLS listener")
+	}
+}
+
+// A WebRTC console needs a valid console token too; with one, its call is
+// stored like a QUIC console's, and packets lost in the network are stored
+// as loss markers and counted per call.
+func TestWHIPConsole(t *testing.T) {
+	tc := startCoordinator(t)
+	base := "http://" + tc.c.HTTPAddr().String()
+	for _, tok := range []string{"", "wrong"} {
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/whip/whip-call", strings.NewReader("v=0\r\n"))
+		req.Header.Set("Content-Type", "application/sdp")
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized || res.Header.Get("WWW-Authenticate") == "" || !strings.Contains(string(b), "console token") {
+			t.Errorf("token %q: %d %q, want 401 with a reason", tok, res.StatusCode, b)
+		}
+	}
+	if !strings.Contains(tc.logs.String(), "whip: request refused") {
+		t.Error("refused offers are not logged")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := whip.Dial(ctx, whip.ClientConfig{Server: base, Token: testToken, CallID: "whip-call", ConsoleID: "browser", Channels: []string{"caller"}, Codec: proto.CodecPCMU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	for i := range 30 {
+		if i == 10 || i == 11 || i == 20 {
+			cl.Drop(0, 160)
+			continue
+		}
+		if err := cl.Send(0, bytes.Repeat([]byte{byte(i)}, 160), 160); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := cl.End(); err != nil {
+		t.Fatal(err)
+	}
+	var rec *store.Call
+	waitFor(t, "the call ends", 10*time.Second, func() bool {
+		rec, err = tc.c.Store().Call("whip-call")
+		return err == nil && rec.State == store.StateEnded
+	})
+	if rec.EndFrames[0] != 30 || rec.Concealed[0] != 3 || rec.Console != "browser" || rec.Codec != proto.CodecPCMU {
+		t.Fatalf("call %+v: want 30 frames, 3 concealed", rec)
+	}
+	var fs []store.Frame
+	if err := tc.c.Store().Frames("whip-call", 0, 0, 30, func(f store.Frame) error {
+		f.Payload = bytes.Clone(f.Payload) // valid only during the callback
+		fs = append(fs, f)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) != 30 {
+		t.Fatalf("%d frames stored, want 30", len(fs))
+	}
+	for i, f := range fs {
+		lost := i == 10 || i == 11 || i == 20
+		if lost != (len(f.Payload) == 0) || (!lost && f.Payload[0] != byte(i)) {
+			t.Errorf("frame %d: %d bytes (first %v), lost %v", i, len(f.Payload), f.Payload[:min(1, len(f.Payload))], lost)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

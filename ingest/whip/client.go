@@ -245,6 +245,12 @@ func (c *Client) Send(ch int, payload []byte, samples uint32) error {
 	return c.send(ch, payload, samples, func(p *rtp.Packet) []*rtp.Packet { return []*rtp.Packet{p} })
 }
 
+// Drop numbers the next packet of channel ch and does not send it: a packet
+// lost in the network, for tests and the load generator.
+func (c *Client) Drop(ch int, samples uint32) {
+	_ = c.send(ch, nil, samples, func(*rtp.Packet) []*rtp.Packet { return nil })
+}
+
 // send numbers the next packet, and writes what net makes of it (tests
 // drop and reorder packets with it).
 func (c *Client) send(ch int, payload []byte, samples uint32, net func(*rtp.Packet) []*rtp.Packet) error {

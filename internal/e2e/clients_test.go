@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/internal/audio"
 )
 
 const webrtcDir = "../../tests/webrtc"
@@ -47,16 +49,25 @@ func artefact(t *testing.T, name string) string {
 // runClient runs a client script and returns its one JSON line.
 func runClient(t *testing.T, d time.Duration, name string, args ...string) []byte {
 	t.Helper()
+	out, err := runClientErr(d, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// runClientErr is runClient for other goroutines than the test's.
+func runClientErr(d time.Duration, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = 5 * time.Second // a browser's children may hold the pipes open
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if err != nil {
-		t.Fatalf("%s %v: %v\nstdout:\n%s\nstderr:\n%s", name, args, err, out.String(), errb.String())
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s %v: %v\nstdout:\n%s\nstderr:\n%s", name, args, err, out.String(), errb.String())
 	}
-	return out.Bytes()
+	return out.Bytes(), nil
 }
 
 type browserResult struct {
@@ -66,6 +77,39 @@ type browserResult struct {
 	Error  string   `json:"error"`
 }
 
+// padded writes a copy of a WAV with seconds of silence in front: Chromium's
+// fake microphone starts playing its file when capture starts, before the
+// call is connected, and a call's first words must not fall into that gap.
+// Several mono clips of one rate are joined.
+func padded(t *testing.T, seconds float64, srcs ...string) string {
+	t.Helper()
+	var w *audio.WAV
+	var pcm []int16
+	for i, src := range srcs {
+		c, err := audio.ReadWAVFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			w = c
+			pcm = make([]int16, int(seconds*float64(w.Rate))*w.Channels)
+		} else if c.Rate != w.Rate || c.Channels != w.Channels {
+			t.Fatalf("%s: rate or channels differ from %s", src, srcs[0])
+		}
+		pcm = append(pcm, c.Samples...)
+	}
+	dst := filepath.Join(t.TempDir(), filepath.Base(srcs[0]))
+	f, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := audio.WriteWAV(f, w.Rate, w.Channels, pcm); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
 // Debian's chromium, driven by playwright-core, opens the console page the
 // coordinator serves, captures a WAV as its microphone and streams it over
 // WHIP: the page must show the clip's words.
@@ -73,7 +117,7 @@ func TestBrowserConsole(t *testing.T) {
 	needClient(t, "/usr/bin/chromium", filepath.Join(webrtcDir, "node_modules/playwright-core"))
 	a := newAppliance(t)
 	a.dev(t, 2)
-	wav, _ := filepath.Abs("../../worker/selftest.wav")
+	wav := padded(t, 3, "../../worker/selftest.wav")
 	shot := artefact(t, "browser-console.png")
 	out := runClient(t, 2*time.Minute, "node", filepath.Join(webrtcDir, "browser.mjs"), "http://"+a.http, a.token(t), "browser-1", wav, shot)
 	var r browserResult
@@ -97,19 +141,31 @@ func TestBrowserReconnectsAfterCoordinatorRestart(t *testing.T) {
 	needClient(t, "/usr/bin/chromium", filepath.Join(webrtcDir, "node_modules/playwright-core"))
 	a := newAppliance(t)
 	dev := a.dev(t, 2)
-	wav := filepath.Join(testData, "librivox/sense_and_sensibility_01_austen_64kb-0930.wav")
+	lib := filepath.Join(testData, "librivox")
+	wav := padded(t, 1, filepath.Join(lib, "sense_and_sensibility_01_austen_64kb-0930.wav"), filepath.Join(lib, "sense_and_sensibility_01_austen_64kb-0870.wav"),
+		filepath.Join(lib, "sense_and_sensibility_01_austen_64kb-0880.wav"))
 	marker := filepath.Join(t.TempDir(), "connected")
 	shot := artefact(t, "browser-console-after-restart.png")
-	done := make(chan []byte, 1)
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	tok := a.token(t)
 	go func() {
-		done <- runClient(t, 3*time.Minute, "node", filepath.Join(webrtcDir, "browser.mjs"), "http://"+a.http, a.token(t), "browser-2", wav, shot, marker)
+		out, err := runClientErr(3*time.Minute, "node", filepath.Join(webrtcDir, "browser.mjs"), "http://"+a.http, tok, "browser-2", wav, shot, marker)
+		done <- result{out, err}
 	}()
 	waitUntil(t, "the page is connected", 30*time.Second, func() bool { _, err := os.Stat(marker); return err == nil })
-	time.Sleep(time.Second) // some audio stored before the fault
+	time.Sleep(3 * time.Second) // speech stored before the fault
 	dev.kill(syscall.SIGKILL)
 	a.dev(t, 2)
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
 	var r browserResult
-	if err := json.Unmarshal(<-done, &r); err != nil {
+	if err := json.Unmarshal(res.out, &r); err != nil {
 		t.Fatal(err)
 	}
 	if r.State != "finalised" || len(r.Finals) == 0 || !strings.Contains(r.Log, "call resumed") {

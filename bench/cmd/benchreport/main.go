@@ -4,10 +4,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -24,8 +27,9 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "report file")
 	work := flag.String("dir", ".bench", "scratch directory (on the disk under test)")
 	dur := flag.Duration("duration", 10*time.Second, "duration of each timed run")
+	bin := flag.String("bin", "bin/callscribe", "the callscribe binary (its bench load drives the WebRTC consoles)")
 	flag.Parse()
-	if err := run(*out, *work, *dur); err != nil {
+	if err := run(*out, *work, *bin, *dur); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
@@ -39,7 +43,7 @@ func fresh(dir, name string) (string, error) {
 	return p, os.MkdirAll(p, 0o700)
 }
 
-func run(out, dir string, dur time.Duration) error {
+func run(out, dir, bin string, dur time.Duration) error {
 	ctx := context.Background()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -123,7 +127,12 @@ func run(out, dir string, dur time.Duration) error {
 			r.Stats.ToWorker.P50MS, r.Stats.ToWorker.P99MS, r.Stats.ToConsole.P50MS, r.Stats.ToConsole.P99MS)
 	}
 
-	// 4. The embedded engine.
+	// 4. WebRTC consoles.
+	if err := whipSection(ctx, w, log, dir, bin, dur); err != nil {
+		return err
+	}
+
+	// 5. The embedded engine.
 	rtf, audioS, err := engineRTF()
 	if err != nil {
 		w("\n## Embedded engine\n\nnot measured: %v\n", err)
@@ -136,6 +145,45 @@ func run(out, dir string, dur time.Duration) error {
 		return err
 	}
 	log("wrote %s", out)
+	return nil
+}
+
+// whipSection measures WebRTC (WHIP) ingest: the coordinator's CPU per
+// stream and the most concurrent calls it carries with ack p99 under 20 ms.
+func whipSection(ctx context.Context, w, log func(string, ...any), dir, bin string, dur time.Duration) error {
+	w("\n## WebRTC consoles (WHIP): CPU per stream and the most concurrent calls\n\n")
+	w("An in-process coordinator (real Badger, real pion WebRTC, the fake instant worker) takes N WHIP calls from `callscribe bench load --transport whip`, a separate process of real pion consoles each sending one 20 ms Opus packet every 20 ms for %v. *CPU* is the coordinator process's (and its fake worker's) CPU time per stream, in %% of one core; the consoles' own CPU is not counted, but they run on the same 2 cores and compete with it. *Ack* is the coordinator's RTP packet received → durable in Badger (WebRTC has no acks back; p99 over the last 8,192 packets of the run). *Lost* is packets sent minus frames stored. The steps stop at the first N where ack p99 passes 20 ms, a packet is lost or a call cannot connect.\n\n", dur)
+	w("| calls | connected | packets sent | lost | finalised | ack p50 ms | ack p99 ms | to worker p99 ms | coordinator CPU per stream | coordinator CPU total |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	best := 0
+	for _, n := range []int{10, 50, 100, 150, 200, 300, 400} {
+		p, _ := fresh(dir, "whip")
+		app, err := bench.StartAppliance(ctx, p, n+8)
+		if err != nil {
+			return err
+		}
+		c0, t0 := cpuTime(), time.Now()
+		cmd := exec.CommandContext(ctx, bin, "bench", "load", "--transport", "whip", "--calls", fmt.Sprint(n), "--duration", dur.String(),
+			"--http", "http://"+app.Coordinator.HTTPAddr().String(), "--token", app.Token, "--json", "--prefix", fmt.Sprintf("whip%d", n))
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		runErr := cmd.Run()
+		cpu, wall := cpuTime()-c0, time.Since(t0)
+		st := app.Coordinator.Stats()
+		app.Stop()
+		var r bench.LoadResult
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			return fmt.Errorf("bench load: %v (%v): %s", err, runErr, stderr.String())
+		}
+		perStream := 100 * cpu.Seconds() / wall.Seconds() / float64(n)
+		log("whip %d calls: connected %d lost %d ack p99 %.2f cpu/stream %.2f%%", n, r.Connected, r.Lost, st.Ack.P99MS, perStream)
+		w("| %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f %% | %.0f %% |\n", n, r.Connected, r.Sent, r.Lost, r.Finalised, st.Ack.P50MS, st.Ack.P99MS, st.ToWorker.P99MS,
+			perStream, 100*cpu.Seconds()/wall.Seconds())
+		if r.Lost != 0 || r.Connected != n || st.Ack.P99MS >= 20 {
+			break
+		}
+		best = n
+	}
+	w("\nMost concurrent WHIP calls sustained with ack p99 under 20 ms and nothing lost: **%d** (of the steps tried).\n", best)
 	return nil
 }
 

@@ -1,0 +1,264 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/callscribe/callscribe/ingest/console"
+	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/opus"
+	"github.com/callscribe/callscribe/proto"
+)
+
+// LoadConfig configures a load run against a running appliance.
+type LoadConfig struct {
+	// Transport is "quic" or "whip".
+	Transport string
+	// QUIC is the coordinator's QUIC address; HTTP its HTTP base URL.
+	QUIC, HTTP string
+	RootCAs    *x509.CertPool
+	ServerName string
+	Token      string
+	Calls      int
+	Duration   time.Duration
+	// Prefix makes call ids unique across runs.
+	Prefix string
+}
+
+// LoadResult is what a load run measured from the consoles' side.
+type LoadResult struct {
+	Transport string `json:"transport"`
+	Calls     int    `json:"calls"`
+	// Connected counts calls whose console got through.
+	Connected int `json:"connected"`
+	// Sent and Stored count frames (QUIC) or RTP packets (WHIP); Lost is
+	// sent minus acknowledged (QUIC) or stored (WHIP), and must be 0.
+	Sent   int `json:"sent"`
+	Stored int `json:"stored"`
+	Lost   int `json:"lost"`
+	// Ack is sent → durable ack at the console (QUIC only; WebRTC has no
+	// acks: the coordinator's own figures stand for it).
+	Ack       Summary       `json:"ack"`
+	Finalised int           `json:"finalised"`
+	Errors    []string      `json:"errors,omitempty"`
+	Elapsed   time.Duration `json:"elapsed"`
+}
+
+// Load drives cfg.Calls simulated consoles at real-time pace for
+// cfg.Duration each, started evenly over the first second.
+func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
+	res := LoadResult{Transport: cfg.Transport, Calls: cfg.Calls}
+	var run func(ctx context.Context, i int, ack *Recorder) (sent, stored int, finalised bool, err error)
+	switch cfg.Transport {
+	case "quic":
+		run = cfg.quicCall
+	case "whip":
+		pkts, err := opusPackets()
+		if err != nil {
+			return res, err
+		}
+		run = func(ctx context.Context, i int, _ *Recorder) (int, int, bool, error) {
+			return cfg.whipCall(ctx, i, pkts)
+		}
+	default:
+		return res, fmt.Errorf("bench: transport %q (quic or whip)", cfg.Transport)
+	}
+	var ack Recorder
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := range cfg.Calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-time.After(time.Duration(i) * time.Second / time.Duration(cfg.Calls)):
+			case <-ctx.Done():
+				return
+			}
+			sent, stored, fin, err := run(ctx, i, &ack)
+			mu.Lock()
+			defer mu.Unlock()
+			res.Sent += sent
+			res.Stored += stored
+			if sent > 0 {
+				res.Connected++
+			}
+			if fin {
+				res.Finalised++
+			}
+			if err != nil && len(res.Errors) < 10 {
+				res.Errors = append(res.Errors, err.Error())
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(t0)
+	res.Lost = res.Sent - res.Stored
+	res.Ack = ack.Summary()
+	return res, nil
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func (cfg LoadConfig) quicCall(ctx context.Context, i int, ack *Recorder) (int, int, bool, error) {
+	frames := int(cfg.Duration / (100 * time.Millisecond))
+	var smu sync.Mutex
+	sent := make([]time.Time, frames)
+	acked := uint32(0)
+	call := console.New(console.Config{Server: cfg.QUIC, RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, Token: cfg.Token,
+		CallID: proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i)), ConsoleID: "load", Channels: []string{"caller"}, Codec: proto.CodecL16,
+		Logger: quietLogger(),
+		OnAck: func(_ int, next uint32) {
+			now := time.Now()
+			smu.Lock()
+			defer smu.Unlock()
+			for ; acked < next && int(acked) < len(sent); acked++ {
+				if acked >= warmupFrames {
+					ack.Add(now.Sub(sent[acked]))
+				}
+			}
+		}})
+	done := make(chan error, 1)
+	go func() { done <- call.Run(ctx) }()
+	go func() {
+		for range call.Events() {
+		}
+	}()
+	payload := noise(3200)
+	start := time.Now()
+	n := 0
+	for seq := range frames {
+		time.Sleep(time.Until(start.Add(time.Duration(seq) * 100 * time.Millisecond)))
+		smu.Lock()
+		sent[seq] = time.Now()
+		smu.Unlock()
+		if _, err := call.Send(0, payload, time.Now()); err != nil {
+			break
+		}
+		n++
+	}
+	call.End()
+	err := <-done
+	return n, int(call.Acked()[0]), err == nil, err
+}
+
+// opusPackets encodes one second of speech-like noise as 20 ms Opus packets,
+// looped by every WebRTC console (encoding is the console's cost, not the
+// system's).
+func opusPackets() ([][]byte, error) {
+	e, err := opus.NewEncoder(16000, 32000)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	var out [][]byte
+	for range 50 {
+		pcm := make([]int16, 320)
+		for i := range pcm {
+			pcm[i] = int16(rand.IntN(4000) - 2000)
+		}
+		p, err := e.Encode(pcm)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func noise(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rand.IntN(256))
+	}
+	return b
+}
+
+func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, int, bool, error) {
+	id := proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i))
+	var cl *whip.Client
+	var err error
+	for attempt := 0; attempt < 20; attempt++ { // 503s while many offers are answered
+		cl, err = whip.Dial(ctx, whip.ClientConfig{Server: cfg.HTTP, RootCAs: cfg.RootCAs, Token: cfg.Token, CallID: id, ConsoleID: "load",
+			Channels: []string{"caller"}, Codec: proto.CodecOpus, Logger: quietLogger()})
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+	}
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer cl.Close(context.Background())
+	finalised := make(chan struct{})
+	go func() {
+		for ev := range cl.Events() {
+			if ev.Finalised != nil {
+				close(finalised)
+				for range cl.Events() {
+				}
+				return
+			}
+		}
+	}()
+	n := int(cfg.Duration / (20 * time.Millisecond))
+	start := time.Now()
+	sent := 0
+	for k := range n {
+		time.Sleep(time.Until(start.Add(time.Duration(k) * 20 * time.Millisecond)))
+		if err := cl.Send(0, pkts[k%len(pkts)], 960); err != nil {
+			break
+		}
+		sent++
+	}
+	if err := cl.End(); err != nil {
+		return sent, 0, false, err
+	}
+	fin := false
+	select {
+	case <-finalised:
+		fin = true
+	case <-time.After(20 * time.Second):
+	}
+	stored, err := cfg.storedFrames(ctx, id)
+	return sent, stored, fin, err
+}
+
+// storedFrames asks the coordinator how many frames of a call are durable.
+func (cfg LoadConfig) storedFrames(ctx context.Context, id proto.CallID) (int, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/calls/"+string(id), nil)
+	res, err := httpClient(cfg.RootCAs).Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	var v struct {
+		ChannelInfo []struct {
+			Stored int `json:"frames_stored"`
+		} `json:"channel_info"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&v); err != nil {
+		return 0, err
+	}
+	if len(v.ChannelInfo) == 0 {
+		return 0, errors.New("bench: call has no channels")
+	}
+	return v.ChannelInfo[0].Stored, nil
+}
+
+func httpClient(pool *x509.CertPool) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
