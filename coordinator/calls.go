@@ -224,7 +224,7 @@ func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string)
 		c.mu.Unlock()
 		return cl, nil
 	}
-	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model,
+	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model, Vocabulary: *c.vocabulary.Load(),
 		State: store.StateOpen, Created: time.Now().UTC(), Decoded: make([]uint32, len(h.Channels)), Complete: make([]bool, len(h.Channels))}
 	cl := c.buildCall(rec)
 	c.calls[h.CallID] = cl

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,7 +77,10 @@ type Config struct {
 	Export ExportConfig
 	// WebRTC configures the WHIP endpoint.
 	WebRTC WebRTCConfig
-	Logger *slog.Logger
+	// Vocabulary is the extra words new calls are decoded with (reloadable;
+	// a call keeps the words it opened with).
+	Vocabulary []proto.Word
+	Logger     *slog.Logger
 }
 
 // WebRTCConfig configures WebRTC (WHIP) ingest.
@@ -102,6 +106,7 @@ type Coordinator struct {
 	closing chan struct{}
 
 	consoleTokens atomic.Pointer[[]string]
+	vocabulary    atomic.Pointer[[]proto.Word]
 
 	exportKick chan struct{}
 
@@ -161,6 +166,8 @@ func New(cfg Config) (*Coordinator, error) {
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	toks := append([]string(nil), cfg.ConsoleTokens...)
 	c.consoleTokens.Store(&toks)
+	vocab := slices.Clone(cfg.Vocabulary)
+	c.vocabulary.Store(&vocab)
 	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth}
 	c.closing = make(chan struct{})
 	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.consoleAuth, Log: cfg.Logger.With("component", "whip"),
@@ -573,12 +580,16 @@ type Reloadable struct {
 	ConsoleTokens []string
 	Scaling       map[string]scaling.Policy
 	AbandonAfter  time.Duration
+	// Vocabulary replaces the extra words for calls opened from now on.
+	Vocabulary []proto.Word
 }
 
 // Reload applies a new reloadable configuration.
 func (c *Coordinator) Reload(r Reloadable) {
 	toks := append([]string(nil), r.ConsoleTokens...)
 	c.consoleTokens.Store(&toks)
+	vocab := slices.Clone(r.Vocabulary)
+	c.vocabulary.Store(&vocab)
 	c.reg.mu.Lock()
 	if r.Scaling != nil {
 		c.cfg.Scaling = r.Scaling

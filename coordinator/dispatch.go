@@ -63,7 +63,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	if err != nil {
 		return err
 	}
-	a := proto.Assign{CallID: cl.id, Channel: ch.idx, Label: ch.label, Codec: cl.rec.Codec, Model: cl.rec.Model}
+	a := proto.Assign{CallID: cl.id, Channel: ch.idx, Label: ch.label, Codec: cl.rec.Codec, Model: cl.rec.Model, Vocabulary: cl.rec.Vocabulary}
 	if last != nil {
 		a.FromSeq, a.Checkpoint = last.NextSeq, last.Checkpoint
 	}

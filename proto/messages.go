@@ -340,6 +340,17 @@ type Assign struct {
 	// Checkpoint is the worker checkpoint stored with the last final (nil
 	// for a channel decoded from its start). It is opaque to the coordinator.
 	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
+	// Vocabulary is the call's extra words (fixed when the call opened, so
+	// a resumed channel decodes with exactly the words it started with).
+	Vocabulary []Word `json:"vocabulary,omitempty"`
+}
+
+// Word is a vocabulary entry: a word the model's dictionary lacks (a
+// street, a place, a drug) and its pronunciation in the model's phones,
+// CMUdict style: {"motorway", "M OW T ER W EY"}.
+type Word struct {
+	Word   string `json:"word"`
+	Phones string `json:"phones"`
 }
 
 // Worker event kinds.

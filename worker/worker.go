@@ -193,7 +193,7 @@ func handleAssignment(ctx context.Context, st *quic.Stream, pool *engine.Pool, l
 		return
 	}
 	log = log.With("call", a.CallID, "channel", a.Channel)
-	in, err := pool.Get(ctx)
+	in, err := pool.GetFor(ctx, a.Vocabulary)
 	if err != nil {
 		fail(err)
 		return

@@ -16,6 +16,7 @@ import (
 	"github.com/callscribe/callscribe/internal/config"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
+	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/callscribe/callscribe/worker"
 )
@@ -170,6 +171,13 @@ func cmdConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	src, err := config.Resolve(fs, target, path, true)
 	if err != nil {
 		return err
+	}
+	if c, ok := target.(*coordinatorConfig); ok && c.Vocabulary != "" {
+		ws, err := models.LoadVocabulary(c.Vocabulary)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d extra words\n", c.Vocabulary, len(ws))
 	}
 	fmt.Fprintf(stdout, "%s: valid; effective configuration:\n", path)
 	for _, l := range config.Effective(target, src) {

@@ -49,6 +49,7 @@ type coordinatorConfig struct {
 	ExportCA      string          `toml:"export_ca" help:"CA file for the export endpoint (default: the system's)"`
 	ExportToken   string          `toml:"export_token" help:"bearer token for the export endpoint"`
 	LogLevel      string          `toml:"log_level" help:"debug, info, warn or error (reloadable)"`
+	Vocabulary    string          `toml:"vocabulary" help:"file of extra words and their phones for new calls (reloadable)"`
 	WebRTCPorts   string          `toml:"webrtc_udp_ports" help:"UDP port range for WebRTC (WHIP) media, e.g. 50000-50999 (empty: any)"`
 	WebRTCMax     int             `toml:"webrtc_max_sessions" help:"most concurrent WebRTC sessions"`
 }
@@ -147,7 +148,11 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		return cfg, "", "", fmt.Errorf("webrtc_max_sessions %d: must be positive", f.WebRTCMax)
 	}
 	rtc.MaxSessions = f.WebRTCMax
-	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	vocab, err := models.LoadVocabulary(f.Vocabulary)
+	if err != nil {
+		return cfg, "", "", err
+	}
+	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,
@@ -173,6 +178,10 @@ func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, cto
 		}
 		_ = sdnotify.Notify("RELOADING=1\nSTATUS=reloading configuration")
 		nc, err := l.reload()
+		var vocab []proto.Word
+		if err == nil {
+			vocab, err = models.LoadVocabulary(nc.Vocabulary)
+		}
 		if err != nil {
 			log.Error("reload refused: configuration kept as it was", "err", err)
 			_ = sdnotify.Notify("READY=1\nSTATUS=reload failed: " + err.Error())
@@ -182,9 +191,11 @@ func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, cto
 			ConsoleTokens: append([]string{ctoken}, nc.ConsoleTokens...),
 			Scaling:       map[string]scaling.Policy{models.Default: {TargetIdle: nc.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: nc.Workers}},
 			AbandonAfter:  nc.AbandonAfter.Duration,
+			Vocabulary:    vocab,
 		})
 		level.Set(parseLevel(nc.LogLevel))
-		log.Info("configuration reloaded", "idle_slots", nc.IdleSlots, "workers", nc.Workers, "console_tokens", len(nc.ConsoleTokens)+1, "log_level", nc.LogLevel)
+		log.Info("configuration reloaded", "idle_slots", nc.IdleSlots, "workers", nc.Workers, "console_tokens", len(nc.ConsoleTokens)+1, "log_level", nc.LogLevel,
+			"vocabulary_words", len(vocab))
 		_ = sdnotify.Notify("READY=1\nSTATUS=serving (configuration reloaded)")
 	}
 }

@@ -46,6 +46,9 @@ type Call struct {
 	// Received is, per channel, frames the coordinator received, resent
 	// duplicates included (as of the end of the call).
 	Received []uint64 `json:"received,omitempty"`
+	// Vocabulary is the extra words the call is decoded with (the
+	// coordinator's vocabulary when the call opened).
+	Vocabulary []proto.Word `json:"vocabulary,omitempty"`
 	// Concealed is, per channel, packets the transport lost that are
 	// stored as loss markers (WebRTC only; as of the end of the call).
 	Concealed []uint64 `json:"concealed,omitempty"`

@@ -332,3 +332,54 @@ func TestFloodIsRefusedWithoutDisturbingALiveCall(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func patch(t *testing.T, url, session, ifMatch, body string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPatch, url+session, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/trickle-ice-sdpfrag")
+	if ifMatch != "" {
+		req.Header.Set("If-Match", ifMatch)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b)
+}
+
+// PATCH restarts ICE (new credentials → 200, our new credentials and
+// candidates, a new ETag) or takes trickled candidates (204).
+func TestPatchRestartsICE(t *testing.T) {
+	sink := newFakeSink()
+	srv, url := newTestServer(t, sink, nil)
+	c := dial(t, url, proto.CodecOpus, "caller")
+	loc, _ := strings.CutPrefix(c.session, url)
+	srv.mu.Lock()
+	var x *session
+	for _, s := range srv.sessions {
+		x = s
+	}
+	srv.mu.Unlock()
+	etag := x.etag()
+	frag := "a=ice-ufrag:newufrag1\r\na=ice-pwd:newpasswordnewpassword12\r\na=mid:0\r\n"
+	if res, body := patch(t, url, loc, `"wrong"`, frag); res.StatusCode != http.StatusPreconditionFailed {
+		t.Fatalf("restart with a stale ETag: %d %q", res.StatusCode, body)
+	}
+	res, body := patch(t, url, loc, "*", frag)
+	if res.StatusCode != http.StatusOK || !strings.Contains(body, "a=ice-ufrag:") || !strings.Contains(body, "a=candidate:") {
+		t.Fatalf("ICE restart: %d %q", res.StatusCode, body)
+	}
+	if got := res.Header.Get("ETag"); got == "" || got == etag {
+		t.Fatalf("ETag after a restart %q (was %q)", got, etag)
+	}
+	cand := "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\na=mid:0\r\n"
+	if res, body := patch(t, url, loc, "", cand); res.StatusCode != http.StatusNoContent {
+		t.Fatalf("trickle: %d %q", res.StatusCode, body)
+	}
+	if res, body := patch(t, url, loc, "", "a=candidate:garbage\r\n"); res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad candidate: %d %q", res.StatusCode, body)
+	}
+}

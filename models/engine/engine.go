@@ -4,6 +4,9 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -11,13 +14,35 @@ import (
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/asr"
 	"github.com/callscribe/callscribe/models/pocketsphinx"
+	"github.com/callscribe/callscribe/proto"
 )
 
 // Instance is one decoder with the carried state it had when it was created.
 type Instance struct {
 	Dec      asr.Decoder
 	Pristine asr.EngineState
+	// vocab identifies the extra words the decoder was given.
+	vocab    string
+	addWords func([]proto.Word) error
+	knows    func(string) bool
 	close    func()
+}
+
+// Knows reports whether the instance's dictionary has word.
+func (i *Instance) Knows(word string) bool { return i.knows != nil && i.knows(word) }
+
+// VocabularyKey identifies a vocabulary: instances are reused only for calls
+// with exactly their words, so a decode never depends on which calls a
+// pooled decoder served before.
+func VocabularyKey(ws []proto.Word) string {
+	if len(ws) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, w := range ws {
+		fmt.Fprintf(h, "%s\t%s\n", w.Word, w.Phones)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Factory creates decoder instances.
@@ -49,7 +74,15 @@ func NewFactory(m *models.Manifest) (Factory, error) {
 				d.Close()
 				return nil, err
 			}
-			return &Instance{Dec: d, Pristine: p, close: d.Close}, nil
+			add := func(ws []proto.Word) error {
+				for i, w := range ws {
+					if err := d.AddWord(w.Word, w.Phones, i == len(ws)-1); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			return &Instance{Dec: d, Pristine: p, addWords: add, knows: d.Knows, close: d.Close}, nil
 		}, nil
 	default:
 		return nil, fmt.Errorf("engine %q: %w", m.Engine, models.ErrUnknownModel)
@@ -77,26 +110,52 @@ func NewPool(f Factory, size int) *Pool {
 	return &Pool{newFn: f, sem: make(chan struct{}, max(size, 1))}
 }
 
-// Get waits for a free slot and returns an instance.
-func (p *Pool) Get(ctx context.Context) (*Instance, error) {
+// Get waits for a free slot and returns an instance without extra words.
+func (p *Pool) Get(ctx context.Context) (*Instance, error) { return p.GetFor(ctx, nil) }
+
+// GetFor waits for a free slot and returns an instance that knows exactly
+// the vocabulary's extra words: an idle one made for the same words, or a
+// fresh one (an idle instance for other words is freed to make room).
+func (p *Pool) GetFor(ctx context.Context, vocab []proto.Word) (*Instance, error) {
 	select {
 	case p.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	key := VocabularyKey(vocab)
 	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		in := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		return in, nil
+	for i := len(p.idle) - 1; i >= 0; i-- {
+		if in := p.idle[i]; in.vocab == key {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			p.mu.Unlock()
+			return in, nil
+		}
+	}
+	// Instances (idle + lent, this one included) stay within the pool's size.
+	var stale *Instance
+	if n := len(p.idle); n > 0 && n+len(p.sem) > cap(p.sem) {
+		stale, p.idle = p.idle[0], p.idle[1:]
 	}
 	p.mu.Unlock()
+	if stale != nil {
+		stale.Close()
+	}
 	in, err := p.newFn()
+	if err == nil && len(vocab) > 0 {
+		if in.addWords == nil {
+			err = errors.New("engine: this engine takes no extra vocabulary")
+		} else {
+			err = in.addWords(vocab)
+		}
+		if err != nil {
+			in.Close()
+		}
+	}
 	if err != nil {
 		<-p.sem
 		return nil, err
 	}
+	in.vocab = key
 	return in, nil
 }
 

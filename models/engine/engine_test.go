@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/proto"
 )
 
 const testData = "/usr/share/pocketsphinx/test/data"
@@ -159,4 +161,60 @@ func finals(evs []asr.Event) []asr.Event {
 		}
 	}
 	return out
+}
+
+// A pooled decoder knows exactly its call's extra words: a vocabulary is
+// added to a fresh instance, reused only for the same words, and never
+// leaks into a call without it.
+func TestPoolVocabulary(t *testing.T) {
+	p := NewPool(factory(t), 2)
+	defer p.Close()
+	ctx := context.Background()
+	vocab := []proto.Word{{Word: "motorway", Phones: "M OW T ER W EY"}, {Word: "salbutamol", Phones: "S AE L B Y UW T AH M AA L"}}
+	plain, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Knows("motorway") || !plain.Knows("forward") {
+		t.Fatal("the plain dictionary should lack motorway and have forward")
+	}
+	p.Put(plain)
+	in, err := p.GetFor(ctx, vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in == plain || !in.Knows("motorway") || !in.Knows("salbutamol") {
+		t.Fatal("the vocabulary instance does not know its words (or is the plain one)")
+	}
+	p.Put(in)
+	again, err := p.GetFor(ctx, vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != in {
+		t.Error("an idle instance with the same words was not reused")
+	}
+	p.Put(again)
+	back, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Knows("motorway") {
+		t.Fatal("a call without the vocabulary got a decoder that knows it")
+	}
+	p.Put(back)
+	if _, err := p.GetFor(ctx, []proto.Word{{Word: "bad", Phones: "QQ"}}); err == nil {
+		t.Fatal("a word with unknown phones was accepted")
+	}
+	// The failed attempt gave its slot back: both slots can still be lent.
+	a, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.GetFor(ctx, vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Put(a)
+	p.Put(b)
 }

@@ -115,6 +115,35 @@ func New(cfg Config) (*Decoder, error) {
 	return d, nil
 }
 
+// AddWord adds a word with its phones (space-separated, the model's phone
+// set) to the dictionary and the language model. Set last on the final word
+// of a batch: the search is rebuilt then, once.
+func (d *Decoder) AddWord(word, phones string, last bool) error {
+	w, p := C.CString(word), C.CString(phones)
+	defer C.free(unsafe.Pointer(w))
+	defer C.free(unsafe.Pointer(p))
+	update := C.int(0)
+	if last {
+		update = 1
+	}
+	if C.ps_add_word(d.ps, w, p, update) < 0 {
+		return fmt.Errorf("%w: cannot add %q (%s)", ErrDecoder, word, phones)
+	}
+	return nil
+}
+
+// Knows reports whether the dictionary has word.
+func (d *Decoder) Knows(word string) bool {
+	w := C.CString(word)
+	defer C.free(unsafe.Pointer(w))
+	p := C.ps_lookup_word(d.ps, w)
+	if p == nil {
+		return false
+	}
+	C.free(unsafe.Pointer(p))
+	return true
+}
+
 // Close frees the decoder.
 func (d *Decoder) Close() {
 	if d.ps != nil {
