@@ -10,7 +10,9 @@ case "${1:-run}" in
                gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base
                gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice"
          command -v npm >/dev/null 2>&1 || need="$need nodejs npm" ;;
-  bench) need="$need pocketsphinx-testdata" ;;
+  bench) # RabbitMQ from Debian for the side-by-side durable hand-off (NATS
+         # JetStream is built by the benchmark with go install).
+         need="$need pocketsphinx-testdata rabbitmq-server" ;;
 esac
 missing=""
 for p in $need; do

@@ -69,13 +69,40 @@ func run(out, dir, bin string, dur time.Duration) error {
 
 	// 2. Durable hand-off: Badger store as the coordinator uses it vs the floor.
 	w("## Durable ack latency: one 100 ms frame per call every 100 ms, ack after fsync\n\n")
-	w("Each frame is acknowledged only once it is on disk. *Floor* is a plain append-only file with group commit and fdatasync — the best any durable store can do on this disk. *Badger* is callscribe's segment store exactly as the coordinator uses it (group commit across calls, `SyncWrites`, `ValueThreshold` 64). %v per run.\n\n", dur)
-	w("| store | calls | frame bytes | frames | p50 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|\n")
+	// The brokers the reference design used for the same hand-off, where
+	// they can be had on this machine.
 	type sinkMaker func(string) (bench.Sink, func(), error)
 	sinks := []struct {
 		name string
 		mk   sinkMaker
 	}{{"floor", bench.FloorSink}, {"badger", bench.BadgerSink}}
+	var skipped []string
+	versions := []string{"Badger " + modVersion("github.com/dgraph-io/badger/v4")}
+	if _, err := os.Stat("/usr/lib/rabbitmq/bin/rabbitmq-server"); err == nil {
+		versions = append(versions, "RabbitMQ "+bench.RabbitMQVersion()+" (Debian)")
+		sinks = append(sinks, struct {
+			name string
+			mk   sinkMaker
+		}{"rabbitmq quorum", func(p string) (bench.Sink, func(), error) { return bench.RabbitMQ(ctx, p, 256) }})
+	} else {
+		skipped = append(skipped, "RabbitMQ: Debian's rabbitmq-server is not installed (`make bench` installs it)")
+	}
+	natsDir, _ := filepath.Abs(filepath.Join(dir, "..", ".bench-bin"))
+	_ = os.MkdirAll(natsDir, 0o755)
+	if bin, err := bench.NATSServer(ctx, natsDir); err == nil {
+		versions = append(versions, bench.NATSVersion(bin)+" (go install)")
+		sinks = append(sinks, struct {
+			name string
+			mk   sinkMaker
+		}{"jetstream sync", func(p string) (bench.Sink, func(), error) { return bench.JetStream(ctx, p, bin) }})
+	} else {
+		skipped = append(skipped, "NATS JetStream: "+err.Error())
+	}
+	w("Each frame is acknowledged only once it is on disk. *Floor* is a plain append-only file with group commit and fdatasync — the best any durable store can do on this disk. *Badger* is callscribe's segment store exactly as the coordinator uses it (group commit across calls, `SyncWrites`, `ValueThreshold` 64). *RabbitMQ quorum* (the reference design's broker) is a durable quorum queue taking persistent messages, one channel per call, each publish waiting for its publisher confirm. *JetStream sync* is a NATS file-storage stream with `sync_interval: always` (fsync before every ack), each publish waiting for its ack. The brokers run on 127.0.0.1, started and stopped by the benchmark. %v per run. Versions: %s.\n\n", dur, strings.Join(versions, ", "))
+	for _, s := range skipped {
+		w("Skipped: %s.\n\n", s)
+	}
+	w("| store | calls | frame bytes | frames | p50 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|\n")
 	p99 := map[string]time.Duration{}
 	for _, calls := range []int{1, 200} {
 		for _, size := range []int{3200, 400} {
@@ -97,7 +124,13 @@ func run(out, dir, bin string, dur time.Duration) error {
 		}
 	}
 	if f, g := p99["floor/200/3200"], p99["badger/200/3200"]; f > 0 {
-		w("\nAt 200 calls with 3,200-byte frames Badger's p99 is **%.2f×** the floor's.\n", float64(g)/float64(f))
+		w("\nAt 200 calls with 3,200-byte frames Badger's p99 is **%.2f×** the floor's (target ≤ 1.3×)", float64(g)/float64(f))
+		for _, b := range []string{"rabbitmq quorum", "jetstream sync"} {
+			if r := p99[b+"/200/3200"]; r > 0 {
+				w(", and **%.2f×** %s's (target ≤ 0.5×)", float64(g)/float64(r), b)
+			}
+		}
+		w(".\n")
 	}
 	w("\n### Most durable frames per second (3,200 B, 64 writers, as fast as acks allow, 5 s)\n\n| store | frames/s |\n|---|---|\n")
 	for _, s := range sinks {
