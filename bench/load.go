@@ -11,9 +11,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/ingest/console"
 	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/opus"
@@ -52,6 +54,97 @@ type LoadResult struct {
 	Finalised int           `json:"finalised"`
 	Errors    []string      `json:"errors,omitempty"`
 	Elapsed   time.Duration `json:"elapsed"`
+	// Server is what the appliance itself reported (its /metrics and
+	// /v1/stats), when it could be read.
+	Server *ServerFigures `json:"server,omitempty"`
+}
+
+// ServerFigures are the appliance's own figures for a load run.
+type ServerFigures struct {
+	// CPUPerStream is the coordinator process's CPU per call, in % of one
+	// core, over the steady state (every call started, none ended yet).
+	CPUPerStream float64 `json:"cpu_per_stream_pct"`
+	CPUTotal     float64 `json:"cpu_total_pct"`
+	// RSSPerCall is the growth of the coordinator's resident memory per
+	// call from before the run to the steady state.
+	RSSPerCall float64 `json:"rss_per_call_bytes"`
+	RSS        float64 `json:"rss_bytes"`
+	// The system-added latencies (coordinator windows of the last 8,192
+	// events): ack (received → durable), frame → worker, final → console.
+	Ack       coordinator.Quantiles `json:"ack"`
+	ToWorker  coordinator.Quantiles `json:"to_worker"`
+	ToConsole coordinator.Quantiles `json:"to_console"`
+}
+
+// scrape reads the coordinator's process CPU seconds and resident memory
+// from /metrics.
+func (cfg LoadConfig) scrape(ctx context.Context) (cpu, rss float64, err error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/metrics", nil)
+	res, err := httpClient(cfg.RootCAs).Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, 0, err
+	}
+	found := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		var v float64
+		if _, err := fmt.Sscanf(l, "process_cpu_seconds_total %g", &v); err == nil {
+			cpu, found = v, found+1
+		}
+		if _, err := fmt.Sscanf(l, "process_resident_memory_bytes %g", &v); err == nil {
+			rss, found = v, found+1
+		}
+	}
+	if found != 2 {
+		return 0, 0, errors.New("bench: /metrics lacks the process collector")
+	}
+	return cpu, rss, nil
+}
+
+func (cfg LoadConfig) stats(ctx context.Context) (coordinator.Stats, error) {
+	var st coordinator.Stats
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/stats", nil)
+	res, err := httpClient(cfg.RootCAs).Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer res.Body.Close()
+	return st, json.NewDecoder(res.Body).Decode(&st)
+}
+
+// observe measures the appliance over a run's steady state: from when every
+// call has started (plus a second) to just before the first ends.
+func (cfg LoadConfig) observe(ctx context.Context, t0 time.Time) (*ServerFigures, error) {
+	_, rss0, err := cfg.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	from, to := t0.Add(2*time.Second), t0.Add(cfg.Duration)
+	if to.Sub(from) < time.Second {
+		return nil, errors.New("bench: run too short for a steady state (want ≥ 3 s)")
+	}
+	time.Sleep(time.Until(from))
+	cpuA, rssA, err := cfg.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Until(to))
+	cpuB, _, err := cfg.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := cfg.stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := float64(cfg.Calls)
+	total := 100 * (cpuB - cpuA) / to.Sub(from).Seconds()
+	return &ServerFigures{CPUTotal: total, CPUPerStream: total / n, RSS: rssA, RSSPerCall: (rssA - rss0) / n,
+		Ack: st.Ack, ToWorker: st.ToWorker, ToConsole: st.ToConsole}, nil
 }
 
 // Load drives cfg.Calls simulated consoles at real-time pace for
@@ -77,6 +170,16 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	t0 := time.Now()
+	obs := make(chan *ServerFigures, 1)
+	go func() {
+		f, err := cfg.observe(ctx, t0)
+		if err != nil {
+			mu.Lock()
+			res.Errors = append(res.Errors, "server figures: "+err.Error())
+			mu.Unlock()
+		}
+		obs <- f
+	}()
 	for i := range cfg.Calls {
 		wg.Add(1)
 		go func() {
@@ -103,6 +206,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 		}()
 	}
 	wg.Wait()
+	res.Server = <-obs
 	res.Elapsed = time.Since(t0)
 	res.Lost = res.Sent - res.Stored
 	res.Ack = ack.Summary()

@@ -59,6 +59,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if res.Ack.N > 0 {
 		fmt.Fprintf(stdout, "durable ack at the console: p50 %s ms, p99 %s ms, max %s ms\n", bench.MS(res.Ack.P50), bench.MS(res.Ack.P99), bench.MS(res.Ack.Max))
 	}
+	if s := res.Server; s != nil {
+		fmt.Fprintf(stdout, "appliance: CPU %.1f %% of a core (%.2f %% per stream), memory %.0f MiB (%.0f KiB per call)\n", s.CPUTotal, s.CPUPerStream, s.RSS/(1<<20), s.RSSPerCall/1024)
+		fmt.Fprintf(stdout, "system-added latency p50/p99 ms: ack %.2f/%.2f, frame → worker %.2f/%.2f, final → console %.2f/%.2f\n",
+			s.Ack.P50MS, s.Ack.P99MS, s.ToWorker.P50MS, s.ToWorker.P99MS, s.ToConsole.P50MS, s.ToConsole.P99MS)
+	}
 	for _, e := range res.Errors {
 		fmt.Fprintln(stdout, "error:", e)
 	}

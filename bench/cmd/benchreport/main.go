@@ -10,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -160,15 +162,20 @@ func run(out, dir, bin string, dur time.Duration) error {
 			r.Stats.ToWorker.P50MS, r.Stats.ToWorker.P99MS, r.Stats.ToConsole.P50MS, r.Stats.ToConsole.P99MS)
 	}
 
-	// 4. WebRTC consoles.
+	// 4. Capacity: QUIC consoles from a separate load generator.
+	rtf, audioS, rtfErr := engineRTF() // measured before the loaded runs
+	if err := capacitySection(ctx, w, log, dir, bin, dur, rtf, rtfErr); err != nil {
+		return err
+	}
+
+	// 5. WebRTC consoles.
 	if err := whipSection(ctx, w, log, dir, bin, dur); err != nil {
 		return err
 	}
 
 	// 5. The embedded engine.
-	rtf, audioS, err := engineRTF()
-	if err != nil {
-		w("\n## Embedded engine\n\nnot measured: %v\n", err)
+	if rtfErr != nil {
+		w("\n## Embedded engine\n\nnot measured: %v\n", rtfErr)
 	} else {
 		log("pocketsphinx RTF %.3f", rtf)
 		w("\n## Embedded engine (PocketSphinx, en-us general LM, 100 ms streaming chunks)\n\n")
@@ -178,6 +185,106 @@ func run(out, dir, bin string, dur time.Duration) error {
 		return err
 	}
 	log("wrote %s", out)
+	return nil
+}
+
+// capacitySection drives N QUIC consoles (a separate `callscribe bench
+// load` process) against an in-process appliance with the fast fake engine,
+// for growing N, and writes the capacity table and its plots.
+func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin string, dur time.Duration, rtf float64, rtfErr error) error {
+	w("\n## Capacity: how many calls, as N grows\n\n")
+	w("`callscribe bench load --transport quic` (a separate process) drives N consoles, one call each, one 100 ms L16 frame (3,200 B) per call every 100 ms for %v, against an in-process coordinator (real QUIC, real Badger) with the fast fake engine, so this is the system's own cost. *Console ack* is frame sent → durable ack received, at the console. *System-added* latencies are the coordinator's: frame received → written to the worker's stream (durable first), and worker final → persisted and queued to the console (p99 over its last 8,192 events). CPU and memory are the coordinator process's over the steady state (every call started, none ended); the load generator runs on the same 2 cores. The 500-call run is profiled (below).\n\n", dur)
+	w("| calls | frames sent | lost | finalised | console ack p50 / p99 ms | frame → worker p50 / p99 ms | final → console p50 / p99 ms | coordinator CPU | per stream | streams per core | memory per call |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	var ackS, wrkS, conS, cpuS bench.Series
+	ackS.Name, wrkS.Name, conS.Name, cpuS.Name = "console ack p99", "frame -> worker p99", "final -> console p99", "coordinator CPU % of a core"
+	carried := 0
+	var at500 *bench.LoadResult
+	var profile string
+	for _, n := range []int{10, 100, 500, 1000} {
+		p, _ := fresh(dir, "cap")
+		app, err := bench.StartAppliance(ctx, p, n+8)
+		if err != nil {
+			return err
+		}
+		var prof *os.File
+		if n == 500 {
+			prof, _ = os.Create(filepath.Join(dir, "cpu.pprof"))
+			if prof != nil {
+				_ = pprof.StartCPUProfile(prof)
+			}
+		}
+		cmd := exec.CommandContext(ctx, bin, "bench", "load", "--transport", "quic", "--calls", fmt.Sprint(n), "--duration", dur.String(),
+			"--server", app.Coordinator.QUICAddr().String(), "--http", "http://"+app.Coordinator.HTTPAddr().String(), "--ca", filepath.Join(p, "ca.pem"),
+			"--token", app.Token, "--json", "--prefix", fmt.Sprintf("cap%d", n))
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		runErr := cmd.Run()
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+			out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=18", prof.Name()).Output()
+			if err == nil {
+				profile = string(out)
+			}
+		}
+		app.Stop()
+		var r bench.LoadResult
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || r.Server == nil {
+			return fmt.Errorf("bench load %d: %v (%v): %s %s", n, err, runErr, stdout.String(), stderr.String())
+		}
+		s := r.Server
+		log("capacity %d calls: lost %d ack p99 %s to worker p99 %.2f cpu %.0f%%", n, r.Lost, bench.MS(r.Ack.P99), s.ToWorker.P99MS, s.CPUTotal)
+		w("| %d | %d | %d | %d | %s / %s | %.2f / %.2f | %.2f / %.2f | %.0f %% | %.3f %% | %.0f | %.0f KiB |\n", n, r.Sent, r.Lost, r.Finalised,
+			bench.MS(r.Ack.P50), bench.MS(r.Ack.P99), s.ToWorker.P50MS, s.ToWorker.P99MS, s.ToConsole.P50MS, s.ToConsole.P99MS,
+			s.CPUTotal, s.CPUPerStream, 100/s.CPUPerStream, s.RSSPerCall/1024)
+		x := float64(n)
+		ackS.X, ackS.Y = append(ackS.X, x), append(ackS.Y, float64(r.Ack.P99.Microseconds())/1000)
+		wrkS.X, wrkS.Y = append(wrkS.X, x), append(wrkS.Y, s.ToWorker.P99MS)
+		conS.X, conS.Y = append(conS.X, x), append(conS.Y, s.ToConsole.P99MS)
+		cpuS.X, cpuS.Y = append(cpuS.X, x), append(cpuS.Y, s.CPUTotal)
+		if r.Lost == 0 && r.Connected == n && r.Ack.P99 < 20*time.Millisecond {
+			carried = n
+		}
+		if n == 500 {
+			at500 = &r
+		}
+	}
+	plots := "bench/plots"
+	if err := os.MkdirAll(plots, 0o755); err != nil {
+		return err
+	}
+	if err := bench.PlotPNG(filepath.Join(plots, "latency.png"), "p99 latency vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "ms", []bench.Series{ackS, wrkS, conS}); err != nil {
+		return err
+	}
+	if err := bench.PlotPNG(filepath.Join(plots, "cpu.png"), "coordinator CPU vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "% of one core", []bench.Series{cpuS}); err != nil {
+		return err
+	}
+	w("\n![p99 latency vs calls](bench/plots/latency.png)\n![coordinator CPU vs calls](bench/plots/cpu.png)\n\n")
+	w("### Capacity table\n\n| question | answer on this machine |\n|---|---|\n")
+	if rtfErr == nil {
+		w("| real-time call channels per CPU core, embedded engine (PocketSphinx RTF %.3f) | %.1f channels; %.1f two-channel calls |\n", rtf, 1/rtf, 1/(2*rtf))
+		w("| two-channel calls on this %d-core machine, embedded engine (decoding is the limit) | ≈ %.0f |\n", runtime.NumCPU(), float64(runtime.NumCPU())/(2*rtf))
+	}
+	w("| calls the coordinator carried on %d cores with the fast engine (0 lost, console ack p99 < 20 ms), of the steps run | %d |\n", runtime.NumCPU(), carried)
+	w("\n### Targets\n\n")
+	if at500 != nil {
+		s := at500.Server
+		worst := math.Max(s.ToWorker.P99MS, s.ToConsole.P99MS)
+		verdict := "met"
+		if worst > 5 || at500.Lost != 0 {
+			verdict = fmt.Sprintf("**missed** by %.1f ms (%.1f×)", worst-5, worst/5)
+		}
+		w("- System-added latency p99 ≤ 5 ms at 500 calls with the fast engine, 0 lost: frame → worker %.2f ms, final → console %.2f ms, %d lost — %s.\n", s.ToWorker.P99MS, s.ToConsole.P99MS, at500.Lost, verdict)
+		perCore := 100 / s.CPUPerStream
+		verdict = "met"
+		if perCore < 150 {
+			verdict = fmt.Sprintf("**missed**: %.0f (%.0f %% of the target)", perCore, 100*perCore/150)
+		}
+		w("- At least 150 ingest streams per core: %.0f streams per core of coordinator CPU at 500 calls — %s.\n", perCore, verdict)
+	}
+	if profile != "" {
+		w("\nWhere the coordinator's CPU goes at 500 calls (`go tool pprof -top` of the run; the process also runs the fake worker):\n\n```\n%s```\n", profile)
+	}
 	return nil
 }
 
