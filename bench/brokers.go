@@ -112,7 +112,7 @@ func RabbitMQVersion() string {
 // quorum queue and returns once the broker confirms it (publisher
 // confirms: the message is on disk on the queue's replica). One channel per
 // call.
-func RabbitMQ(ctx context.Context, dir string, calls int) (Sink, func(), error) {
+func RabbitMQ(ctx context.Context, dir string) (Sink, func(), error) {
 	bin := "/usr/lib/rabbitmq/bin/rabbitmq-server"
 	if _, err := os.Stat(bin); err != nil {
 		return nil, nil, fmt.Errorf("rabbitmq-server: %w (Debian package rabbitmq-server)", ErrNotInstalled)
@@ -164,20 +164,31 @@ func RabbitMQ(ctx context.Context, dir string, calls int) (Sink, func(), error) 
 		stop()
 		return nil, nil, fmt.Errorf("rabbitmq: declare quorum queue: %w", err)
 	}
-	chans := make([]*amqp.Channel, calls)
-	for i := range chans {
+	// One confirm-mode channel per call, opened on the call's first frame.
+	var mu sync.Mutex
+	chans := map[int]*amqp.Channel{}
+	channel := func(call int) (*amqp.Channel, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ch, ok := chans[call]; ok {
+			return ch, nil
+		}
 		ch, err := conn.Channel()
 		if err == nil {
 			err = ch.Confirm(false)
 		}
 		if err != nil {
-			stop()
-			return nil, nil, fmt.Errorf("rabbitmq: channel: %w", err)
+			return nil, fmt.Errorf("rabbitmq: channel: %w", err)
 		}
-		chans[i] = ch
+		chans[call] = ch
+		return ch, nil
 	}
 	sink := func(ctx context.Context, call, seq int, payload []byte) error {
-		dc, err := chans[call].PublishWithDeferredConfirmWithContext(ctx, "", "audio", true, false, amqp.Publishing{
+		ch, err := channel(call)
+		if err != nil {
+			return err
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", "audio", true, false, amqp.Publishing{
 			DeliveryMode: amqp.Persistent, MessageId: fmt.Sprintf("%d/%d", call, seq), Body: payload})
 		if err != nil {
 			return err

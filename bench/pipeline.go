@@ -9,11 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator"
-	"github.com/callscribe/callscribe/ingest/console"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -46,68 +44,13 @@ func Pipeline(ctx context.Context, dir string, calls int, d time.Duration) (Pipe
 		return PipelineResult{}, err
 	}
 	defer app.Stop()
-	c, pool := app.Coordinator, app.Pool
-
-	var ack Recorder
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	res := PipelineResult{Calls: calls}
-	frames := int(d / (100 * time.Millisecond))
-	t0 := time.Now()
-	for i := range calls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var smu sync.Mutex
-			sent := make([]time.Time, frames)
-			acked := uint32(0)
-			call := console.New(console.Config{Server: c.QUICAddr().String(), RootCAs: pool, ServerName: "localhost", Token: benchToken,
-				CallID: proto.CallID(fmt.Sprintf("load-%d", i)), ConsoleID: "bench", Channels: []string{"caller"}, Codec: proto.CodecL16,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-				OnAck: func(_ int, next uint32) {
-					now := time.Now()
-					smu.Lock()
-					for ; acked < next && int(acked) < len(sent); acked++ {
-						if acked >= warmupFrames { // steady state: after the handshake
-							ack.Add(now.Sub(sent[acked]))
-						}
-					}
-					smu.Unlock()
-				}})
-			done := make(chan error, 1)
-			go func() { done <- call.Run(ctx) }()
-			go func() {
-				for range call.Events() {
-				}
-			}()
-			payload := make([]byte, 3200)
-			start := time.Now().Add(time.Duration(i) * 100 * time.Millisecond / time.Duration(calls))
-			for seq := range frames {
-				time.Sleep(time.Until(start.Add(time.Duration(seq) * 100 * time.Millisecond)))
-				smu.Lock()
-				sent[seq] = time.Now()
-				smu.Unlock()
-				if _, err := call.Send(0, payload, time.Now()); err != nil {
-					break
-				}
-			}
-			call.End()
-			err := <-done
-			mu.Lock()
-			defer mu.Unlock()
-			got := call.Acked()[0]
-			res.Frames += int(got)
-			res.FramesLost += frames - int(got)
-			if err == nil {
-				res.Finalised++
-			}
-		}()
+	c := app.Coordinator
+	r, err := Load(ctx, LoadConfig{Transport: "quic", QUIC: c.QUICAddr().String(), HTTP: "http://" + c.HTTPAddr().String(), RootCAs: app.Pool,
+		ServerName: "localhost", Token: app.Token, Calls: calls, Duration: d, Prefix: "load"})
+	if err != nil {
+		return PipelineResult{}, err
 	}
-	wg.Wait()
-	res.Elapsed = time.Since(t0)
-	res.Ack = ack.Summary()
-	res.Stats = statsOf(c)
-	return res, nil
+	return PipelineResult{Calls: calls, Ack: r.Ack, Stats: statsOf(c), Frames: r.Stored, FramesLost: r.Lost, Finalised: r.Finalised, Elapsed: r.Elapsed}, nil
 }
 
 func statsOf(c *coordinator.Coordinator) coordinator.Stats { return c.Stats() }

@@ -94,7 +94,13 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		sendErr = pace(ctx, call, frames, dur, *speed)
+		sendErr = pace(ctx, frames, dur, *speed, func(ch int, p []byte) error {
+			_, err := call.Send(ch, p, time.Now())
+			return err
+		})
+		if sendErr == nil {
+			call.End()
+		}
 	}()
 
 	for ev := range call.Events() {
@@ -177,30 +183,11 @@ func streamWHIP(ctx context.Context, cfg whip.ClientConfig, frames [][][]byte, d
 	samples := uint32(int64(clock) * int64(dur) / int64(time.Second))
 	sendErr := make(chan error, 1)
 	go func() {
-		start := time.Now()
-		n := 0
-		for _, f := range frames {
-			n = max(n, len(f))
+		err := pace(ctx, frames, dur, speed, func(ch int, p []byte) error { return cl.Send(ch, p, samples) })
+		if err == nil {
+			err = cl.End()
 		}
-		for i := range n {
-			if speed > 0 {
-				select {
-				case <-time.After(time.Until(start.Add(time.Duration(float64(i) * float64(dur) / speed)))):
-				case <-ctx.Done():
-					sendErr <- ctx.Err()
-					return
-				}
-			}
-			for ch, f := range frames {
-				if i < len(f) {
-					if err := cl.Send(ch, f[i], samples); err != nil {
-						sendErr <- err
-						return
-					}
-				}
-			}
-		}
-		sendErr <- cl.End()
+		sendErr <- err
 	}()
 	finalised := false
 	for !finalised {
@@ -232,8 +219,9 @@ func streamWHIP(ctx context.Context, cfg whip.ClientConfig, frames [][][]byte, d
 	return nil
 }
 
-// pace sends frames in time: frame i of every channel at i*dur/speed.
-func pace(ctx context.Context, call *console.Call, frames [][][]byte, dur time.Duration, speed float64) error {
+// pace sends frames in time: frame i of every channel at i*dur/speed
+// (speed 0: as fast as send returns).
+func pace(ctx context.Context, frames [][][]byte, dur time.Duration, speed float64, send func(ch int, payload []byte) error) error {
 	start := time.Now()
 	n := 0
 	for _, f := range frames {
@@ -248,15 +236,13 @@ func pace(ctx context.Context, call *console.Call, frames [][][]byte, dur time.D
 				return ctx.Err()
 			}
 		}
-		now := time.Now()
 		for ch, f := range frames {
 			if i < len(f) {
-				if _, err := call.Send(ch, f[i], now); err != nil {
+				if err := send(ch, f[i]); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	call.End()
 	return nil
 }

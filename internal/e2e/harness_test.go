@@ -4,18 +4,19 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -259,26 +260,10 @@ func run(t *testing.T, args ...string) string {
 }
 
 // referenceClips lists pocketsphinx-testdata's clips that have a reference
-// transcription.
+// transcription, in a fixed order.
 func referenceClips(t *testing.T) []string {
 	t.Helper()
-	var clips []string
-	for _, set := range []struct{ dir, list string }{{"librivox", "transcription"}, {"cards", "cards.transcription"}} {
-		f, err := os.Open(filepath.Join(testData, set.dir, set.list))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			l := sc.Text()
-			i, j := strings.LastIndexByte(l, '('), strings.LastIndexByte(l, ')')
-			if i < 0 || j < i {
-				continue
-			}
-			clips = append(clips, filepath.Join(testData, set.dir, l[i+1:j]+".wav"))
-		}
-		f.Close()
-	}
+	clips := slices.Sorted(maps.Keys(references(t)))
 	if len(clips) != 10 {
 		t.Fatalf("want 10 reference clips, found %d", len(clips))
 	}

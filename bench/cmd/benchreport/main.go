@@ -85,7 +85,7 @@ func run(out, dir, bin string, dur time.Duration) error {
 		sinks = append(sinks, struct {
 			name string
 			mk   sinkMaker
-		}{"rabbitmq quorum", func(p string) (bench.Sink, func(), error) { return bench.RabbitMQ(ctx, p, 256) }})
+		}{"rabbitmq quorum", func(p string) (bench.Sink, func(), error) { return bench.RabbitMQ(ctx, p) }})
 	} else {
 		skipped = append(skipped, "RabbitMQ: Debian's rabbitmq-server is not installed (`make bench` installs it)")
 	}
