@@ -64,8 +64,18 @@ type Appliance struct {
 	stop        func()
 }
 
-// StartAppliance starts an appliance on dir with a fake worker of slots.
+// StartAppliance starts an appliance on dir with a fake worker of slots,
+// on free loopback ports.
 func StartAppliance(ctx context.Context, dir string, slots int) (*Appliance, error) {
+	return StartApplianceAt(ctx, dir, "127.0.0.1:0", "127.0.0.1:0", slots)
+}
+
+// StartApplianceAt is StartAppliance on given addresses. The console token
+// is written to dir/console.token and the CA to dir/ca.pem, as `dev` does.
+func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots int) (*Appliance, error) {
+	if err := os.WriteFile(filepath.Join(dir, pki.ConsoleToken), []byte(benchToken+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	ca, key, err := pki.EnsureCA(dir)
 	if err != nil {
 		return nil, err
@@ -74,7 +84,7 @@ func StartAppliance(ctx context.Context, dir string, slots int) (*Appliance, err
 	if err != nil {
 		return nil, err
 	}
-	c, err := coordinator.New(coordinator.Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+	c, err := coordinator.New(coordinator.Config{DataDir: dir, QUICAddr: quicAddr, HTTPAddr: httpAddr,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ConsoleTokens: []string{benchToken}, NodeTokens: []string{benchNode},
 		WebRTC: coordinator.WebRTCConfig{MaxSessions: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

@@ -7,17 +7,28 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
 	"github.com/callscribe/callscribe/internal/pki"
 )
 
-// cmdBench runs load against a running appliance: `callscribe bench load`.
+// cmdBench is `callscribe bench load` (simulated consoles against an
+// appliance) and `callscribe bench appliance` (an appliance with the fast
+// fake engine, for load tests).
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "appliance" {
+		return cmdBenchAppliance(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "load" {
-		fmt.Fprintln(stderr, "usage: callscribe bench load [flags]   (drive simulated consoles against a running appliance)")
+		fmt.Fprintln(stderr, "usage: callscribe bench load [flags]        drive simulated consoles against an appliance")
+		fmt.Fprintln(stderr, "       callscribe bench appliance [flags]   an appliance with the fast fake engine (load tests only)")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("bench load", flag.ContinueOnError)
@@ -32,8 +43,17 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
 	prefix := fs.String("prefix", fmt.Sprintf("load-%d", time.Now().Unix()), "call id prefix")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	engine := fs.String("engine", "", "start a local appliance first and drive it: fake (instant engine: the system's own cost) or real (PocketSphinx workers: capacity); empty drives the appliance at --server/--http")
 	if err := fs.Parse(args[1:]); err != nil {
 		return errUsage
+	}
+	if *engine != "" {
+		app, err := startLocalAppliance(ctx, *engine, *calls, stderr)
+		if err != nil {
+			return err
+		}
+		defer app.stop()
+		*quicAddr, *httpURL, *caFile, *token = app.quic, "http://"+app.http, filepath.Join(app.dir, pki.CAFile), app.token
 	}
 	if *token == "" || *calls < 1 || (*transport == "quic" && *caFile == "") {
 		fmt.Fprintln(stderr, "usage: callscribe bench load --transport quic|whip --calls N --duration D --token T [--ca FILE] [--server ADDR] [--http URL]")
@@ -71,4 +91,123 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%d frames lost, %d of %d calls connected", res.Lost, res.Connected, res.Calls)
 	}
 	return nil
+}
+
+// cmdBenchAppliance runs a coordinator with the fast fake engine until it is
+// signalled: the system's own cost under load, without ASR. Not for calls.
+func cmdBenchAppliance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench appliance", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("data", "", "state directory (created)")
+	quicAddr := fs.String("quic", "127.0.0.1:4433", "QUIC address")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP address")
+	slots := fs.Int("slots", 1000, "call-channel slots of the fake worker")
+	if err := fs.Parse(args); err != nil || *dir == "" {
+		fmt.Fprintln(stderr, "usage: callscribe bench appliance --data DIR [--quic ADDR] [--http ADDR] [--slots N]")
+		return errUsage
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return err
+	}
+	app, err := bench.StartApplianceAt(ctx, *dir, *quicAddr, *httpAddr, *slots)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bench appliance (fake engine) on %s (QUIC) and %s (HTTP); token in %s\n", *quicAddr, *httpAddr, filepath.Join(*dir, pki.ConsoleToken))
+	<-ctx.Done()
+	app.Stop()
+	return nil
+}
+
+// localAppliance is an appliance process bench load started for itself.
+type localAppliance struct {
+	dir, quic, http, token string
+	cmd                    *exec.Cmd
+}
+
+func (a *localAppliance) stop() {
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = a.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(a.dir)
+}
+
+func freeAddr(network string) (string, error) {
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.LocalAddr().String(), nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startLocalAppliance starts this binary as an appliance on loopback: the
+// fake engine (`bench appliance`) or the real one (`dev` with enough
+// PocketSphinx workers for the calls), and waits until it is ready.
+func startLocalAppliance(ctx context.Context, engine string, calls int, stderr io.Writer) (*localAppliance, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "callscribe-load-")
+	if err != nil {
+		return nil, err
+	}
+	q, err1 := freeAddr("udp")
+	h, err2 := freeAddr("tcp")
+	if err1 != nil || err2 != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("bench: no free port: %v %v", err1, err2)
+	}
+	var args []string
+	switch engine {
+	case "fake":
+		args = []string{"bench", "appliance", "--data", dir, "--quic", q, "--http", h, "--slots", fmt.Sprint(calls + 8)}
+	case "real":
+		args = []string{"dev", "--data", dir, "--quic", q, "--http", h, "--workers", fmt.Sprint(max(1, (calls+1)/2))}
+	default:
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("bench: engine %q (fake or real)", engine)
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	a := &localAppliance{dir: dir, quic: q, http: h, cmd: cmd}
+	fmt.Fprintf(stderr, "started a local appliance (%s engine) on %s / %s\n", engine, q, h)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if r, err := http.Get("http://" + h + "/readyz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			a.stop()
+			return nil, fmt.Errorf("bench: the local appliance was not ready in 90 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if a.token, err = pki.ReadToken(filepath.Join(dir, pki.ConsoleToken)); err != nil {
+		a.stop()
+		return nil, err
+	}
+	return a, nil
 }

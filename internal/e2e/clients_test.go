@@ -230,3 +230,25 @@ func TestGStreamerClient(t *testing.T) {
 		}
 	}
 }
+
+// The load generator drives simulated consoles (QUIC and WebRTC) against an
+// appliance with the fast fake engine it starts for itself: every frame is
+// stored, and the appliance's own figures come back.
+func TestBenchLoad(t *testing.T) {
+	for _, tr := range []string{"quic", "whip"} {
+		out := run(t, "bench", "load", "--engine", "fake", "--transport", tr, "--calls", "4", "--duration", "3s", "--json")
+		var r struct {
+			Calls, Connected, Sent, Stored, Lost, Finalised int
+			Server                                          *struct {
+				CPUTotal float64 `json:"cpu_total_pct"`
+				RSS      float64 `json:"rss_bytes"`
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("%s: %v: %s", tr, err, out)
+		}
+		if r.Connected != 4 || r.Sent == 0 || r.Lost != 0 || r.Stored != r.Sent || r.Finalised != 4 || r.Server == nil || r.Server.RSS == 0 {
+			t.Errorf("%s: %s", tr, out)
+		}
+	}
+}
