@@ -198,7 +198,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	var ackS, wrkS, conS, cpuS bench.Series
 	ackS.Name, wrkS.Name, conS.Name, cpuS.Name = "console ack p99", "frame -> worker p99", "final -> console p99", "coordinator CPU % of a core"
 	carried := 0
-	var at500 *bench.LoadResult
+	var at500, atCarried *bench.LoadResult
 	var profile string
 	for _, n := range []int{10, 100, 500, 1000} {
 		p, _ := fresh(dir, "cap")
@@ -243,7 +243,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 		conS.X, conS.Y = append(conS.X, x), append(conS.Y, s.ToConsole.P99MS)
 		cpuS.X, cpuS.Y = append(cpuS.X, x), append(cpuS.Y, s.CPUTotal)
 		if r.Lost == 0 && r.Connected == n && r.Ack.P99 < 20*time.Millisecond {
-			carried = n
+			carried, atCarried = n, &r
 		}
 		if n == 500 {
 			at500 = &r
@@ -259,6 +259,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	if err := bench.PlotPNG(filepath.Join(plots, "cpu.png"), "coordinator CPU vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "% of one core", []bench.Series{cpuS}); err != nil {
 		return err
 	}
+	w("\nMemory per call is the growth of resident memory, which the garbage collector makes noisy (it can shrink between runs). Past the point where the coordinator keeps up, its latencies grow without bound while nothing is lost: frames wait in the consoles' send windows until they are acknowledged.\n")
 	w("\n![p99 latency vs calls](bench/plots/latency.png)\n![coordinator CPU vs calls](bench/plots/cpu.png)\n\n")
 	w("### Capacity table\n\n| question | answer on this machine |\n|---|---|\n")
 	if rtfErr == nil {
@@ -275,12 +276,16 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 			verdict = fmt.Sprintf("**missed** by %.1f ms (%.1f×)", worst-5, worst/5)
 		}
 		w("- System-added latency p99 ≤ 5 ms at 500 calls with the fast engine, 0 lost: frame → worker %.2f ms, final → console %.2f ms, %d lost — %s.\n", s.ToWorker.P99MS, s.ToConsole.P99MS, at500.Lost, verdict)
-		perCore := 100 / s.CPUPerStream
-		verdict = "met"
+	}
+	if atCarried != nil {
+		// Measured where the coordinator still keeps up: past that point it
+		// is starved of CPU and its per-stream cost reads low.
+		perCore := 100 / atCarried.Server.CPUPerStream
+		verdict := "met"
 		if perCore < 150 {
 			verdict = fmt.Sprintf("**missed**: %.0f (%.0f %% of the target)", perCore, 100*perCore/150)
 		}
-		w("- At least 150 ingest streams per core: %.0f streams per core of coordinator CPU at 500 calls — %s.\n", perCore, verdict)
+		w("- At least 150 ingest streams per core: %.0f streams per core of coordinator CPU at %d calls (the most it carried; beyond, it is starved of CPU by the load generator on the same 2 cores and its per-stream cost reads low) — %s.\n", perCore, carried, verdict)
 	}
 	if profile != "" {
 		w("\nWhere the coordinator's CPU goes at 500 calls (`go tool pprof -top` of the run; the process also runs the fake worker):\n\n```\n%s```\n", profile)
