@@ -39,7 +39,7 @@ func references(t *testing.T) map[string]string {
 }
 
 // The same WAV through WHIP and through QUIC prints exactly the same
-// transcript, for PCMU and for Opus: WebRTC's transport, RTP sequencing and
+// transcript, for PCMU and Opus (and PCMA on one clip): WebRTC's transport, RTP sequencing and
 // jitter handling add nothing. (How Opus compares with L16 in word error
 // rate is the codec's business: worker.TestOpusAccuracyMatchesL16.)
 func TestWHIPMatchesQUIC(t *testing.T) {
@@ -50,7 +50,11 @@ func TestWHIPMatchesQUIC(t *testing.T) {
 	refs := references(t)
 	var l16, opus wer.Counts
 	for i, clip := range referenceClips(t) {
-		for _, codec := range []string{"pcmu", "opus"} {
+		codecs := []string{"pcmu", "opus"}
+		if i == 0 {
+			codecs = append(codecs, "pcma") // once: the same G.711 path as PCMU
+		}
+		for _, codec := range codecs {
 			quic := run(t, "stream", "--server", a.quic, "--ca", ca, "--token", tok, "--call", fmt.Sprintf("q-%s-%d", codec, i), "--codec", codec, "--speed", "0", "--quiet", clip)
 			whip := run(t, "stream", "--transport", "whip", "--server", a.http, "--token", tok, "--call", fmt.Sprintf("w-%s-%d", codec, i), "--codec", codec, "--speed", "10", "--quiet", clip)
 			if whip != quic {
