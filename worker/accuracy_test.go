@@ -1,9 +1,6 @@
 package worker
 
 import (
-	"bufio"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -23,21 +20,9 @@ const testData = "/usr/share/pocketsphinx/test/data"
 // and the means are compared: they must be within 2 points.
 func TestOpusAccuracyMatchesL16(t *testing.T) {
 	f := factory(t)
-	refs := map[string]string{}
-	for _, set := range []struct{ dir, list string }{{"librivox", "transcription"}, {"cards", "cards.transcription"}} {
-		fh, err := os.Open(filepath.Join(testData, set.dir, set.list))
-		if err != nil {
-			t.Skip("pocketsphinx-testdata not installed")
-		}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			l := sc.Text()
-			i, j := strings.LastIndexByte(l, '('), strings.LastIndexByte(l, ')')
-			if i >= 0 && j > i {
-				refs[filepath.Join(testData, set.dir, l[i+1:j]+".wav")] = strings.NewReplacer("<s>", "", "</s>", "").Replace(l[:i])
-			}
-		}
-		fh.Close()
+	refs, err := wer.ReadReferences(testData)
+	if err != nil {
+		t.Skip("pocketsphinx-testdata not installed")
 	}
 	if len(refs) != 10 {
 		t.Fatalf("want 10 referenced clips, found %d", len(refs))

@@ -280,9 +280,9 @@ func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest
 	if err != nil {
 		return nil, "", err
 	}
-	x := &session{srv: s, id: newID(), call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", ""),
+	id := newID()
+	x := &session{srv: s, id: id, call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", id),
 		opened: time.Now(), done: make(chan struct{})}
-	x.log = s.log.With("call", h.CallID, "whip_session", x.id)
 	for i, mid := range off.mids {
 		x.chans = append(x.chans, &channel{idx: uint8(i), mid: mid, base: wel.NextSeq[i], seq: newSequencer(25, 150*time.Millisecond)})
 	}

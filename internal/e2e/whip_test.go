@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,22 +16,9 @@ import (
 // references maps each referenced clip to its reference transcription.
 func references(t *testing.T) map[string]string {
 	t.Helper()
-	refs := map[string]string{}
-	for _, set := range []struct{ dir, list string }{{"librivox", "transcription"}, {"cards", "cards.transcription"}} {
-		f, err := os.Open(filepath.Join(testData, set.dir, set.list))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			l := sc.Text()
-			i, j := strings.LastIndexByte(l, '('), strings.LastIndexByte(l, ')')
-			if i < 0 || j < i {
-				continue
-			}
-			refs[filepath.Join(testData, set.dir, l[i+1:j]+".wav")] = strings.NewReplacer("<s>", "", "</s>", "").Replace(l[:i])
-		}
-		f.Close()
+	refs, err := wer.ReadReferences(testData)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return refs
 }

@@ -2,7 +2,12 @@
 // a hypothesis and a reference, divided by the reference length.
 package wer
 
-import "strings"
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strings"
+)
 
 // Counts are the edit operations of an alignment.
 type Counts struct {
@@ -61,4 +66,30 @@ func Compare(ref, hyp []string) Counts {
 	}
 	c := prev[m]
 	return Counts{Ref: n, Sub: c.sub, Del: c.del, Ins: c.ins}
+}
+
+// ReadReferences reads pocketsphinx-testdata's referenced clips under dir
+// (librivox/transcription and cards/cards.transcription): each clip's WAV
+// path and its reference text, without <s> markers.
+func ReadReferences(dir string) (map[string]string, error) {
+	refs := map[string]string{}
+	for _, set := range []struct{ sub, list string }{{"librivox", "transcription"}, {"cards", "cards.transcription"}} {
+		f, err := os.Open(filepath.Join(dir, set.sub, set.list))
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			l := sc.Text()
+			i, j := strings.LastIndexByte(l, '('), strings.LastIndexByte(l, ')')
+			if i >= 0 && j > i {
+				refs[filepath.Join(dir, set.sub, l[i+1:j]+".wav")] = strings.NewReplacer("<s>", "", "</s>", "").Replace(l[:i])
+			}
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return refs, nil
 }

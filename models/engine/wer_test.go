@@ -1,8 +1,7 @@
 package engine
 
 import (
-	"bufio"
-	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,22 +13,9 @@ import (
 // clearly worse than measured (a regression guard, not a target).
 func TestAccuracyOnReferencedClips(t *testing.T) {
 	f := factory(t)
-	refs := map[string]string{}
-	for _, set := range []string{"librivox/transcription", "cards/cards.transcription"} {
-		fh, err := os.Open(testData + "/" + set)
-		if err != nil {
-			t.Skip("pocketsphinx-testdata not installed")
-		}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			l := sc.Text()
-			i := strings.LastIndexByte(l, '(')
-			if i < 0 {
-				continue
-			}
-			refs[strings.Split(set, "/")[0]+"/"+strings.Trim(l[i:], "() ")+".wav"] = strings.NewReplacer("<s>", "", "</s>", "").Replace(l[:i])
-		}
-		fh.Close()
+	refs, err := wer.ReadReferences(testData)
+	if err != nil {
+		t.Skip("pocketsphinx-testdata not installed")
 	}
 	in, err := f()
 	if err != nil {
@@ -37,7 +23,8 @@ func TestAccuracyOnReferencedClips(t *testing.T) {
 	}
 	defer in.Close()
 	var tot wer.Counts
-	for name, ref := range refs {
+	for path, ref := range refs {
+		name, _ := filepath.Rel(testData, path)
 		evs, err := Transcribe(in, clip(t, name))
 		if err != nil {
 			t.Fatal(err)
