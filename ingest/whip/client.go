@@ -140,6 +140,8 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	return nil, err
 }
 
+// codecCapability and payloadType describe a codec to pion, the same on
+// both sides of a WHIP session (the answer keeps the offer's payload type).
 func codecCapability(c proto.Codec) webrtc.RTPCodecCapability {
 	switch c {
 	case proto.CodecOpus:

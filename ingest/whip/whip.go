@@ -240,17 +240,7 @@ func defaultLabels(n int) []string { return []string{"caller", "call-taker"}[:n]
 // api builds a pion API that negotiates exactly the call's codec.
 func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
-	var c webrtc.RTPCodecCapability
-	var pt webrtc.PayloadType
-	switch codec {
-	case proto.CodecOpus:
-		c, pt = webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"}, 111
-	case proto.CodecPCMU:
-		c, pt = webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypePCMU, ClockRate: 8000}, 0
-	case proto.CodecPCMA:
-		c, pt = webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypePCMA, ClockRate: 8000}, 8
-	}
-	if err := me.RegisterCodec(webrtc.RTPCodecParameters{RTPCodecCapability: c, PayloadType: pt}, webrtc.RTPCodecTypeAudio); err != nil {
+	if err := me.RegisterCodec(webrtc.RTPCodecParameters{RTPCodecCapability: codecCapability(codec), PayloadType: payloadType(codec)}, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, err
 	}
 	ir := &interceptor.Registry{}
@@ -469,7 +459,7 @@ func (x *session) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 		x.log.Warn("whip: a track on an unexpected section: ignored", "track", t.ID())
 		return
 	}
-	if !strings.EqualFold(t.Codec().MimeType, mimeOf(x.codec)) {
+	if !strings.EqualFold(t.Codec().MimeType, codecCapability(x.codec).MimeType) {
 		x.log.Warn("whip: track with an unexpected codec", "mime", t.Codec().MimeType)
 		return
 	}
@@ -483,16 +473,6 @@ func (x *session) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 	}
 	x.log.Debug("whip track", "channel", ch.idx, "mid", ch.mid, "ssrc", t.SSRC(), "codec", t.Codec().MimeType)
 	go x.read(t, ch)
-}
-
-func mimeOf(c proto.Codec) string {
-	switch c {
-	case proto.CodecOpus:
-		return webrtc.MimeTypeOpus
-	case proto.CodecPCMU:
-		return webrtc.MimeTypePCMU
-	}
-	return webrtc.MimeTypePCMA
 }
 
 // read is a track's loop: RTP → sequencer → durable frames.
