@@ -35,6 +35,8 @@ type LoadConfig struct {
 	Duration   time.Duration
 	// Prefix makes call ids unique across runs.
 	Prefix string
+
+	client *http.Client // for the appliance's HTTP API, made once by Load
 }
 
 // LoadResult is what a load run measured from the consoles' side.
@@ -80,7 +82,7 @@ type ServerFigures struct {
 // from /metrics.
 func (cfg LoadConfig) scrape(ctx context.Context) (cpu, rss float64, err error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/metrics", nil)
-	res, err := httpClient(cfg.RootCAs).Do(req)
+	res, err := cfg.client.Do(req)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -108,7 +110,7 @@ func (cfg LoadConfig) scrape(ctx context.Context) (cpu, rss float64, err error) 
 func (cfg LoadConfig) stats(ctx context.Context) (coordinator.Stats, error) {
 	var st coordinator.Stats
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/stats", nil)
-	res, err := httpClient(cfg.RootCAs).Do(req)
+	res, err := cfg.client.Do(req)
 	if err != nil {
 		return st, err
 	}
@@ -151,6 +153,7 @@ func (cfg LoadConfig) observe(ctx context.Context, t0 time.Time) (*ServerFigures
 // cfg.Duration each, started evenly over the first second.
 func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	res := LoadResult{Transport: cfg.Transport, Calls: cfg.Calls}
+	cfg.client = httpClient(cfg.RootCAs)
 	var run func(ctx context.Context, i int, ack *Recorder) (sent, stored int, finalised bool, err error)
 	switch cfg.Transport {
 	case "quic":
@@ -342,7 +345,7 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, 
 // storedFrames asks the coordinator how many frames of a call are durable.
 func (cfg LoadConfig) storedFrames(ctx context.Context, id proto.CallID) (int, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/calls/"+string(id), nil)
-	res, err := httpClient(cfg.RootCAs).Do(req)
+	res, err := cfg.client.Do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -213,12 +213,9 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 				_ = pprof.StartCPUProfile(prof)
 			}
 		}
-		cmd := exec.CommandContext(ctx, bin, "bench", "load", "--transport", "quic", "--calls", fmt.Sprint(n), "--duration", dur.String(),
+		r, loadErr := benchLoad(ctx, bin, "--transport", "quic", "--calls", fmt.Sprint(n), "--duration", dur.String(),
 			"--server", app.Coordinator.QUICAddr().String(), "--http", "http://"+app.Coordinator.HTTPAddr().String(), "--ca", filepath.Join(p, "ca.pem"),
-			"--token", app.Token, "--json", "--prefix", fmt.Sprintf("cap%d", n))
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		runErr := cmd.Run()
+			"--token", app.Token, "--prefix", fmt.Sprintf("cap%d", n))
 		if prof != nil {
 			pprof.StopCPUProfile()
 			prof.Close()
@@ -228,9 +225,11 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 			}
 		}
 		app.Stop()
-		var r bench.LoadResult
-		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || r.Server == nil {
-			return fmt.Errorf("bench load %d: %v (%v): %s %s", n, err, runErr, stdout.String(), stderr.String())
+		if loadErr == nil && r.Server == nil {
+			loadErr = fmt.Errorf("no appliance figures: %v", r.Errors)
+		}
+		if loadErr != nil {
+			return fmt.Errorf("bench load %d calls: %w", n, loadErr)
 		}
 		s := r.Server
 		log("capacity %d calls: lost %d ack p99 %s to worker p99 %.2f cpu %.0f%%", n, r.Lost, bench.MS(r.Ack.P99), s.ToWorker.P99MS, s.CPUTotal)
@@ -293,6 +292,21 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	return nil
 }
 
+// benchLoad runs the load generator (`bin bench load ARGS --json`) and
+// decodes its result (a run that lost frames decodes too: its result says
+// how many).
+func benchLoad(ctx context.Context, bin string, args ...string) (bench.LoadResult, error) {
+	var r bench.LoadResult
+	cmd := exec.CommandContext(ctx, bin, append(append([]string{"bench", "load"}, args...), "--json")...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		return r, fmt.Errorf("%v (%v): %s %s", err, runErr, stdout.String(), stderr.String())
+	}
+	return r, nil
+}
+
 // whipSection measures WebRTC (WHIP) ingest: the coordinator's CPU per
 // stream and the most concurrent calls it carries with ack p99 under 20 ms.
 func whipSection(ctx context.Context, w, log func(string, ...any), dir, bin string, dur time.Duration) error {
@@ -308,17 +322,13 @@ func whipSection(ctx context.Context, w, log func(string, ...any), dir, bin stri
 			return err
 		}
 		c0, t0 := cpuTime(), time.Now()
-		cmd := exec.CommandContext(ctx, bin, "bench", "load", "--transport", "whip", "--calls", fmt.Sprint(n), "--duration", dur.String(),
-			"--http", "http://"+app.Coordinator.HTTPAddr().String(), "--token", app.Token, "--json", "--prefix", fmt.Sprintf("whip%d", n))
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		runErr := cmd.Run()
+		r, loadErr := benchLoad(ctx, bin, "--transport", "whip", "--calls", fmt.Sprint(n), "--duration", dur.String(),
+			"--http", "http://"+app.Coordinator.HTTPAddr().String(), "--token", app.Token, "--prefix", fmt.Sprintf("whip%d", n))
 		cpu, wall := cpuTime()-c0, time.Since(t0)
 		st := app.Coordinator.Stats()
 		app.Stop()
-		var r bench.LoadResult
-		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
-			return fmt.Errorf("bench load: %v (%v): %s", err, runErr, stderr.String())
+		if loadErr != nil {
+			return fmt.Errorf("bench load %d WHIP calls: %w", n, loadErr)
 		}
 		perStream := 100 * cpu.Seconds() / wall.Seconds() / float64(n)
 		total := 100 * cpu.Seconds() / wall.Seconds()
