@@ -65,6 +65,7 @@ type Agent struct {
 	host    *host.Sampler
 	sup     *supervisor.Supervisor
 	kick    chan struct{}
+	cpuOnly string // why NVML is not used ("" when it is)
 }
 
 // New prepares an agent. Without an NVIDIA driver it runs CPU-only and says
@@ -82,8 +83,10 @@ func New(cfg Config) (*Agent, error) {
 		g, err := gpu.New(nil)
 		switch {
 		case errors.Is(err, gpu.ErrNoDriver):
+			a.cpuOnly = err.Error()
 			a.log.Info("no NVIDIA driver found: running CPU-only", "detail", err)
 		case err != nil:
+			a.cpuOnly = err.Error()
 			a.log.Warn("NVML unavailable: running CPU-only", "err", err)
 		default:
 			a.gpus = g
@@ -98,6 +101,35 @@ func New(cfg Config) (*Agent, error) {
 		a.gpuList() // check compliance now, and say so
 	}
 	return a, nil
+}
+
+// Probe is one reading of what this node offers: what the agent would
+// report to the coordinator, without connecting to it.
+type Probe struct {
+	Node proto.NodeID `json:"node"`
+	// Driver is the NVIDIA driver version; empty when CPU-only.
+	Driver string `json:"driver,omitempty"`
+	// CPUOnly says why no GPU is used ("" when NVML answered).
+	CPUOnly string      `json:"cpu_only,omitempty"`
+	Profile string      `json:"profile,omitempty"`
+	GPUs    []proto.GPU `json:"gpus"`
+	Host    proto.Host  `json:"host"`
+}
+
+// Probe reads the GPUs (checked against the node profile, if any) and the
+// host load once.
+func (a *Agent) Probe(ctx context.Context) Probe {
+	p := Probe{Node: a.cfg.NodeID, CPUOnly: a.cpuOnly, GPUs: a.gpuList(), Host: a.host.Sample(ctx)}
+	if p.GPUs == nil {
+		p.GPUs = []proto.GPU{}
+	}
+	if a.gpus != nil {
+		p.Driver = a.gpus.Driver()
+	}
+	if a.cfg.Profile != nil {
+		p.Profile = a.cfg.Profile.Class
+	}
+	return p
 }
 
 // Supervisor exposes the worker supervisor (tests use it to find PIDs).

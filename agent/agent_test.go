@@ -81,3 +81,22 @@ func TestApplySetsWhatNVMLCan(t *testing.T) {
 		t.Fatalf("apply not reported:\n%s", logs.String())
 	}
 }
+
+func TestProbeReadsGPUsAndHost(t *testing.T) {
+	a, _ := simAgent(t, "h100-sxm", false, nil)
+	p := a.Probe(t.Context())
+	if p.Node != "n1" || p.Profile != "h100-sxm" || p.CPUOnly != "" {
+		t.Fatalf("probe header: %+v", p)
+	}
+	if p.Driver == "" || len(p.GPUs) != 8 {
+		t.Fatalf("driver %q, %d GPUs", p.Driver, len(p.GPUs))
+	}
+	for _, g := range p.GPUs {
+		if g.MemTotalMB == 0 || g.TempC == nil || g.Excluded == "" {
+			t.Fatalf("GPU reading incomplete or A100 not excluded under the H100 profile: %+v", g)
+		}
+	}
+	if p.Host.CPUs == 0 || p.Host.MemTotalMB == 0 || p.Host.DiskTotalMB == 0 {
+		t.Fatalf("host not read: %+v", p.Host)
+	}
+}

@@ -212,23 +212,26 @@ func (e *Error) Retryable() bool {
 // GPU is one GPU as an agent reports it. Optional readings are nil when the
 // device could not provide them.
 type GPU struct {
-	Index       int      `json:"index"`
-	UUID        string   `json:"uuid"`
-	Name        string   `json:"name"`
-	MemTotalMB  uint64   `json:"mem_total_mb"`
-	MemUsedMB   uint64   `json:"mem_used_mb"`
-	MemFreeMB   uint64   `json:"mem_free_mb"`
-	UtilPct     *uint32  `json:"util_pct,omitempty"`
-	TempC       *uint32  `json:"temp_c,omitempty"`
-	PowerW      *float64 `json:"power_w,omitempty"`
-	Healthy     bool     `json:"healthy"`
-	Unhealthy   string   `json:"unhealthy,omitempty"`
-	DriverVer   string   `json:"driver,omitempty"`
-	Persistence *bool    `json:"persistence,omitempty"`
-	VBIOS       string   `json:"vbios,omitempty"`
-	ECC         *bool    `json:"ecc,omitempty"`
-	MIG         *bool    `json:"mig,omitempty"`
-	PowerLimitW *float64 `json:"power_limit_w,omitempty"`
+	Index      int    `json:"index"`
+	UUID       string `json:"uuid"`
+	Name       string `json:"name"`
+	MemTotalMB uint64 `json:"mem_total_mb"`
+	MemUsedMB  uint64 `json:"mem_used_mb"`
+	// MemReservedMB is what the driver holds back (not in used or free);
+	// 0 where NVML reports only version 1 memory figures.
+	MemReservedMB uint64   `json:"mem_reserved_mb,omitempty"`
+	MemFreeMB     uint64   `json:"mem_free_mb"`
+	UtilPct       *uint32  `json:"util_pct,omitempty"`
+	TempC         *uint32  `json:"temp_c,omitempty"`
+	PowerW        *float64 `json:"power_w,omitempty"`
+	Healthy       bool     `json:"healthy"`
+	Unhealthy     string   `json:"unhealthy,omitempty"`
+	DriverVer     string   `json:"driver,omitempty"`
+	Persistence   *bool    `json:"persistence,omitempty"`
+	VBIOS         string   `json:"vbios,omitempty"`
+	ECC           *bool    `json:"ecc,omitempty"`
+	MIG           *bool    `json:"mig,omitempty"`
+	PowerLimitW   *float64 `json:"power_limit_w,omitempty"`
 	// Excluded is why the GPU breaks its node-class profile (it is then
 	// not used for placement); "" when it complies or no profile is set.
 	Excluded string `json:"excluded,omitempty"`

@@ -103,7 +103,12 @@ func (n *NVML) read(i int, d nvml.Device) proto.GPU {
 	if s, ret := d.GetName(); ret == nvml.SUCCESS {
 		g.Name = s
 	}
-	if m, ret := d.GetMemoryInfo(); ret == nvml.SUCCESS {
+	// Version 2 splits the driver's reservation out of "used", as
+	// nvidia-smi does (an idle H100 80GB: 0 MB used, ~480 MB reserved);
+	// version 1 counts it as used.
+	if m, ret := d.GetMemoryInfo_v2(); ret == nvml.SUCCESS {
+		g.MemTotalMB, g.MemReservedMB, g.MemUsedMB, g.MemFreeMB = m.Total>>20, m.Reserved>>20, m.Used>>20, m.Free>>20
+	} else if m, ret := d.GetMemoryInfo(); ret == nvml.SUCCESS {
 		g.MemTotalMB, g.MemUsedMB, g.MemFreeMB = m.Total>>20, m.Used>>20, m.Free>>20
 	} else if ret != nvml.ERROR_NOT_SUPPORTED {
 		problems = append(problems, fmt.Sprintf("memory: %v", ret))

@@ -1,8 +1,12 @@
 package gpu
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
@@ -104,7 +108,7 @@ func TestSimReadingsReachTheCollector(t *testing.T) {
 	}
 	devs, _ := n.Devices()
 	g := devs[2]
-	if *g.UtilPct != 55 || *g.TempC != 71 || g.MemUsedMB != 10<<10 || g.MemFreeMB != g.MemTotalMB-10<<10 {
+	if *g.UtilPct != 55 || *g.TempC != 71 || g.MemUsedMB != 10<<10 || g.MemReservedMB != 512 || g.MemFreeMB != g.MemTotalMB-g.MemReservedMB-10<<10 {
 		t.Fatalf("readings not passed through: %+v", g)
 	}
 	if _, err := NewSim("nope"); err == nil {
@@ -115,6 +119,9 @@ func TestSimReadingsReachTheCollector(t *testing.T) {
 // unsupported fills the optional readings a partial fake leaves nil with
 // ERROR_NOT_SUPPORTED, as a device without the feature answers.
 func unsupported(d *mock.Device) *mock.Device {
+	if d.GetMemoryInfo_v2Func == nil { // an older driver: version 1 figures only
+		d.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) { return nvml.Memory_v2{}, nvml.ERROR_FUNCTION_NOT_FOUND }
+	}
 	if d.GetVbiosVersionFunc == nil {
 		d.GetVbiosVersionFunc = func() (string, nvml.Return) { return "", nvml.ERROR_NOT_SUPPORTED }
 	}
@@ -149,4 +156,70 @@ func TestApplyOnSimulatedServer(t *testing.T) {
 	if rep := n.Apply("GPU-none", Settings{}); len(rep) != 1 {
 		t.Fatalf("unknown GPU: %q", rep)
 	}
+}
+
+// TestSystemNVML reads the real driver where there is one (a GPU server);
+// elsewhere it is skipped, since New must then report ErrNoDriver.
+func TestSystemNVML(t *testing.T) {
+	n, err := New(nil)
+	if errors.Is(err, ErrNoDriver) {
+		t.Skip("no NVIDIA driver on this machine:", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Driver() == "" || len(devs) == 0 {
+		t.Fatalf("driver %q with %d GPUs", n.Driver(), len(devs))
+	}
+	for _, d := range devs {
+		if d.UUID == "" || d.Name == "" || d.MemTotalMB == 0 || d.TempC == nil || *d.TempC > 120 || !d.Healthy {
+			t.Errorf("implausible reading: %+v", d)
+		}
+		if sum := d.MemUsedMB + d.MemReservedMB + d.MemFreeMB; sum+2 < d.MemTotalMB || sum > d.MemTotalMB+2 {
+			t.Errorf("used %d + reserved %d + free %d MB is not the total %d MB", d.MemUsedMB, d.MemReservedMB, d.MemFreeMB, d.MemTotalMB)
+		}
+		t.Logf("GPU %d %s %s: %d/%d MB used (%d reserved), util %v%%, %v °C, %v W (limit %v W), healthy %v", d.Index, d.Name, d.UUID, d.MemUsedMB, d.MemTotalMB, d.MemReservedMB, deref(d.UtilPct), deref(d.TempC), deref(d.PowerW), deref(d.PowerLimitW), d.Healthy)
+	}
+}
+
+// TestSystemNVMLHealthEvents runs the health watcher against the real
+// driver for a second: it must register for events (or say it cannot) and
+// leave healthy GPUs healthy.
+func TestSystemNVMLHealthEvents(t *testing.T) {
+	n, err := New(nil)
+	if errors.Is(err, ErrNoDriver) {
+		t.Skip("no NVIDIA driver on this machine:", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var logs bytes.Buffer
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if err := n.WatchHealth(ctx, HealthConfig{Wait: 100 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("health watcher log: %q", logs.String())
+	devs, err := n.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devs {
+		if !d.Healthy {
+			t.Errorf("GPU %s unhealthy after a quiet second: %s", d.UUID, d.Unhealthy)
+		}
+	}
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return "n/a"
+	}
+	return *p
 }

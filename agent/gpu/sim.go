@@ -51,6 +51,12 @@ func (s *Sim) fill(i int, d *mock.Device) {
 		defer s.mu.Unlock()
 		return nvml.Memory{Total: total, Used: s.used[i], Free: total - s.used[i]}, nvml.SUCCESS
 	}
+	const reserved = 512 << 20 // what a driver holds back on an A100
+	d.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return nvml.Memory_v2{Total: total, Reserved: reserved, Used: s.used[i], Free: total - reserved - s.used[i]}, nvml.SUCCESS
+	}
 	d.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
 		s.mu.Lock()
 		defer s.mu.Unlock()

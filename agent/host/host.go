@@ -6,6 +6,7 @@ package host
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/callscribe/callscribe/proto"
@@ -47,8 +48,16 @@ func (s *Sampler) Sample(ctx context.Context) proto.Host {
 	if m, err := mem.VirtualMemoryWithContext(ctx); err == nil {
 		h.MemTotalMB, h.MemAvailMB = m.Total>>20, m.Available>>20
 	}
-	if d, err := disk.UsageWithContext(ctx, s.diskPath); err == nil {
-		h.DiskTotalMB, h.DiskFreeMB = d.Total>>20, d.Free>>20
+	// The state directory may not exist yet: report the filesystem it
+	// will be created on.
+	for p := s.diskPath; ; p = filepath.Dir(p) {
+		if d, err := disk.UsageWithContext(ctx, p); err == nil {
+			h.DiskTotalMB, h.DiskFreeMB = d.Total>>20, d.Free>>20
+			break
+		}
+		if p == filepath.Dir(p) {
+			break
+		}
 	}
 	return h
 }

@@ -12,3 +12,10 @@ func TestSampleReadsThisMachine(t *testing.T) {
 		t.Fatalf("implausible readings: %+v", h)
 	}
 }
+
+func TestSampleReportsTheFilesystemOfAStateDirNotYetCreated(t *testing.T) {
+	h := New(t.TempDir() + "/not/yet/there").Sample(context.Background())
+	if h.DiskTotalMB == 0 {
+		t.Fatalf("no disk reading for a state directory still to be created: %+v", h)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -90,12 +91,13 @@ func defaultAgentConfig() *agentConfig {
 }
 
 // cmdAgent runs a node agent.
-func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
+func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	ac := defaultAgentConfig()
 	config.Bind(fs, ac)
 	file := fs.String("config", "/etc/callscribe/agent.toml", "configuration file (drop-ins in FILE.d/)")
+	probe := fs.Bool("probe", false, "read the GPUs (NVML) and host load once, print them as JSON and exit; needs no coordinator")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -109,12 +111,14 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	for _, line := range config.Effective(ac, src) {
 		log.Info("config", "effective", line)
 	}
-	tok, err := nodeToken(ac.TokenFile)
-	if err != nil {
-		return err
+	var tok string
+	if !*probe {
+		if tok, err = nodeToken(ac.TokenFile); err != nil {
+			return err
+		}
 	}
 	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinator: ac.Coordinator, CAFile: ac.CA, CertFile: ac.Cert, KeyFile: ac.Key, ServerName: ac.ServerName, Token: tok,
-		ModelDir: ac.Models, StateDir: ac.State, Apply: ac.Apply, IgnoredXIDs: ac.IgnoreXIDs, Logger: log}
+		ModelDir: ac.Models, StateDir: ac.State, Apply: ac.Apply && !*probe, IgnoredXIDs: ac.IgnoreXIDs, Logger: log}
 	if cfg.IgnoredXIDs == nil {
 		cfg.IgnoredXIDs = []uint64{} // an empty list ignores none
 	}
@@ -138,6 +142,11 @@ func cmdAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
+	}
+	if *probe {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(a.Probe(ctx))
 	}
 	go watchdog(ctx, func(context.Context) error { return nil })
 	_ = sdnotify.Ready("agent " + ac.Node + " running")
