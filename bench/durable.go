@@ -29,6 +29,8 @@ type Result struct {
 	Latency Summary
 	Frames  int
 	Errors  int
+	// Latencies are every ack latency, in no order (to pool runs).
+	Latencies []time.Duration
 }
 
 // Run drives the workload against sink; calls start spread over one
@@ -66,7 +68,7 @@ func (w Workload) Run(ctx context.Context, sink Sink) Result {
 	}
 	wg.Wait()
 	s := rec.Summary()
-	return Result{Latency: s, Frames: s.N, Errors: errs}
+	return Result{Latency: s, Frames: s.N, Errors: errs, Latencies: rec.d}
 }
 
 // MaxThroughput pushes frames from many writers as fast as acks allow for d
@@ -96,9 +98,41 @@ func MaxThroughput(ctx context.Context, sink Sink, writers, frameSize int, d tim
 	return float64(total) / d.Seconds()
 }
 
-// BadgerSink is callscribe's segment store exactly as the coordinator uses it.
-func BadgerSink(dir string) (Sink, func(), error) {
-	st, err := store.Open(dir, store.Options{})
+// Commits records a store's group commits: how long each took (its writes
+// and syncs) and how many writes it carried. An ack waits for the commit in
+// progress, then for its own, so these explain the ack latency.
+type Commits struct {
+	Recorder
+	mu     sync.Mutex
+	writes int
+}
+
+// add records one commit; a nil *Commits records nothing.
+func (c *Commits) add(writes int, took time.Duration) {
+	if c == nil {
+		return
+	}
+	c.Add(took)
+	c.mu.Lock()
+	c.writes += writes
+	c.mu.Unlock()
+}
+
+// PerCommit is the mean number of writes one commit carried.
+func (c *Commits) PerCommit() float64 {
+	n := c.Summary().N
+	if n == 0 {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return float64(c.writes) / float64(n)
+}
+
+// BadgerSink is callscribe's segment store exactly as the coordinator uses
+// it. Commits, if not nil, records its group commits.
+func BadgerSink(dir string, commits *Commits) (Sink, func(), error) {
+	st, err := store.Open(dir, store.Options{OnCommit: func(writes, _ int, took time.Duration) { commits.add(writes, took) }})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,8 +142,9 @@ func BadgerSink(dir string) (Sink, func(), error) {
 }
 
 // FloorSink is the disk's floor: one append-only file, group commit (one
-// goroutine writes whatever is pending, then one fdatasync).
-func FloorSink(dir string) (Sink, func(), error) {
+// goroutine writes whatever is pending, then one fdatasync). Commits, if not
+// nil, records its group commits.
+func FloorSink(dir string, commits *Commits) (Sink, func(), error) {
 	f, err := os.OpenFile(filepath.Join(dir, "floor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, err
@@ -142,10 +177,12 @@ func FloorSink(dir string) (Sink, func(), error) {
 			for _, r := range batch {
 				buf = append(buf, r.b...)
 			}
+			t0 := time.Now()
 			_, err := f.Write(buf)
 			if err == nil {
 				err = syscall.Fdatasync(int(f.Fd()))
 			}
+			commits.add(len(batch), time.Since(t0))
 			for _, r := range batch {
 				r.done <- err
 			}

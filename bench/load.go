@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +39,12 @@ type LoadConfig struct {
 	Duration   time.Duration
 	// Prefix makes call ids unique across runs.
 	Prefix string
+	// Audio is 16 kHz mono PCM every console loops, each call from its own
+	// offset (nil: noise, enough for the fake engine).
+	Audio []int16
+	// TreePID, when not 0, is the appliance's top process: the CPU of it
+	// and every process under it (agent, workers) is measured too.
+	TreePID int
 
 	client *http.Client // for the appliance's HTTP API, made once by Load
 }
@@ -52,10 +62,14 @@ type LoadResult struct {
 	Lost   int `json:"lost"`
 	// Ack is sent → durable ack at the console (QUIC only; WebRTC has no
 	// acks: the coordinator's own figures stand for it).
-	Ack       Summary       `json:"ack"`
-	Finalised int           `json:"finalised"`
-	Errors    []string      `json:"errors,omitempty"`
-	Elapsed   time.Duration `json:"elapsed"`
+	Ack       Summary `json:"ack"`
+	Finalised int     `json:"finalised"`
+	// EndToFinal is, per finalised call, from the console's last frame
+	// to the call finalised at the console: how far decoding lags behind
+	// the audio (it grows with the run when the engine cannot keep up).
+	EndToFinal Summary       `json:"end_to_final"`
+	Errors     []string      `json:"errors,omitempty"`
+	Elapsed    time.Duration `json:"elapsed"`
 	// Server is what the appliance itself reported (its /metrics and
 	// /v1/stats), when it could be read.
 	Server *ServerFigures `json:"server,omitempty"`
@@ -71,6 +85,10 @@ type ServerFigures struct {
 	// call from before the run to the steady state.
 	RSSPerCall float64 `json:"rss_per_call_bytes"`
 	RSS        float64 `json:"rss_bytes"`
+	// ApplianceCPU* are the same for every process of the appliance
+	// (coordinator, agent, workers) when LoadConfig.TreePID is set.
+	ApplianceCPUTotal     float64 `json:"appliance_cpu_total_pct,omitempty"`
+	ApplianceCPUPerStream float64 `json:"appliance_cpu_per_stream_pct,omitempty"`
 	// The system-added latencies (coordinator windows of the last 8,192
 	// events): ack (received → durable), frame → worker, final → console.
 	Ack       coordinator.Quantiles `json:"ack"`
@@ -134,42 +152,109 @@ func (cfg LoadConfig) observe(ctx context.Context, t0 time.Time) (*ServerFigures
 	if err != nil {
 		return nil, err
 	}
+	treeA, treeErr := treeCPU(cfg.TreePID)
 	time.Sleep(time.Until(to))
 	cpuB, _, err := cfg.scrape(ctx)
 	if err != nil {
 		return nil, err
 	}
+	treeB, treeErrB := treeCPU(cfg.TreePID)
 	st, err := cfg.stats(ctx)
 	if err != nil {
 		return nil, err
 	}
-	n := float64(cfg.Calls)
-	total := 100 * (cpuB - cpuA) / to.Sub(from).Seconds()
-	return &ServerFigures{CPUTotal: total, CPUPerStream: total / n, RSS: rssA, RSSPerCall: (rssA - rss0) / n,
-		Ack: st.Ack, ToWorker: st.ToWorker, ToConsole: st.ToConsole}, nil
+	n, secs := float64(cfg.Calls), to.Sub(from).Seconds()
+	total := 100 * (cpuB - cpuA) / secs
+	f := &ServerFigures{CPUTotal: total, CPUPerStream: total / n, RSS: rssA, RSSPerCall: (rssA - rss0) / n,
+		Ack: st.Ack, ToWorker: st.ToWorker, ToConsole: st.ToConsole}
+	if cfg.TreePID != 0 {
+		if err := errors.Join(treeErr, treeErrB); err != nil {
+			return f, err
+		}
+		f.ApplianceCPUTotal = 100 * (treeB - treeA) / secs
+		f.ApplianceCPUPerStream = f.ApplianceCPUTotal / n
+	}
+	return f, nil
 }
+
+// treeCPU is the CPU seconds used by process pid and every process under
+// it, read from /proc (0 and no error for pid 0).
+func treeCPU(pid int) (float64, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	type proc struct {
+		ppid int
+		cpu  float64
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	procs := map[int]proc{}
+	for _, e := range ents {
+		id, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone since the listing
+		}
+		// pid (comm) state ppid … utime stime cutime cstime: fields 4,
+		// 14-17; comm may hold spaces and parentheses.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		var ticks float64
+		for _, k := range f[11:15] {
+			v, _ := strconv.ParseFloat(k, 64)
+			ticks += v
+		}
+		procs[id] = proc{ppid: ppid, cpu: ticks / clockTicks}
+	}
+	if _, ok := procs[pid]; !ok {
+		return 0, fmt.Errorf("bench: process %d not found", pid)
+	}
+	total := 0.0
+	for id, p := range procs {
+		for a, hops := id, 0; a > 0 && hops < 64; a, hops = procs[a].ppid, hops+1 {
+			if a == pid {
+				total += p.cpu
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture Debian ships.
+const clockTicks = 100
 
 // Load drives cfg.Calls simulated consoles at real-time pace for
 // cfg.Duration each, started evenly over the first second.
 func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	res := LoadResult{Transport: cfg.Transport, Calls: cfg.Calls}
 	cfg.client = httpClient(cfg.RootCAs)
-	var run func(ctx context.Context, i int, ack *Recorder) (sent, stored int, finalised bool, err error)
+	var run func(ctx context.Context, i int, rec *recorders) (sent, stored int, finalised bool, err error)
 	switch cfg.Transport {
 	case "quic":
 		run = cfg.quicCall
 	case "whip":
-		pkts, err := opusPackets()
+		pkts, err := opusPackets(cfg.Audio)
 		if err != nil {
 			return res, err
 		}
-		run = func(ctx context.Context, i int, _ *Recorder) (int, int, bool, error) {
-			return cfg.whipCall(ctx, i, pkts)
+		run = func(ctx context.Context, i int, rec *recorders) (int, int, bool, error) {
+			return cfg.whipCall(ctx, i, pkts, rec)
 		}
 	default:
 		return res, fmt.Errorf("bench: transport %q (quic or whip)", cfg.Transport)
 	}
-	var ack Recorder
+	var rec recorders
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	t0 := time.Now()
@@ -192,7 +277,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 			case <-ctx.Done():
 				return
 			}
-			sent, stored, fin, err := run(ctx, i, &ack)
+			sent, stored, fin, err := run(ctx, i, &rec)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Sent += sent
@@ -212,13 +297,33 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	res.Server = <-obs
 	res.Elapsed = time.Since(t0)
 	res.Lost = res.Sent - res.Stored
-	res.Ack = ack.Summary()
+	res.Ack, res.EndToFinal = rec.ack.Summary(), rec.endToFinal.Summary()
 	return res, nil
+}
+
+// recorders are the latencies a load run records at the consoles.
+type recorders struct{ ack, endToFinal Recorder }
+
+// frame returns call i's payload for its frame k of n samples: its own
+// stretch of cfg.Audio (calls start 7.3 s apart in it), or noise.
+func (cfg LoadConfig) frame(i, k, n int) []byte {
+	b := make([]byte, 2*n)
+	if len(cfg.Audio) == 0 {
+		for j := range b {
+			b[j] = byte(rand.IntN(256))
+		}
+		return b
+	}
+	off := i*116800 + k*n
+	for j := range n {
+		binary.LittleEndian.PutUint16(b[2*j:], uint16(cfg.Audio[(off+j)%len(cfg.Audio)]))
+	}
+	return b
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func (cfg LoadConfig) quicCall(ctx context.Context, i int, ack *Recorder) (int, int, bool, error) {
+func (cfg LoadConfig) quicCall(ctx context.Context, i int, rec *recorders) (int, int, bool, error) {
 	frames := int(cfg.Duration / (100 * time.Millisecond))
 	var smu sync.Mutex
 	sent := make([]time.Time, frames)
@@ -232,7 +337,7 @@ func (cfg LoadConfig) quicCall(ctx context.Context, i int, ack *Recorder) (int, 
 			defer smu.Unlock()
 			for ; acked < next && int(acked) < len(sent); acked++ {
 				if acked >= warmupFrames {
-					ack.Add(now.Sub(sent[acked]))
+					rec.ack.Add(now.Sub(sent[acked]))
 				}
 			}
 		}})
@@ -242,10 +347,17 @@ func (cfg LoadConfig) quicCall(ctx context.Context, i int, ack *Recorder) (int, 
 		for range call.Events() {
 		}
 	}()
-	payload := noise(3200)
+	var noisy []byte
+	if len(cfg.Audio) == 0 {
+		noisy = cfg.frame(i, 0, 1600) // the fake engine ignores content: one frame will do
+	}
 	start := time.Now()
 	n := 0
 	for seq := range frames {
+		payload := noisy
+		if payload == nil {
+			payload = cfg.frame(i, seq, 1600)
+		}
 		time.Sleep(time.Until(start.Add(time.Duration(seq) * 100 * time.Millisecond)))
 		smu.Lock()
 		sent[seq] = time.Now()
@@ -255,44 +367,45 @@ func (cfg LoadConfig) quicCall(ctx context.Context, i int, ack *Recorder) (int, 
 		}
 		n++
 	}
+	end := time.Now()
 	call.End()
 	err := <-done
+	if err == nil {
+		rec.endToFinal.Add(time.Since(end))
+	}
 	return n, int(call.Acked()[0]), err == nil, err
 }
 
-// opusPackets encodes one second of speech-like noise as 20 ms Opus packets,
-// looped by every WebRTC console (encoding is the console's cost, not the
-// system's).
-func opusPackets() ([][]byte, error) {
+// opusPackets encodes pcm (16 kHz), or one second of noise when there is
+// none, as 20 ms Opus packets, which every WebRTC console loops (encoding
+// once is the consoles' cost, not the system's).
+func opusPackets(pcm []int16) ([][]byte, error) {
+	if len(pcm) == 0 {
+		pcm = make([]int16, 16000)
+		for i := range pcm {
+			pcm[i] = int16(rand.IntN(4000) - 2000)
+		}
+	}
 	e, err := opus.NewEncoder(16000, 32000)
 	if err != nil {
 		return nil, err
 	}
 	defer e.Close()
 	var out [][]byte
-	for range 50 {
-		pcm := make([]int16, 320)
-		for i := range pcm {
-			pcm[i] = int16(rand.IntN(4000) - 2000)
-		}
-		p, err := e.Encode(pcm)
+	for k := 0; k+320 <= len(pcm); k += 320 {
+		p, err := e.Encode(pcm[k : k+320])
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, p)
 	}
+	if len(out) == 0 {
+		return nil, errors.New("bench: audio shorter than one 20 ms packet")
+	}
 	return out, nil
 }
 
-func noise(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rand.IntN(256))
-	}
-	return b
-}
-
-func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, int, bool, error) {
+func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte, rec *recorders) (int, int, bool, error) {
 	id := proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i))
 	var cl *whip.Client
 	var err error
@@ -309,9 +422,11 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, 
 	}
 	defer cl.Close(context.Background())
 	finalised := make(chan struct{})
+	var finalAt time.Time
 	go func() {
 		for ev := range cl.Events() {
 			if ev.Finalised != nil {
+				finalAt = time.Now()
 				close(finalised)
 				for range cl.Events() {
 				}
@@ -324,11 +439,12 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, 
 	sent := 0
 	for k := range n {
 		time.Sleep(time.Until(start.Add(time.Duration(k) * 20 * time.Millisecond)))
-		if err := cl.Send(0, pkts[k%len(pkts)], 960); err != nil {
+		if err := cl.Send(0, pkts[(k+i*365)%len(pkts)], 960); err != nil {
 			break
 		}
 		sent++
 	}
+	end := time.Now()
 	if err := cl.End(); err != nil {
 		return sent, 0, false, err
 	}
@@ -336,6 +452,7 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte) (int, 
 	select {
 	case <-finalised:
 		fin = true
+		rec.endToFinal.Add(finalAt.Sub(end))
 	case <-time.After(20 * time.Second):
 	}
 	stored, err := cfg.storedFrames(ctx, id)

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -392,6 +393,13 @@ func TestMetricsEndpoint(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	var writes float64
+	for _, l := range strings.Split(body, "\n") {
+		fmt.Sscanf(l, "callscribe_store_commit_writes_sum %g", &writes)
+	}
+	if writes < 4 || !strings.Contains(body, "callscribe_store_commit_seconds_count ") {
+		t.Errorf("store commits not accounted: %g writes (want ≥ 4 frames)", writes)
 	}
 }
 

@@ -157,12 +157,13 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		cfg.Models = cat
 	}
-	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store")})
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1)}
+	c.metrics.p = newProm(c)
+	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit})
 	if err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger, store: st, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1)}
-	c.metrics.p = newProm(c)
+	c.store = st
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	toks := append([]string(nil), cfg.ConsoleTokens...)
 	c.consoleTokens.Store(&toks)

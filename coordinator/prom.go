@@ -25,6 +25,14 @@ type prom struct {
 	toWorker      prometheus.Histogram
 	toConsole     prometheus.Histogram
 	resume        prometheus.Histogram
+	commitTime    prometheus.Histogram
+	commitWrites  prometheus.Histogram
+}
+
+// commit observes one group commit of the store (store.Options.OnCommit).
+func (p *prom) commit(writes, _ int, took time.Duration) {
+	p.commitTime.Observe(took.Seconds())
+	p.commitWrites.Observe(float64(writes))
 }
 
 func newProm(c *Coordinator) *prom {
@@ -51,9 +59,13 @@ func newProm(c *Coordinator) *prom {
 		toWorker:  lat("frame_to_worker_seconds", "Frame received to written to its worker."),
 		toConsole: lat("final_to_console_seconds", "Worker final received to persisted and queued to the console."),
 		resume:    lat("resume_seconds", "Channel lost its worker to assigned to another."),
+		commitTime: lat("store_commit_seconds", "One group commit of the store: Badger's value-log and WAL writes and their syncs. "+
+			"Ack latency is the wait for the commit in progress plus its own."),
+		commitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "callscribe", Name: "store_commit_writes",
+			Help: "Writes (frame batches, finals, call records) carried by one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 	}
 	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.framesConceal, p.failovers, p.placements, p.finals,
-		p.ack, p.toWorker, p.toConsole, p.resume, &stateCollector{c: c},
+		p.ack, p.toWorker, p.toConsole, p.resume, p.commitTime, p.commitWrites, &stateCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }

@@ -12,10 +12,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
 )
 
@@ -43,10 +45,23 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
 	prefix := fs.String("prefix", fmt.Sprintf("load-%d", time.Now().Unix()), "call id prefix")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	audioFile := fs.String("audio", "", "16 kHz WAV every console loops (its first channel), each call from its own offset; default noise (enough for the fake engine, not for the real one)")
 	engine := fs.String("engine", "", "start a local appliance first and drive it: fake (instant engine: the system's own cost) or real (PocketSphinx workers: capacity); empty drives the appliance at --server/--http")
 	if err := fs.Parse(args[1:]); err != nil {
 		return errUsage
 	}
+	var pcm []int16
+	if *audioFile != "" {
+		w, err := audio.ReadWAVFile(*audioFile)
+		if err != nil {
+			return err
+		}
+		if w.Rate != 16000 {
+			return fmt.Errorf("bench load: %s is %d Hz; the consoles send 16 kHz", *audioFile, w.Rate)
+		}
+		pcm = w.Channel(0)
+	}
+	treePID := 0
 	if *engine != "" {
 		app, err := startLocalAppliance(ctx, *engine, *calls, stderr)
 		if err != nil {
@@ -54,6 +69,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer app.stop()
 		*quicAddr, *httpURL, *caFile, *token = app.quic, "http://"+app.http, filepath.Join(app.dir, pki.CAFile), app.token
+		treePID = app.cmd.Process.Pid
 	}
 	if *token == "" || *calls < 1 || (*transport == "quic" && *caFile == "") {
 		fmt.Fprintln(stderr, "usage: callscribe bench load --transport quic|whip --calls N --duration D --token T [--ca FILE] [--server ADDR] [--http URL]")
@@ -67,7 +83,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	res, err := bench.Load(ctx, bench.LoadConfig{Transport: *transport, QUIC: *quicAddr, HTTP: *httpURL, RootCAs: pool, ServerName: *serverName,
-		Token: *token, Calls: *calls, Duration: *dur, Prefix: *prefix})
+		Token: *token, Calls: *calls, Duration: *dur, Prefix: *prefix, Audio: pcm, TreePID: treePID})
 	if err != nil {
 		return err
 	}
@@ -79,8 +95,14 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if res.Ack.N > 0 {
 		fmt.Fprintf(stdout, "durable ack at the console: p50 %s ms, p99 %s ms, max %s ms\n", bench.MS(res.Ack.P50), bench.MS(res.Ack.P99), bench.MS(res.Ack.Max))
 	}
+	if res.EndToFinal.N > 0 {
+		fmt.Fprintf(stdout, "end of audio → call finalised at the console: p50 %s ms, p99 %s ms\n", bench.MS(res.EndToFinal.P50), bench.MS(res.EndToFinal.P99))
+	}
 	if s := res.Server; s != nil {
-		fmt.Fprintf(stdout, "appliance: CPU %.1f %% of a core (%.2f %% per stream), memory %.0f MiB (%.0f KiB per call)\n", s.CPUTotal, s.CPUPerStream, s.RSS/(1<<20), s.RSSPerCall/1024)
+		fmt.Fprintf(stdout, "coordinator: CPU %.1f %% of a core (%.2f %% per stream), memory %.0f MiB (%.0f KiB per call)\n", s.CPUTotal, s.CPUPerStream, s.RSS/(1<<20), s.RSSPerCall/1024)
+		if s.ApplianceCPUTotal > 0 {
+			fmt.Fprintf(stdout, "whole appliance (coordinator, agent, workers): CPU %.1f %% of a core (%.2f %% per stream)\n", s.ApplianceCPUTotal, s.ApplianceCPUPerStream)
+		}
 		fmt.Fprintf(stdout, "system-added latency p50/p99 ms: ack %.2f/%.2f, frame → worker %.2f/%.2f, final → console %.2f/%.2f\n",
 			s.Ack.P50MS, s.Ack.P99MS, s.ToWorker.P50MS, s.ToWorker.P99MS, s.ToConsole.P50MS, s.ToConsole.P99MS)
 	}
@@ -209,5 +231,33 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 		a.stop()
 		return nil, err
 	}
+	// Every call must find a worker waiting: otherwise the first seconds of
+	// audio queue while workers start, and decoding starts behind.
+	for free := 0.0; free < float64(calls); {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			a.stop()
+			return nil, fmt.Errorf("bench: %0.f worker slots free after 90 s, want %d", free, calls)
+		}
+		time.Sleep(200 * time.Millisecond)
+		free = freeSlots("http://" + h)
+	}
 	return a, nil
+}
+
+// freeSlots reads the free call-channel slots from an appliance's /metrics
+// (0 when it cannot).
+func freeSlots(base string) float64 {
+	r, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		var v float64
+		if _, err := fmt.Sscanf(l, `callscribe_worker_slots{use="free"} %g`, &v); err == nil {
+			return v
+		}
+	}
+	return 0
 }

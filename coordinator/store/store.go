@@ -90,15 +90,21 @@ type Options struct {
 	// InMemory is for unit tests of callers only; the product never sets it.
 	InMemory bool
 	Logger   *slog.Logger
+	// OnCommit, if set, is called after each group commit with how many
+	// writes it carried, their bytes, and how long the commit took (Badger's
+	// value-log and WAL writes and their syncs). It runs on the committer:
+	// it must be quick.
+	OnCommit func(writes, bytes int, took time.Duration)
 }
 
 // Store is the durable store.
 type Store struct {
-	db   *badger.DB
-	log  *slog.Logger
-	reqs chan *req
-	quit chan struct{}
-	done chan struct{}
+	db       *badger.DB
+	onCommit func(writes, bytes int, took time.Duration)
+	log      *slog.Logger
+	reqs     chan *req
+	quit     chan struct{}
+	done     chan struct{}
 }
 
 type entry struct{ key, val []byte }
@@ -133,7 +139,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, log: log, reqs: make(chan *req, 4096), quit: make(chan struct{}), done: make(chan struct{})}
+	s := &Store{db: db, onCommit: o.OnCommit, log: log, reqs: make(chan *req, 4096), quit: make(chan struct{}), done: make(chan struct{})}
 	go s.committer()
 	return s, nil
 }
@@ -169,9 +175,14 @@ func (s *Store) committer() {
 				break drain
 			}
 		}
+		t0 := time.Now()
 		err := s.commit(batch)
+		took := time.Since(t0)
 		for _, r := range batch {
 			r.done <- err
+		}
+		if s.onCommit != nil {
+			s.onCommit(len(batch), size, took)
 		}
 	}
 }

@@ -131,3 +131,47 @@ func TestBigBatchSplitsTransactions(t *testing.T) {
 		t.Fatalf("stored %d", n)
 	}
 }
+
+// Concurrent writers share group commits, and OnCommit accounts for every
+// write exactly once.
+func TestOnCommitCountsEveryWriteOnce(t *testing.T) {
+	var mu sync.Mutex
+	writes, commits, bytes := 0, 0, 0
+	s, err := Open(t.TempDir(), Options{OnCommit: func(w, b int, took time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if took <= 0 {
+			t.Errorf("commit took %v", took)
+		}
+		writes, commits, bytes = writes+w, commits+1, bytes+b
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 50, 20
+	var wg sync.WaitGroup
+	for c := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := s.PutFrames(t.Context(), proto.CallID(fmt.Sprint("c", c)), 0, []Frame{{Seq: uint32(i), Payload: make([]byte, 3200)}}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if writes != writers*each || bytes < writes*3200 {
+		t.Fatalf("OnCommit saw %d writes (%d bytes), want %d (≥ %d bytes)", writes, bytes, writers*each, writers*each*3200)
+	}
+	if commits >= writes {
+		t.Fatalf("%d commits for %d concurrent writes: no group commit", commits, writes)
+	}
+	t.Logf("%d writes in %d commits", writes, commits)
+}
