@@ -158,9 +158,9 @@ func TestApplyOnSimulatedServer(t *testing.T) {
 	}
 }
 
-// TestSystemNVML reads the real driver where there is one (a GPU server);
-// elsewhere it is skipped, since New must then report ErrNoDriver.
-func TestSystemNVML(t *testing.T) {
+// systemNVML opens the real driver, or skips the test where there is none.
+func systemNVML(t *testing.T) *NVML {
+	t.Helper()
 	n, err := New(nil)
 	if errors.Is(err, ErrNoDriver) {
 		t.Skip("no NVIDIA driver on this machine:", err)
@@ -168,7 +168,14 @@ func TestSystemNVML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// TestSystemNVML reads the real driver where there is one (a GPU server);
+// elsewhere it is skipped, since New must then report ErrNoDriver.
+func TestSystemNVML(t *testing.T) {
+	n := systemNVML(t)
 	devs, err := n.Devices()
 	if err != nil {
 		t.Fatal(err)
@@ -191,14 +198,7 @@ func TestSystemNVML(t *testing.T) {
 // driver for a second: it must register for events (or say it cannot) and
 // leave healthy GPUs healthy.
 func TestSystemNVMLHealthEvents(t *testing.T) {
-	n, err := New(nil)
-	if errors.Is(err, ErrNoDriver) {
-		t.Skip("no NVIDIA driver on this machine:", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n := systemNVML(t)
 	var logs bytes.Buffer
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
