@@ -209,7 +209,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	ackS.Name, wrkS.Name, conS.Name, cpuS.Name = "console ack p99", "frame -> worker p99", "final -> console p99", "coordinator CPU % of a core"
 	carried := 0
 	var at500, atCarried *bench.LoadResult
-	var profile string
+	var profile, profileCum string
 	for _, n := range []int{10, 100, 500, 1000} {
 		p, _ := fresh(dir, "cap")
 		app, err := bench.StartAppliance(ctx, p, n+8)
@@ -232,6 +232,9 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 			out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=18", prof.Name()).Output()
 			if err == nil {
 				profile = string(out)
+			}
+			if out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=200", prof.Name()).Output(); err == nil {
+				profileCum = ownFrames(string(out), 24)
 			}
 		}
 		app.Stop()
@@ -305,7 +308,33 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	if profile != "" {
 		w("\nWhere the coordinator's CPU goes at 500 calls (`go tool pprof -top` of the run; the process also runs the fake worker):\n\n```\n%s```\n", profile)
 	}
+	if profileCum != "" {
+		w("\nThe same profile by cumulative time, callscribe's, quic-go's and Badger's own functions only (`go tool pprof -top -cum`, filtered): which paths spend those system calls and copies.\n\n```\n%s```\n", profileCum)
+	}
 	return nil
+}
+
+// ownFrames keeps the header and the first n rows of a `pprof -top` listing
+// that belong to callscribe, quic-go or Badger, dropping the runtime's and
+// the standard library's frames.
+func ownFrames(top string, n int) string {
+	var b strings.Builder
+	rows := 0
+	for _, l := range strings.Split(top, "\n") {
+		f := strings.Fields(l)
+		own := len(f) >= 6 && (strings.Contains(f[5], "callscribe/") || strings.Contains(f[5], "quic-go/") || strings.Contains(f[5], "badger/"))
+		switch {
+		case strings.HasPrefix(strings.TrimSpace(l), "flat"):
+			b.WriteString(l + "\n")
+		case own && rows < n:
+			b.WriteString(l + "\n")
+			rows++
+		}
+	}
+	if rows == 0 {
+		return ""
+	}
+	return b.String()
 }
 
 // verdictAtMost says whether got met a target of at most want, and if not by

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/trace"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +70,30 @@ func TestVerdictAndMedian(t *testing.T) {
 	}
 	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
 		t.Errorf("median of 4,1,3,2 = %g", m)
+	}
+}
+
+func TestOwnFramesKeepsOursOnly(t *testing.T) {
+	top := `Showing nodes accounting for 6.62s, 60.13% of 11.01s total
+      flat  flat%   sum%        cum   cum%
+         0     0%     0%      5.00s 45.00%  runtime.goexit
+     0.09s  0.82%  0.82%      0.69s  6.27%  github.com/callscribe/callscribe/coordinator.(*session).Append
+         0     0%  0.82%      0.50s  4.50%  github.com/quic-go/quic-go.(*connection).run
+         0     0%  0.82%      0.30s  2.70%  github.com/dgraph-io/badger/v4.(*DB).writeRequests
+         0     0%  0.82%      0.20s  1.80%  internal/runtime/syscall/linux.Syscall6
+`
+	got := ownFrames(top, 2)
+	for _, want := range []string{"flat  flat%", "(*session).Append", "(*connection).run"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("lacks %q:\n%s", want, got)
+		}
+	}
+	for _, not := range []string{"goexit", "Syscall6", "writeRequests"} {
+		if strings.Contains(got, not) {
+			t.Errorf("keeps %q (not ours, or past n):\n%s", not, got)
+		}
+	}
+	if ownFrames("flat flat%\n", 5) != "" {
+		t.Error("a listing with none of our frames should give nothing")
 	}
 }
