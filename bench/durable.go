@@ -33,9 +33,18 @@ type Result struct {
 	Latencies []time.Duration
 }
 
+// warmupWrites are written, untimed, before a workload starts: a store's
+// first writes create and map its files, a cost paid once per process, not
+// per call.
+const warmupWrites = 20
+
 // Run drives the workload against sink; calls start spread over one
 // interval so they do not all tick together.
 func (w Workload) Run(ctx context.Context, sink Sink) Result {
+	warm := make([]byte, w.FrameSize)
+	for seq := range warmupWrites {
+		_ = sink(ctx, 1_000_000, seq, warm)
+	}
 	var rec Recorder
 	var mu sync.Mutex
 	errs := 0
