@@ -129,7 +129,7 @@ func run(out, dir, bin string, dur time.Duration) error {
 		}
 	}
 	if f, g := p99["floor/200/3200"], p99["badger/200/3200"]; f > 0 {
-		w("\nAt 200 calls with 3,200-byte frames, in this table's single runs, Badger's p99 is %.2f× the floor's (the repeated rounds below are the measure of that target)", float64(g)/float64(f))
+		w("\nAt 200 calls with 3,200-byte frames, in this table's single runs, Badger's p99 is %.2f× the floor's (the turns below are the measure of that target)", float64(g)/float64(f))
 		for _, b := range []string{"rabbitmq quorum", "jetstream sync"} {
 			if r := p99[b+"/200/3200"]; r > 0 {
 				w(", and **%.2f×** %s's (target ≤ 0.5×: %s)", float64(g)/float64(r), b, verdictAtMost(float64(g)/float64(r), 0.5, "×"))
