@@ -48,6 +48,9 @@ func startServer(logPath string, env []string, name string, args ...string) (*se
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
+	// Run in the server's scratch directory: what it leaves in its working
+	// directory (Erlang's crash dumps, MnesiaCore files) goes with it.
+	cmd.Dir = filepath.Dir(logPath)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
