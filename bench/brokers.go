@@ -120,6 +120,11 @@ func RabbitMQ(ctx context.Context, dir string) (Sink, func(), error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, nil, fmt.Errorf("rabbitmq-server: %w (Debian package rabbitmq-server)", ErrNotInstalled)
 	}
+	// Absolute: the server runs in dir (see startServer).
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, nil, err
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, nil, err
@@ -228,6 +233,11 @@ func NATSServer(ctx context.Context, dir string) (string, error) {
 // and returns a sink that publishes each frame to a stream and returns on
 // the server's ack.
 func JetStream(ctx context.Context, dir, bin string) (Sink, func(), error) {
+	// Absolute: the server runs in dir (see startServer).
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, nil, err
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, nil, err
