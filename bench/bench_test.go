@@ -23,7 +23,7 @@ func TestWorkloadCountsEveryAckAndCommit(t *testing.T) {
 			t.Errorf("%s: %d frames, %d errors, %d latencies, %+v", name, r.Frames, r.Errors, len(r.Latencies), r.Latency)
 		}
 		// The workload's 200 frames, and the warm-up writes before it.
-		if n, writes := c.Summary().N, 200+warmupWrites; n == 0 || n > writes || c.PerCommit()*float64(n) < float64(writes)-0.5 || c.PerCommit()*float64(n) > float64(writes)+0.5 {
+		if n, writes := c.Count(), 200+warmupWrites; n == 0 || n > writes || c.PerCommit()*float64(n) < float64(writes)-0.5 || c.PerCommit()*float64(n) > float64(writes)+0.5 {
 			t.Errorf("%s: %d commits of %.2f writes each for %d writes", name, n, c.PerCommit(), writes)
 		}
 	}

@@ -112,8 +112,8 @@ func MaxThroughput(ctx context.Context, sink Sink, writers, frameSize int, d tim
 // progress, then for its own, so these explain the ack latency.
 type Commits struct {
 	Recorder
-	mu     sync.Mutex
-	writes int
+	mu              sync.Mutex
+	commits, writes int
 }
 
 // add records one commit; a nil *Commits records nothing.
@@ -123,19 +123,26 @@ func (c *Commits) add(writes int, took time.Duration) {
 	}
 	c.Add(took)
 	c.mu.Lock()
+	c.commits++
 	c.writes += writes
 	c.mu.Unlock()
 }
 
-// PerCommit is the mean number of writes one commit carried.
-func (c *Commits) PerCommit() float64 {
-	n := c.Summary().N
-	if n == 0 {
-		return 0
-	}
+// Count is how many commits were recorded.
+func (c *Commits) Count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return float64(c.writes) / float64(n)
+	return c.commits
+}
+
+// PerCommit is the mean number of writes one commit carried.
+func (c *Commits) PerCommit() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.commits == 0 {
+		return 0
+	}
+	return float64(c.writes) / float64(c.commits)
 }
 
 // BadgerSink is callscribe's segment store exactly as the coordinator uses

@@ -99,30 +99,46 @@ type ServerFigures struct {
 // scrape reads the coordinator's process CPU seconds and resident memory
 // from /metrics.
 func (cfg LoadConfig) scrape(ctx context.Context) (cpu, rss float64, err error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/metrics", nil)
-	res, err := cfg.client.Do(req)
+	m, err := ReadMetrics(ctx, cfg.client, cfg.HTTP, "process_cpu_seconds_total", "process_resident_memory_bytes")
 	if err != nil {
 		return 0, 0, err
+	}
+	return m["process_cpu_seconds_total"], m["process_resident_memory_bytes"], nil
+}
+
+// ReadMetrics reads the named samples (a metric name with its labels, as
+// /metrics writes them) from an appliance's /metrics at base, and fails if
+// one is missing.
+func ReadMetrics(ctx context.Context, client *http.Client, base string, names ...string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		return nil, err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	found := 0
+	m := map[string]float64{}
 	for _, l := range strings.Split(string(b), "\n") {
-		var v float64
-		if _, err := fmt.Sscanf(l, "process_cpu_seconds_total %g", &v); err == nil {
-			cpu, found = v, found+1
-		}
-		if _, err := fmt.Sscanf(l, "process_resident_memory_bytes %g", &v); err == nil {
-			rss, found = v, found+1
+		for _, n := range names {
+			if v, ok := strings.CutPrefix(l, n+" "); ok {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+					m[n] = f
+				}
+			}
 		}
 	}
-	if found != 2 {
-		return 0, 0, errors.New("bench: /metrics lacks the process collector")
+	for _, n := range names {
+		if _, ok := m[n]; !ok {
+			return nil, fmt.Errorf("bench: %s/metrics lacks %s", base, n)
+		}
 	}
-	return cpu, rss, nil
+	return m, nil
 }
 
 func (cfg LoadConfig) stats(ctx context.Context) (coordinator.Stats, error) {

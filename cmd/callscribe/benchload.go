@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -239,25 +238,9 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 			return nil, fmt.Errorf("bench: %0.f worker slots free after 90 s, want %d (placement gives each two-channel PocketSphinx instance a core of its own: fewer calls, or a bigger machine)", free, calls)
 		}
 		time.Sleep(200 * time.Millisecond)
-		free = freeSlots("http://" + h)
+		const slots = `callscribe_worker_slots{use="free"}`
+		m, _ := bench.ReadMetrics(ctx, http.DefaultClient, "http://"+h, slots) // nil (0 free) until it answers
+		free = m[slots]
 	}
 	return a, nil
-}
-
-// freeSlots reads the free call-channel slots from an appliance's /metrics
-// (0 when it cannot).
-func freeSlots(base string) float64 {
-	r, err := http.Get(base + "/metrics")
-	if err != nil {
-		return 0
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	for _, l := range strings.Split(string(b), "\n") {
-		var v float64
-		if _, err := fmt.Sscanf(l, `callscribe_worker_slots{use="free"} %g`, &v); err == nil {
-			return v
-		}
-	}
-	return 0
 }

@@ -249,7 +249,7 @@ func TestGStreamerClient(t *testing.T) {
 // stored, and the appliance's own figures come back.
 func TestBenchLoad(t *testing.T) {
 	for _, c := range []struct{ transport, engine, calls string }{{"quic", "fake", "4"}, {"whip", "fake", "4"}, {"quic", "real", "2"}} {
-		out := run(t, "bench", "load", "--engine", c.engine, "--transport", c.transport, "--calls", c.calls, "--duration", "3s", "--audio", "../../assets/demo-call.wav", "--json")
+		out := run(t, "bench", "load", "--engine", c.engine, "--transport", c.transport, "--calls", c.calls, "--duration", "3s", "--audio", demoCall, "--json")
 		var r struct {
 			Calls, Connected, Sent, Stored, Lost, Finalised int
 			EndToFinal                                      struct{ N int } `json:"end_to_final"`

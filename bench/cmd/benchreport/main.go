@@ -137,7 +137,7 @@ func run(out, dir, bin string, dur time.Duration) error {
 		}
 		w(".\n")
 	}
-	if err := floorRounds(ctx, w, log, dir, dur); err != nil {
+	if err := floorTurns(ctx, w, log, dir, dur); err != nil {
 		return err
 	}
 	w("\n### Most durable frames per second (3,200 B, 64 writers, as fast as acks allow, 5 s)\n\n| store | frames/s |\n|---|---|\n")
@@ -346,13 +346,13 @@ func verdictAtMost(got, want float64, unit string) string {
 	return fmt.Sprintf("**missed** by %.2f%s (%.0f %% over)", got-want, unit, 100*(got/want-1))
 }
 
-// floorRounds measures the target "Badger's ack p99 within 1.3× the
+// floorTurns measures the target "Badger's ack p99 within 1.3× the
 // floor's at 200 calls" fairly on a noisy disk: both stores stay open, as a
 // coordinator's store does, and take turns in short slices, so that the
 // disk's slow spells fall on both alike; every ack and group commit is
 // recorded. Then one more Badger run under the execution tracer, whose
 // syscall profile shows where its commits wait.
-func floorRounds(ctx context.Context, w, log func(string, ...any), dir string, dur time.Duration) error {
+func floorTurns(ctx context.Context, w, log func(string, ...any), dir string, dur time.Duration) error {
 	const calls, size, turns = 200, 3200, 25
 	slice := 2 * dur / 10
 	w("\n### Badger against the floor, taking turns (target: ack p99 ≤ 1.3× the floor's at 200 calls)\n\n")
@@ -416,11 +416,11 @@ func floorRounds(ctx context.Context, w, log func(string, ...any), dir string, d
 		f.Close()
 		return err
 	}
-	before := cb.N
+	before := sides[1].commits.Count()
 	r := bench.Workload{Calls: calls, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sides[1].sink)
 	trace.Stop()
 	f.Close()
-	n := sides[1].commits.Summary().N - before
+	n := sides[1].commits.Count() - before
 	sys, err := syscallProfile(tf)
 	if err != nil || n == 0 {
 		w("\nSyscall profile not taken: %v (%d commits).\n", err, n)
@@ -462,9 +462,10 @@ func syscallProfile(traceFile string) ([]syscallSite, error) {
 		m := map[string]float64{}
 		var total float64
 		for _, l := range strings.Split(string(out), "\n") {
-			if _, err := fmt.Sscanf(strings.TrimSpace(l), "Showing nodes accounting for %s", new(string)); err == nil {
-				if i := strings.Index(l, " of "); i > 0 {
-					fmt.Sscanf(strings.TrimSpace(l[i+4:]), "%g", &total)
+			// "Showing nodes accounting for 3560ms, 99.93% of 3562ms total"
+			if _, rest, ok := strings.Cut(l, "Showing nodes accounting for "); ok {
+				if _, all, ok := strings.Cut(rest, " of "); ok {
+					fmt.Sscanf(all, "%g", &total)
 				}
 			}
 			f := strings.Fields(l)

@@ -41,7 +41,7 @@ func TestSyscallProfileFindsBadgerSyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	commits := int64(com.Summary().N)
+	commits := int64(com.Count())
 	if len(sites) != 3 || commits == 0 {
 		t.Fatalf("sites %+v, %d commits", sites, commits)
 	}
