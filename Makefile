@@ -6,8 +6,14 @@ GO          ?= go
 # Kept constant so the cgo build cache stays valid (go-nvml warns a lot).
 export CGO_ENABLED := 1
 export CGO_CFLAGS  := -O2 -g -Wno-deprecated-declarations
-LDFLAGS     := -X main.version=$(VERSION)
+# sherpa-onnx's two shared libraries travel with the binary: bin/lib in a
+# build tree, PREFIX/lib/callscribe when installed ($$ORIGIN-relative RUNPATH).
+SHERPA_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' github.com/k2-fsa/sherpa-onnx-go-linux)/lib/x86_64-unknown-linux-gnu
+SHERPA_LIBS := libsherpa-onnx-c-api.so libonnxruntime.so
+LDFLAGS     := -X main.version=$(VERSION) -extldflags '-Wl,-rpath,\$$ORIGIN/lib:\$$ORIGIN/../lib/callscribe'
 BIN         := bin/callscribe
+# Model files (Moonshine weights from npm, checked by hash) for the build tree.
+export CALLSCRIBE_MODEL_DIR ?= $(CURDIR)/bin/models
 RUN_DATA    ?= $(CURDIR)/.run
 RUN_HTTP    ?= 127.0.0.1:8080
 RUN_QUIC    ?= 127.0.0.1:4433
@@ -28,8 +34,10 @@ deps-bench:
 	@scripts/deps.sh bench
 
 .PHONY: build
-build: deps ## build every binary into bin/
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/callscribe
+build: deps ## build every binary into bin/ and install the model files beside it
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/callscribe
+	@mkdir -p bin/lib && for l in $(SHERPA_LIBS); do cmp -s $(SHERPA_DIR)/$$l bin/lib/$$l || install -m 0644 $(SHERPA_DIR)/$$l bin/lib/$$l; done
+	@$(BIN) models install --dest $(CALLSCRIBE_MODEL_DIR) >/dev/null
 
 .PHONY: run
 run: build ## run a whole appliance here and stream the bundled recording through it live
@@ -65,6 +73,9 @@ UNITDIR     ?= /lib/systemd/system
 .PHONY: install
 install: build ## install the binary, units, sysusers and tmpfiles (honours DESTDIR, PREFIX)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/callscribe
+	install -d $(DESTDIR)$(PREFIX)/lib/callscribe
+	for l in $(SHERPA_LIBS); do install -m 0644 bin/lib/$$l $(DESTDIR)$(PREFIX)/lib/callscribe/$$l; done
+	$(BIN) models install --dest $(DESTDIR)$(PREFIX)/share/callscribe/models
 	install -d $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/bin/callscribe|$(PREFIX)/bin/callscribe|' systemd/callscribe-coordinator.service > $(DESTDIR)$(UNITDIR)/callscribe-coordinator.service
 	sed 's|/usr/local/bin/callscribe|$(PREFIX)/bin/callscribe|' systemd/callscribe-agent.service > $(DESTDIR)$(UNITDIR)/callscribe-agent.service
@@ -80,7 +91,7 @@ install: build ## install the binary, units, sysusers and tmpfiles (honours DEST
 uninstall: ## remove what install put in place
 	rm -f $(DESTDIR)$(PREFIX)/bin/callscribe $(DESTDIR)$(UNITDIR)/callscribe-coordinator.service $(DESTDIR)$(UNITDIR)/callscribe-agent.service
 	rm -f $(DESTDIR)/usr/lib/sysusers.d/callscribe.conf $(DESTDIR)/usr/lib/tmpfiles.d/callscribe.conf
-	rm -rf $(DESTDIR)$(PREFIX)/share/doc/callscribe $(DESTDIR)$(PREFIX)/share/callscribe
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/callscribe $(DESTDIR)$(PREFIX)/share/callscribe $(DESTDIR)$(PREFIX)/lib/callscribe
 
 .PHONY: check-units
 check-units: build ## systemd-analyze verify and security for the units, installed into a scratch DESTDIR

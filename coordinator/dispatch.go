@@ -216,7 +216,7 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 	if ev.Index > have {
 		return fmt.Errorf("worker skipped finals: got %d, want %d", ev.Index, have)
 	}
-	f := store.Final{Channel: ch.idx, Index: ev.Index, Text: ev.Text, Start: ev.Start, End: ev.End, NextSeq: ev.NextSeq, Checkpoint: ev.Checkpoint, Worker: string(w)}
+	f := store.Final{Channel: ch.idx, Index: ev.Index, Text: ev.Text, Heard: ev.Heard, Start: ev.Start, End: ev.End, NextSeq: ev.NextSeq, Checkpoint: ev.Checkpoint, Worker: string(w)}
 	cl.mu.Lock()
 	rec := *cl.rec
 	rec.Decoded = append([]uint32(nil), rec.Decoded...)

@@ -262,6 +262,9 @@ type Utterance struct {
 	StartMS int64  `json:"start_ms"`
 	EndMS   int64  `json:"end_ms"`
 	Text    string `json:"text"`
+	// Heard is what the engine recognised when a vocabulary correction
+	// changed it.
+	Heard string `json:"heard,omitempty"`
 }
 
 func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
@@ -277,7 +280,7 @@ func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, f := range fs {
-			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text})
+			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text, Heard: f.Heard})
 		}
 	}
 	sortUtterances(out)

@@ -28,12 +28,20 @@ type Manifest struct {
 	Language    string `toml:"language"`
 	SampleRate  int    `toml:"sample_rate"`
 	Description string `toml:"description"`
-	Files       struct {
-		HMM  string `toml:"hmm"`
-		LM   string `toml:"lm"`
-		Dict string `toml:"dict"`
+	// Files names the model's files by role. A relative path is relative to
+	// the model directory (Dir); the installer puts them there.
+	Files struct {
+		HMM     string `toml:"hmm"`     // pocketsphinx: acoustic model directory
+		LM      string `toml:"lm"`      // pocketsphinx: language model
+		Dict    string `toml:"dict"`    // pocketsphinx: pronunciation dictionary
+		Encoder string `toml:"encoder"` // moonshine: encoder_model.onnx
+		Decoder string `toml:"decoder"` // moonshine: decoder_model_merged.onnx
+		Tokens  string `toml:"tokens"`  // moonshine: tokens.txt
 	} `toml:"files"`
-	Resources Resources `toml:"resources"`
+	// SHA256 is the expected hash of each file by role; a worker checks
+	// them before it loads the model.
+	SHA256    map[string]string `toml:"sha256"`
+	Resources Resources         `toml:"resources"`
 	// SelfTest is checked by every worker before it takes calls.
 	SelfTest struct {
 		// Expect is the exact transcript of the built-in test clip; empty
@@ -53,7 +61,7 @@ type Resources struct {
 }
 
 // Engines known to this build.
-var Engines = map[string]bool{"pocketsphinx": true}
+var Engines = map[string]bool{"pocketsphinx": true, "moonshine": true}
 
 // ErrUnknownModel is returned for a model name no manifest declares.
 var ErrUnknownModel = errors.New("unknown model")
@@ -88,8 +96,27 @@ func (m *Manifest) Validate() error {
 	if m.SampleRate != 16000 {
 		errs = append(errs, fmt.Errorf("sample_rate %d: engines take 16000", m.SampleRate))
 	}
-	if m.Files.HMM == "" || m.Files.Dict == "" {
-		errs = append(errs, errors.New("files.hmm and files.dict are required"))
+	switch m.Engine {
+	case "pocketsphinx":
+		if m.Files.HMM == "" || m.Files.Dict == "" {
+			errs = append(errs, errors.New("files.hmm and files.dict are required"))
+		}
+	case "moonshine":
+		if m.Files.Encoder == "" || m.Files.Decoder == "" || m.Files.Tokens == "" {
+			errs = append(errs, errors.New("files.encoder, files.decoder and files.tokens are required"))
+		}
+	}
+	roles := map[string]bool{}
+	for _, f := range m.fileList() {
+		roles[f.role] = true
+	}
+	for role, h := range m.SHA256 {
+		if !roles[role] {
+			errs = append(errs, fmt.Errorf("sha256.%s: the manifest has no such file", role))
+		}
+		if !sha256RE.MatchString(h) {
+			errs = append(errs, fmt.Errorf("sha256.%s: want 64 lower-case hex digits", role))
+		}
 	}
 	if m.Resources.StreamsPerInstance < 1 {
 		errs = append(errs, errors.New("resources.streams_per_instance must be at least 1"))
@@ -100,15 +127,58 @@ func (m *Manifest) Validate() error {
 	return errors.Join(errs...)
 }
 
-// CheckFiles reports model files missing on this machine.
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+type modelFile struct{ role, path string }
+
+func (m *Manifest) fileList() []modelFile {
+	var out []modelFile
+	for _, f := range []modelFile{
+		{"hmm", m.Files.HMM}, {"lm", m.Files.LM}, {"dict", m.Files.Dict},
+		{"encoder", m.Files.Encoder}, {"decoder", m.Files.Decoder}, {"tokens", m.Files.Tokens},
+	} {
+		if f.path != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Path returns where the file of a role is on this machine: a relative
+// path in the manifest is taken relative to Dir().
+func (m *Manifest) Path(role string) string {
+	for _, f := range m.fileList() {
+		if f.role == role {
+			return Resolve(f.path)
+		}
+	}
+	return ""
+}
+
+// ErrModelFile means a model file is missing or is not the file the
+// manifest names.
+var ErrModelFile = errors.New("model file")
+
+// CheckFiles reports model files missing on this machine and, for those
+// with a hash in the manifest, files whose content differs. Each error names
+// the file, the expected hash and how to install it.
 func (m *Manifest) CheckFiles() error {
 	var errs []error
-	for _, p := range []string{m.Files.HMM, m.Files.LM, m.Files.Dict} {
-		if p == "" {
+	for _, f := range m.fileList() {
+		p := Resolve(f.path)
+		want := m.SHA256[f.role]
+		if want == "" {
+			if _, err := os.Stat(p); err != nil {
+				errs = append(errs, fmt.Errorf("model %s: %w: %w", m.Name, ErrModelFile, err))
+			}
 			continue
 		}
-		if _, err := os.Stat(p); err != nil {
-			errs = append(errs, fmt.Errorf("model %s: %w", m.Name, err))
+		got, err := FileSHA256(p)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("model %s: %w %s (%s, sha256 %s) is missing: %w; install it with `callscribe models install`", m.Name, ErrModelFile, p, f.role, want, err))
+		case got != want:
+			errs = append(errs, fmt.Errorf("model %s: %w %s (%s) is damaged: sha256 %s, want %s; reinstall it with `callscribe models install`", m.Name, ErrModelFile, p, f.role, got, want))
 		}
 	}
 	return errors.Join(errs...)
@@ -118,7 +188,7 @@ func (m *Manifest) CheckFiles() error {
 type Catalog map[string]*Manifest
 
 // Default is the model used when a call names none.
-const Default = "en-us"
+const Default = "moonshine-base"
 
 // Load returns the built-in manifests plus those in dir (if not empty), where
 // a file in dir overrides a built-in of the same name.

@@ -370,6 +370,9 @@ type WorkerEvent struct {
 	Kind  string `json:"kind"`
 	Index uint32 `json:"index"`
 	Text  string `json:"text,omitempty"`
+	// Heard is, on a final a vocabulary correction changed, what the
+	// engine itself recognised (kept in the call record).
+	Heard string `json:"heard,omitempty"`
 	Start int64  `json:"start"`
 	End   int64  `json:"end"`
 	// Decoded is how many frames the worker has decoded.

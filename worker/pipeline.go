@@ -32,7 +32,7 @@ type Channel struct {
 	codec proto.Codec
 	opus  *opus.Decoder
 	rs    *audio.Resampler
-	tr    *asr.Transcriber
+	tr    asr.Stream
 	// decoded counts frames fed; the next frame's sequence number.
 	next uint32
 }
@@ -79,7 +79,8 @@ func NewChannel(codec proto.Codec, in *engine.Instance, cp json.RawMessage, from
 	default:
 		return nil, fmt.Errorf("worker: unknown codec %q", codec)
 	}
-	tr, err := asr.New(in.Dec, in.Pristine, from, asr.Options{PartialEvery: 3})
+	// Streaming engines: a partial every 3 chunks (300 ms).
+	tr, err := in.NewStream(from, func(o *asr.Options) { o.PartialEvery = 3 })
 	if err != nil {
 		return nil, err
 	}

@@ -207,7 +207,7 @@ func handleAssignment(ctx context.Context, st *quic.Stream, pool *engine.Pool, l
 	log.Info("assignment started", "from_seq", a.FromSeq, "resume", len(a.Checkpoint) > 0)
 	send := func(evs []Event) error {
 		for _, e := range evs {
-			we := proto.WorkerEvent{Index: e.Index, Text: e.Text, Start: e.Start, End: e.End, Decoded: ch.Next()}
+			we := proto.WorkerEvent{Index: e.Index, Text: e.Text, Heard: e.Heard, Start: e.Start, End: e.End, Decoded: ch.Next()}
 			if e.Kind == asr.Final {
 				we.Kind, we.NextSeq, we.Checkpoint = proto.WorkerFinal, e.NextSeq, e.Checkpoint
 			} else {

@@ -33,12 +33,13 @@ var commands = map[string]command{
 	"node":        {cmdNode, "drain or undrain a node"},
 	"config":      {cmdConfig, "check a configuration file or node profile"},
 	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
+	"models":      {cmdModels, "install the pinned model files (checked by hash) or check them"},
 	"bench":       {cmdBench, "bench load: drive simulated consoles (QUIC or WHIP) against a running appliance"},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "ca", "bench", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "ca", "models", "bench", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

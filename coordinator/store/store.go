@@ -68,7 +68,8 @@ type Final struct {
 	Channel    int             `json:"channel"`
 	Index      uint32          `json:"index"`
 	Text       string          `json:"text"`
-	Start      int64           `json:"start"` // samples at 16 kHz
+	Heard      string          `json:"heard,omitempty"` // the engine's text, when a vocabulary pass corrected it
+	Start      int64           `json:"start"`           // samples at 16 kHz
 	End        int64           `json:"end"`
 	NextSeq    uint32          `json:"next_seq"`
 	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`

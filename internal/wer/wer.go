@@ -33,9 +33,6 @@ func (c Counts) Add(o Counts) Counts {
 	return Counts{c.Ref + o.Ref, c.Sub + o.Sub, c.Del + o.Del, c.Ins + o.Ins}
 }
 
-// Words lower-cases and splits text.
-func Words(s string) []string { return strings.Fields(strings.ToLower(s)) }
-
 // Compare aligns hyp to ref with a minimum-edit-distance alignment.
 func Compare(ref, hyp []string) Counts {
 	n, m := len(ref), len(hyp)

@@ -1,6 +1,9 @@
 package wer
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestCompare(t *testing.T) {
 	cases := []struct {
@@ -24,5 +27,22 @@ func TestCompare(t *testing.T) {
 	}
 	if r := Compare(Words("a b c d"), Words("a x c")).Rate(); r != 0.5 {
 		t.Errorf("rate %v", r)
+	}
+}
+
+func TestWordsNormalises(t *testing.T) {
+	cases := map[string]string{
+		"He was not an ill-disposed young man,":  "he was not an ill disposed young man",
+		"And Mr. John Dashwood":                  "and mister john dashwood",
+		"Go forward ten metres.":                 "go forward ten meters",
+		"Go forward 10 meters":                   "go forward ten meters",
+		"Call 999 now! There’s a fire at 42": "call nine nine nine now there's a fire at forty two",
+		"  ":                                     "",
+		"<s> a b </s>":                           "s a b s",
+	}
+	for in, want := range cases {
+		if got := strings.Join(Words(in), " "); got != want {
+			t.Errorf("Words(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

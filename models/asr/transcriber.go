@@ -53,6 +53,14 @@ type Checkpoint struct {
 	Pending []int16 `json:"pending,omitempty"`
 	// VAD is the endpointer's state.
 	VAD VADState `json:"vad"`
+	// Audio is, for engines that decode whole utterances, the audio held
+	// for the next final (16-bit little-endian PCM): the lead-in kept before
+	// speech starts, or, after a cut in unbroken speech, the utterance so far.
+	Audio []byte `json:"audio,omitempty"`
+	// InUtt says the checkpoint lies inside an utterance (after a cut);
+	// UttStart is then where that utterance's audio starts.
+	InUtt    bool  `json:"in_utt,omitempty"`
+	UttStart int64 `json:"utt_start,omitempty"`
 }
 
 // Kind tells partial from final events.
@@ -72,9 +80,26 @@ type Event struct {
 	Text  string
 	Start int64
 	End   int64
+	// Heard is, when a vocabulary correction changed Text, what the engine
+	// itself recognised.
+	Heard string
 	// Checkpoint is set on finals.
 	Checkpoint *Checkpoint
 }
+
+// Stream decodes one channel: *Transcriber (streaming engines) and
+// *Utterances (whole-utterance engines) satisfy it.
+type Stream interface {
+	// Feed adds PCM and returns the events it produced, in order.
+	Feed(pcm []int16) ([]Event, error)
+	// Flush ends the channel and returns its last final.
+	Flush() ([]Event, error)
+}
+
+var (
+	_ Stream = (*Transcriber)(nil)
+	_ Stream = (*Utterances)(nil)
+)
 
 // Transcriber decodes one channel. Not safe for concurrent use.
 type Transcriber struct {
@@ -100,6 +125,13 @@ type Options struct {
 	PartialEvery int
 	// VAD tunes the endpointer; nil means DefaultVAD.
 	VAD *VADConfig
+	// PartialInterval is, for whole-utterance engines, how much an
+	// utterance grows (in samples) between partial decodes; 0 means
+	// DefaultPartialInterval, negative turns partials off.
+	PartialInterval int64
+	// Rewrite, if set, corrects the text of each final (a vocabulary pass);
+	// the engine's own text is kept in Event.Heard.
+	Rewrite func(string) string
 }
 
 // ErrFlushed is returned by Feed after Flush.

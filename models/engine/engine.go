@@ -9,18 +9,25 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/moonshine"
 	"github.com/callscribe/callscribe/models/pocketsphinx"
 	"github.com/callscribe/callscribe/proto"
 )
 
-// Instance is one decoder with the carried state it had when it was created.
+// Instance is one decoder with the carried state it had when it was created
+// (streaming engines: Dec), or a handle on a whole-utterance engine shared
+// by the process (Utt).
 type Instance struct {
 	Dec      asr.Decoder
 	Pristine asr.EngineState
+	Utt      asr.UtteranceDecoder
+	// Options are the model's own settings for a channel's stream.
+	Options asr.Options
 	// vocab identifies the extra words the decoder was given.
 	vocab    string
 	addWords func([]proto.Word) error
@@ -84,9 +91,75 @@ func NewFactory(m *models.Manifest) (Factory, error) {
 			}
 			return &Instance{Dec: d, Pristine: p, addWords: add, knows: d.Knows, close: d.Close}, nil
 		}, nil
+	case "moonshine":
+		return moonshineFactory(m)
 	default:
 		return nil, fmt.Errorf("engine %q: %w", m.Engine, models.ErrUnknownModel)
 	}
+}
+
+// moonshineFactory loads the model once; every instance is a handle on it
+// with its own vocabulary correction. The model is freed when the process
+// ends (a worker serves one model for its whole life).
+func moonshineFactory(m *models.Manifest) (Factory, error) {
+	if err := m.CheckFiles(); err != nil {
+		return nil, err
+	}
+	opt := asr.Options{}
+	share := 0.0
+	for k, v := range m.EngineOptions {
+		var err error
+		switch k {
+		case "partial_share":
+			share, err = strconv.ParseFloat(v, 64)
+			if err == nil && (share <= 0 || share > 1) {
+				err = errors.New("want a fraction in (0, 1]")
+			}
+		case "partial_interval_ms":
+			var ms int
+			ms, err = strconv.Atoi(v)
+			opt.PartialInterval = int64(ms) * asr.SampleRate / 1000
+			if ms == 0 {
+				opt.PartialInterval = -1
+			}
+		case "max_utterance_ms":
+			var ms int
+			ms, err = strconv.Atoi(v)
+			opt.MaxUtterance = int64(ms) * asr.SampleRate / 1000
+		default:
+			err = errors.New("unknown option (partial_share, partial_interval_ms, max_utterance_ms)")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("model %s: engine_options.%s = %q: %w", m.Name, k, v, err)
+		}
+	}
+	rec, err := moonshine.New(moonshine.Config{
+		Encoder: m.Path("encoder"), Decoder: m.Path("decoder"), Tokens: m.Path("tokens"),
+		Slots: max(m.Resources.CPUThreads, 1), PartialShare: share,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", m.Name, err)
+	}
+	return func() (*Instance, error) {
+		in := &Instance{Utt: rec, Options: opt, knows: func(string) bool { return false }}
+		in.addWords = func(ws []proto.Word) error {
+			return errors.New("TODO correction")
+		}
+		return in, nil
+	}, nil
+}
+
+// NewStream starts decoding a channel on the instance, fresh (from nil) or
+// from a checkpoint. extra adjusts the model's own options.
+func (i *Instance) NewStream(from *asr.Checkpoint, extra func(*asr.Options)) (asr.Stream, error) {
+	opt := i.Options
+	if extra != nil {
+		extra(&opt)
+	}
+	if i.Utt != nil {
+		return asr.NewUtterances(i.Utt, from, opt)
+	}
+	return asr.New(i.Dec, i.Pristine, from, opt)
 }
 
 // Close frees the instance's decoder.
@@ -180,7 +253,8 @@ func (p *Pool) Close() {
 // Transcribe decodes a whole 16 kHz channel with the same chunking as the
 // live path and returns its finals.
 func Transcribe(in *Instance, pcm []int16) ([]asr.Event, error) {
-	t, err := asr.New(in.Dec, in.Pristine, nil, asr.Options{})
+	// Only finals are kept: no partial decodes.
+	t, err := in.NewStream(nil, func(o *asr.Options) { o.PartialInterval = -1 })
 	if err != nil {
 		return nil, err
 	}
