@@ -13,6 +13,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -126,7 +127,7 @@ func fakeWorker(ctx context.Context, addr string, pool *x509.CertPool, slots int
 	}
 	w, r := proto.NewWriter(ctl), proto.NewReader(ctl)
 	_ = w.WriteJSON(proto.TWorkerHello, proto.WorkerHello{Version: proto.Version, Token: benchNode, WorkerID: "fake-0", NodeID: "bench",
-		Model: "en-us", Slots: slots, SelfTest: "fake engine", PID: os.Getpid()})
+		Model: models.Default, Slots: slots, SelfTest: "fake engine", PID: os.Getpid()})
 	var wel proto.WorkerWelcome
 	if r.ReadJSON(proto.TWorkerWelcome, &wel) != nil {
 		return

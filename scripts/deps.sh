@@ -6,13 +6,13 @@ need="gcc pkg-config curl libpocketsphinx-dev pocketsphinx-en-us libopus-dev"
 case "${1:-run}" in
   test)  # The real WebRTC clients: Debian's chromium (driven by playwright-core
          # from npm) and GStreamer's webrtcbin from Python.
-         need="$need pocketsphinx-testdata iproute2 chromium fonts-dejavu-core python3-gi gir1.2-gstreamer-1.0
+         need="$need pocketsphinx-testdata espeak-ng iproute2 chromium fonts-dejavu-core python3-gi gir1.2-gstreamer-1.0
                gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base
                gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice"
          command -v npm >/dev/null 2>&1 || need="$need nodejs npm" ;;
   bench) # RabbitMQ from Debian for the side-by-side durable hand-off (NATS
          # JetStream is built by the benchmark with go install).
-         need="$need pocketsphinx-testdata rabbitmq-server" ;;
+         need="$need pocketsphinx-testdata espeak-ng rabbitmq-server" ;;
 esac
 missing=""
 for p in $need; do

@@ -149,10 +149,14 @@ func (c *Channel) Feed(seq uint32, payload []byte) ([]Event, error) {
 // Finish decodes what is left and ends the last utterance.
 func (c *Channel) Finish() ([]Event, error) {
 	evs, err := c.tr.Flush()
+	// Wrap first: a final the last chunk ended carries a checkpoint with
+	// the codec's state, which must be read before the codec is freed.
+	out := c.wrap(evs)
 	if c.opus != nil {
 		c.opus.Close()
+		c.opus = nil
 	}
-	return c.wrap(evs), err
+	return out, err
 }
 
 func (c *Channel) wrap(evs []asr.Event) []Event {

@@ -235,7 +235,7 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 	for free := 0.0; free < float64(calls); {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			a.stop()
-			return nil, fmt.Errorf("bench: %0.f worker slots free after 90 s, want %d (placement gives each two-channel PocketSphinx instance a core of its own: fewer calls, or a bigger machine)", free, calls)
+			return nil, fmt.Errorf("bench: %0.f worker slots free after 90 s, want %d (placement gives each worker instance the cores its manifest asks for: fewer calls, or a bigger machine)", free, calls)
 		}
 		time.Sleep(200 * time.Millisecond)
 		const slots = `callscribe_worker_slots{use="free"}`

@@ -14,7 +14,6 @@ import (
 
 	"github.com/callscribe/callscribe/ingest/console"
 	"github.com/callscribe/callscribe/ingest/whip"
-	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models/asr"
 	"github.com/callscribe/callscribe/proto"
@@ -35,6 +34,7 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	speed := fs.Float64("speed", 1, "pace relative to real time; 0 sends as fast as acks allow")
 	transport := fs.String("transport", "quic", "quic or whip (WebRTC)")
 	quiet := fs.Bool("quiet", false, "do not print partials")
+	acceptTruncated := fs.Bool("accept-truncated", false, "decode a truncated file's audio instead of refusing it\n")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -44,7 +44,7 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "       (--ca is required for quic, and for whip over https)")
 		return errUsage
 	}
-	w, err := audio.ReadWAVFile(fs.Arg(0))
+	w, err := readInput(fs.Arg(0), *acceptTruncated, stderr)
 	if err != nil {
 		return err
 	}

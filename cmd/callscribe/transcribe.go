@@ -19,6 +19,7 @@ func cmdTranscribe(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	model := fs.String("model", models.Default, "model name")
 	modelDir := fs.String("models", "", "directory of extra model manifests")
+	acceptTruncated := fs.Bool("accept-truncated", false, "decode a truncated file's audio instead of refusing it\n")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -26,7 +27,7 @@ func cmdTranscribe(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "usage: callscribe transcribe [--model NAME] FILE.wav")
 		return errUsage
 	}
-	w, err := audio.ReadWAVFile(fs.Arg(0))
+	w, err := readInput(fs.Arg(0), *acceptTruncated, stderr)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/correct"
 	"github.com/callscribe/callscribe/models/moonshine"
 	"github.com/callscribe/callscribe/models/pocketsphinx"
 	"github.com/callscribe/callscribe/proto"
@@ -122,12 +123,21 @@ func moonshineFactory(m *models.Manifest) (Factory, error) {
 			if ms == 0 {
 				opt.PartialInterval = -1
 			}
+		case "vad_end_ms":
+			var ms int
+			ms, err = strconv.Atoi(v)
+			if err == nil && (ms < 100 || ms > 2000) {
+				err = errors.New("want 100 to 2000")
+			}
+			vad := asr.DefaultVAD
+			vad.EndFrames = ms / 10
+			opt.VAD = &vad
 		case "max_utterance_ms":
 			var ms int
 			ms, err = strconv.Atoi(v)
 			opt.MaxUtterance = int64(ms) * asr.SampleRate / 1000
 		default:
-			err = errors.New("unknown option (partial_share, partial_interval_ms, max_utterance_ms)")
+			err = errors.New("unknown option (partial_share, partial_interval_ms, vad_end_ms, max_utterance_ms)")
 		}
 		if err != nil {
 			return nil, fmt.Errorf("model %s: engine_options.%s = %q: %w", m.Name, k, v, err)
@@ -143,7 +153,13 @@ func moonshineFactory(m *models.Manifest) (Factory, error) {
 	return func() (*Instance, error) {
 		in := &Instance{Utt: rec, Options: opt, knows: func(string) bool { return false }}
 		in.addWords = func(ws []proto.Word) error {
-			return errors.New("TODO correction")
+			c, err := correct.New(ws, nil)
+			if err != nil {
+				return err
+			}
+			in.Options.Rewrite = c.Correct
+			in.knows = c.Knows
+			return nil
 		}
 		return in, nil
 	}, nil

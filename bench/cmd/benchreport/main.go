@@ -32,7 +32,21 @@ func main() {
 	work := flag.String("dir", ".bench", "scratch directory (on the disk under test)")
 	dur := flag.Duration("duration", 10*time.Second, "duration of each timed run")
 	bin := flag.String("bin", "bin/callscribe", "the callscribe binary (its bench load drives the WebRTC consoles)")
+	enginesOnly := flag.Bool("engines-only", false, "measure only the engines (accuracy, live channels) and print the section")
 	flag.Parse()
+	if *enginesOnly {
+		var b strings.Builder
+		w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
+		log := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+		_ = os.MkdirAll(*work, 0o700)
+		err := engineSection(context.Background(), w, log, *work)
+		fmt.Print(b.String())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*out, *work, *bin, *dur); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
@@ -183,13 +197,10 @@ func run(out, dir, bin string, dur time.Duration) error {
 		return err
 	}
 
-	// 5. The embedded engine.
-	if rtfErr != nil {
-		w("\n## Embedded engine\n\nnot measured: %v\n", rtfErr)
-	} else {
-		log("pocketsphinx RTF %.3f", rtf)
-		w("\n## Embedded engine (PocketSphinx, en-us general LM, 100 ms streaming chunks)\n\n")
-		w("| audio decoded | CPU time / audio time (RTF) | concurrent real-time channels per core |\n|---|---|---|\n| %.1f s | %.3f | %.1f |\n", audioS, rtf, 1/rtf)
+	// 6. The engines: accuracy per model and path, live channels per core.
+	_ = audioS
+	if err := engineSection(ctx, w, log, dir); err != nil {
+		return err
 	}
 	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
 		return err

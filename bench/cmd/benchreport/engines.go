@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/wer"
+	"github.com/callscribe/callscribe/models"
+	"github.com/callscribe/callscribe/models/asr"
+	"github.com/callscribe/callscribe/models/engine"
+	"github.com/callscribe/callscribe/proto"
+)
+
+const testData = "/usr/share/pocketsphinx/test/data"
+
+// engineModels are the shipped models, the default first.
+var engineModels = []string{"moonshine-base", "moonshine-tiny", "en-us"}
+
+// engineSection measures every shipped model: accuracy per path on the
+// referenced clips and the synthetic set, and, for the default model,
+// latency and channels per core at real-time pace.
+func engineSection(ctx context.Context, w, log func(string, ...any), dir string) error {
+	refs, err := wer.ReadReferences(testData)
+	if err != nil {
+		w("\n## Engines\n\nnot measured: pocketsphinx-testdata is not installed\n")
+		return nil
+	}
+	var libri []bench.Clip
+	for path, ref := range refs {
+		if !strings.Contains(path, "/librivox/") {
+			continue
+		}
+		wv, err := audio.ReadWAVFile(path)
+		if err != nil {
+			return err
+		}
+		libri = append(libri, bench.Clip{Name: filepath.Base(path), WAV: wv, Ref: ref})
+	}
+	sdir := filepath.Join(dir, "synthetic")
+	if err := os.MkdirAll(sdir, 0o755); err != nil {
+		return err
+	}
+	synth, synthErr := bench.Synthesize(ctx, sdir)
+	cat, err := models.Load("")
+	if err != nil {
+		return err
+	}
+	w("\n## Engines: accuracy\n\n")
+	w("Word error rate with the written normaliser of `internal/wer` (case and punctuation folded, hyphens split, numbers as words, common spellings such as metres/meters and Mr/mister folded), applied alike to reference and hypothesis. Each path sends the clip through its codec and the worker's own decoding pipeline: *L16* is 16 kHz PCM as `transcribe` and QUIC consoles send it; *PCMU*/*PCMA* are G.711 at 8 kHz (telephone band); *Opus* is 20 ms Opus packets as a WHIP console sends them. *LibriVox* is pocketsphinx-testdata's 5 referenced clips (71 words, 24.7 s); *synthetic* is %d emergency-call sentences spoken by espeak-ng in %d voices (%s), made by the benchmark.\n\n", len(bench.SyntheticPhrases), len(bench.SyntheticVoices), strings.Join(bench.SyntheticVoices, ", "))
+	w("| model | set | L16 | PCMU 8 kHz | PCMA 8 kHz | Opus (WHIP) | RTF (L16, one core) | load s | RSS after load MB |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, name := range engineModels {
+		m, err := cat.Get(name)
+		if err != nil {
+			return err
+		}
+		rss0 := bench.RSSMB()
+		t0 := time.Now()
+		f, err := engine.NewFactory(m)
+		if err != nil {
+			w("| %s | — | not installed: %v |||||||\n", name, err)
+			continue
+		}
+		in, err := f()
+		if err != nil {
+			return err
+		}
+		load := time.Since(t0)
+		rss := bench.RSSMB() - rss0
+		sets := []struct {
+			name  string
+			clips []bench.Clip
+		}{{"LibriVox", libri}, {"synthetic", synth}}
+		for _, s := range sets {
+			if len(s.clips) == 0 {
+				w("| %s | %s | not measured: %v |||||||\n", name, s.name, synthErr)
+				continue
+			}
+			c0 := cpuTime()
+			acc, err := bench.Accuracy(in, s.clips)
+			if err != nil {
+				return err
+			}
+			var audioS float64
+			for _, c := range s.clips {
+				audioS += float64(len(c.WAV.Channel(0))) / float64(c.WAV.Rate)
+			}
+			rtf := (cpuTime() - c0).Seconds() / audioS / float64(len(bench.Paths))
+			cell := func(p proto.Codec) string {
+				c := acc[p]
+				return fmt.Sprintf("%.1f %% (%d/%d)", 100*c.Rate(), c.Errors(), c.Ref)
+			}
+			log("%s %s: L16 %s PCMU %s PCMA %s Opus %s", name, s.name, cell(proto.CodecL16), cell(proto.CodecPCMU), cell(proto.CodecPCMA), cell(proto.CodecOpus))
+			w("| %s | %s | %s | %s | %s | %s | %.3f | %.1f | %.0f |\n", name, s.name, cell(proto.CodecL16), cell(proto.CodecPCMU), cell(proto.CodecPCMA), cell(proto.CodecOpus), rtf, load.Seconds(), rss)
+		}
+		in.Close()
+	}
+	w("\nRTF is CPU time over audio time for all four paths together, one decode at a time (finals only, no partials).\n")
+	return realTimeSection(ctx, w, log, cat)
+}
+
+// realTimeSection feeds N channels of real speech at real-time pace through
+// one shared Moonshine base model (as a worker does) and finds where finals
+// start to lag, with one decode slot (one core) and with every core.
+func realTimeSection(ctx context.Context, w, log func(string, ...any), cat models.Catalog) error {
+	const dur = 20 * time.Second
+	m, err := cat.Get(models.Default)
+	if err != nil {
+		return err
+	}
+	wv, err := audio.ReadWAVFile("assets/demo-call.wav")
+	if err != nil {
+		return err
+	}
+	// Both sides of the bundled call back to back: speech with the pauses of a real call.
+	pcm := append(resample16(wv.Channel(0), wv.Rate), resample16(wv.Channel(1), wv.Rate)...)
+	hang := time.Duration(asr.DefaultVAD.EndFrames) * 10 * time.Millisecond
+	if v := m.EngineOptions["vad_end_ms"]; v != "" {
+		var ms int
+		fmt.Sscan(v, &ms)
+		hang = time.Duration(ms) * time.Millisecond
+	}
+	w("\n## Engines: live channels (%s, partials included)\n\n", m.Name)
+	w("In one process, as in a worker: one model shared by N channels, each fed 100 ms chunks of the bundled call's two sides (back to back, each channel from its own offset) at real-time pace for %v, partials on (one attempt per second of utterance growth, within the model's `partial_share` of decode time). *Endpoint → final* is from the moment the audio that ended an utterance was due to its final; *speech end → final* adds the detector's %v hang-over (the target: ≤ 500 ms p99); *speech → first partial* is from the moment speech began (after the lead-in) to the utterance's first partial. *CPU per channel* is the process's CPU over the run. A run *lags* when endpoint → final p99 passes 1 s or grows through the run.\n\n", dur, hang)
+	w("| decode slots (cores) | channels | finals | endpoint → final p50 / p99 ms | speech end → final p50 / p99 ms | speech → first partial p50 / p99 ms | partials | CPU per channel | lags |\n|---|---|---|---|---|---|---|---|---|\n")
+	type verdict struct{ slots, most int; perCh float64 }
+	var found []verdict
+	for _, slots := range []int{1, runtime.NumCPU()} {
+		mm := *m
+		mm.Resources.CPUThreads = slots
+		f, err := engine.NewFactory(&mm)
+		if err != nil {
+			return err
+		}
+		v := verdict{slots: slots}
+		for _, n := range []int{4 * slots, 8 * slots, 12 * slots, 16 * slots, 24 * slots} {
+			r, err := bench.RealTime(ctx, f, pcm, n, dur, hang)
+			if err != nil {
+				return err
+			}
+			log("realtime %d slots %d channels: endpoint→final p99 %s speech end p99 %s partial p99 %s cpu/ch %.1f%% lag %v", slots, n, bench.MS(r.EndpointToFinal.P99), bench.MS(r.SpeechEndToFinal.P99), bench.MS(r.SpeechToPartial.P99), r.CPUPerChannel, r.Lagging)
+			lag := "no"
+			if r.Lagging {
+				lag = "**yes**"
+			}
+			w("| %d | %d | %d | %s / %s | %s / %s | %s / %s | %d | %.1f %% | %s |\n", slots, n, r.Finals, bench.MS(r.EndpointToFinal.P50), bench.MS(r.EndpointToFinal.P99),
+				bench.MS(r.SpeechEndToFinal.P50), bench.MS(r.SpeechEndToFinal.P99), bench.MS(r.SpeechToPartial.P50), bench.MS(r.SpeechToPartial.P99), r.Partials, r.CPUPerChannel, lag)
+			if r.Lagging {
+				break
+			}
+			v.most, v.perCh = n, r.CPUPerChannel
+		}
+		found = append(found, v)
+	}
+	w("\n")
+	for _, v := range found {
+		w("- With %d decode slot(s): **%d channels** carried in real time without lagging (of the steps run); %.1f %% of a core per channel there.\n", v.slots, v.most, v.perCh)
+	}
+	if len(found) > 0 && found[0].most > 0 {
+		w("- Target ≥ 10 live channels per core with Moonshine base, partials included: %d on one core — %s.\n", found[0].most, verdictAtLeast(float64(found[0].most), 10))
+	}
+	return nil
+}
+
+func verdictAtLeast(got, want float64) string {
+	if got >= want {
+		return "met"
+	}
+	return fmt.Sprintf("**missed** by %.0f %%", 100*(1-got/want))
+}
+
+func resample16(pcm []int16, rate int) []int16 {
+	if rate == asr.SampleRate {
+		return pcm
+	}
+	return audio.NewResampler(rate, asr.SampleRate).Process(pcm)
+}
