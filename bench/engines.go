@@ -100,30 +100,10 @@ var SyntheticPhrases = []string{
 // SyntheticVoices are the espeak-ng voices that speak the set.
 var SyntheticVoices = []string{"en-gb", "en-us", "en-gb-scotland"}
 
-// Synthesize speaks every phrase in every voice with espeak-ng into dir.
+// Synthesize speaks every phrase of SyntheticPhrases in every voice with
+// espeak-ng into dir.
 func Synthesize(ctx context.Context, dir string) ([]Clip, error) {
-	if _, err := exec.LookPath("espeak-ng"); err != nil {
-		return nil, errors.New("espeak-ng is not installed")
-	}
-	var out []Clip
-	for vi, v := range SyntheticVoices {
-		for i, p := range SyntheticPhrases {
-			path := filepath.Join(dir, fmt.Sprintf("synth-%s-%02d.wav", v, i))
-			cmd := exec.CommandContext(ctx, "espeak-ng", "-v", v, "-s", fmt.Sprint(150+10*vi), "-w", path, p)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("espeak-ng %s: %w: %s", v, err, b)
-			}
-			w, err := audio.ReadWAVFile(path)
-			if err != nil {
-				return nil, err
-			}
-			// Half a second of silence either side, as a caller pauses.
-			pad := make([]int16, w.Rate/2)
-			w.Samples = append(append(append([]int16(nil), pad...), w.Samples...), pad...)
-			out = append(out, Clip{Name: filepath.Base(path), WAV: w, Ref: p})
-		}
-	}
-	return out, nil
+	return SynthesizePhrases(ctx, dir, "synth", SyntheticPhrases)
 }
 
 // RealTimeResult is what a real-time run of N channels on one engine found.
@@ -263,4 +243,80 @@ func RSSMB() float64 {
 	var size, res int64
 	fmt.Sscan(string(b), &size, &res)
 	return float64(res*int64(os.Getpagesize())) / 1e6
+}
+
+// LocalNames are the vocabulary of the correction measurement: a centre's
+// streets, places and drugs that a general model is unlikely to know, with
+// their CMUdict phones as an operator would list them.
+var LocalNames = []proto.Word{
+	{Word: "tregunter", Phones: "T R AH G AH N T ER"},
+	{Word: "penzance", Phones: "P EH N Z AE N S"},
+	{Word: "salbutamol", Phones: "S AE L B Y UW T AH M AA L"},
+	{Word: "marazion", Phones: "M AE R AH Z AY AH N"},
+	{Word: "camborne", Phones: "K AE M B AO R N"},
+	{Word: "ondansetron", Phones: "AA N D AE N S EH T R AA N"},
+	{Word: "naloxone", Phones: "N AH L AA K S OW N"},
+	{Word: "porthleven", Phones: "P AO R TH L EH V AH N"},
+	{Word: "trevithick", Phones: "T R AH V IH TH IH K"},
+	{Word: "kernick", Phones: "K ER N IH K"},
+}
+
+// NamePhrases are spoken (espeak-ng) for the correction measurement; each
+// holds one or two listed names.
+var NamePhrases = []string{
+	"there is a crash on tregunter road near penzance",
+	"she took her salbutamol inhaler but it did not help",
+	"the fire is on the main road in marazion",
+	"he collapsed outside the station in camborne",
+	"the nurse gave ondansetron for the sickness",
+	"the paramedic gave naloxone for the overdose",
+	"there is a boat in trouble off porthleven",
+	"the smoke is coming from a house on trevithick road",
+	"a lorry has overturned on the kernick industrial estate",
+}
+
+// SynthesizePhrases speaks phrases in every voice with espeak-ng into dir.
+func SynthesizePhrases(ctx context.Context, dir, prefix string, phrases []string) ([]Clip, error) {
+	if _, err := exec.LookPath("espeak-ng"); err != nil {
+		return nil, errors.New("espeak-ng is not installed")
+	}
+	var out []Clip
+	for vi, v := range SyntheticVoices {
+		for i, p := range phrases {
+			path := filepath.Join(dir, fmt.Sprintf("%s-%s-%02d.wav", prefix, v, i))
+			cmd := exec.CommandContext(ctx, "espeak-ng", "-v", v, "-s", fmt.Sprint(150+10*vi), "-w", path, p)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("espeak-ng %s: %w: %s", v, err, b)
+			}
+			w, err := audio.ReadWAVFile(path)
+			if err != nil {
+				return nil, err
+			}
+			// Half a second of silence either side, as a caller pauses.
+			pad := make([]int16, w.Rate/2)
+			w.Samples = append(append(append([]int16(nil), pad...), w.Samples...), pad...)
+			out = append(out, Clip{Name: filepath.Base(path), WAV: w, Ref: p})
+		}
+	}
+	return out, nil
+}
+
+// NameRecall counts the listed names of refs that hyp spells right.
+func NameRecall(ref, hyp string, names []proto.Word) (found, total int) {
+	h := map[string]int{}
+	for _, w := range wer.Words(hyp) {
+		h[w]++
+	}
+	for _, w := range wer.Words(ref) {
+		for _, n := range names {
+			if w == n.Word {
+				total++
+				if h[w] > 0 {
+					h[w]--
+					found++
+				}
+			}
+		}
+	}
+	return found, total
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/callscribe/callscribe/bench"
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/models"
 )
 
 // cmdBench is `callscribe bench load` (simulated consoles against an
@@ -199,7 +200,13 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 	case "fake":
 		args = []string{"bench", "appliance", "--data", dir, "--quic", q, "--http", h, "--slots", fmt.Sprint(calls + 8)}
 	case "real":
-		args = []string{"dev", "--data", dir, "--quic", q, "--http", h, "--workers", fmt.Sprint(max(1, (calls+1)/2))}
+		per := 2
+		if cat, err := models.Load(""); err == nil {
+			if m, err := cat.Get(""); err == nil {
+				per = m.Resources.StreamsPerInstance
+			}
+		}
+		args = []string{"dev", "--data", dir, "--quic", q, "--http", h, "--workers", fmt.Sprint(max(1, (calls+per-1)/per))}
 	default:
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: engine %q (fake or real)", engine)

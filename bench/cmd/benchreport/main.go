@@ -76,6 +76,12 @@ func run(out, dir, bin string, dur time.Duration) error {
 	w("| machine | |\n|---|---|\n| CPU | %s × %d |\n| kernel | %s |\n| Go | %s |\n| Badger | %s |\n| quic-go | %s |\n| scratch dir | `%s` (%s) |\n\n",
 		cpuModel(), runtime.NumCPU(), kernel(), runtime.Version(), modVersion("github.com/dgraph-io/badger/v4"), modVersion("github.com/quic-go/quic-go"), dir, fsType(dir))
 
+	// 0. The engines first (what a call-taker reads): accuracy per model
+	// and path, the vocabulary pass, live channels per core.
+	if err := engineSection(ctx, w, log, dir); err != nil {
+		return err
+	}
+
 	// 1. The disk itself.
 	p, _ := fresh(dir, "fsync")
 	fs, err := bench.FsyncLatency(p, 300)
@@ -197,11 +203,7 @@ func run(out, dir, bin string, dur time.Duration) error {
 		return err
 	}
 
-	// 6. The engines: accuracy per model and path, live channels per core.
 	_ = audioS
-	if err := engineSection(ctx, w, log, dir); err != nil {
-		return err
-	}
 	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
@@ -287,13 +289,13 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	w("### Capacity table\n\n| question | answer on this machine |\n|---|---|\n")
 	if embedded != nil {
 		per := embedded.Server.ApplianceCPUPerStream
-		w("| call channels per CPU core with the embedded engine, whole appliance (coordinator, agent, PocketSphinx workers), measured with %d channels of real speech | **%.1f** channels, i.e. **%.1f** two-channel calls |\n", embedded.Calls, 100/per, 50/per)
+		w("| call channels per CPU core with the embedded engine, whole appliance (coordinator, agent, %s workers, partials on), measured with %d channels of real speech | **%.1f** channels, i.e. **%.1f** two-channel calls |\n", models.Default, embedded.Calls, 100/per, 50/per)
 	}
 	if rtfErr == nil {
-		w("| the same for the decoder alone (PocketSphinx RTF %.3f on the librivox clips) | %.1f channels; %.1f two-channel calls |\n", rtf, 1/rtf, 1/(2*rtf))
+		w("| the same for the decoder alone, finals only (%s RTF %.3f on the librivox clips) | %.1f channels; %.1f two-channel calls |\n", models.Default, rtf, 1/rtf, 1/(2*rtf))
 	}
 	if embedded != nil {
-		w("| two-channel calls this %d-core machine takes with the embedded engine | %d: placement reserves one core per two-channel PocketSphinx instance (`cpu_threads = 1` in models/manifests/en-us.toml), more than the %.0f %% of a core an instance was measured to use |\n", runtime.NumCPU(), runtime.NumCPU(), 2*embedded.Server.ApplianceCPUPerStream)
+		w("| call channels the largest whole-appliance run carried (one worker per `streams_per_instance` channels) | %d, end → final p99 %s ms |\n", embedded.Calls, bench.MS(embedded.EndToFinal.P99))
 	}
 	w("| calls the coordinator carried on %d cores with the fast engine (0 lost, console ack p99 < 20 ms), of the steps run | %d |\n", runtime.NumCPU(), carried)
 	w("\n### Targets\n\n")
@@ -526,17 +528,17 @@ func median(xs []float64) float64 {
 }
 
 // realEngineSection drives the appliance with its real engine
-// (PocketSphinx workers, `bench load --engine real`) and real speech, for
+// (default-model workers, `bench load --engine real`) and real speech, for
 // growing numbers of call channels up to what placement allows on this
 // machine, and returns the largest run.
 func realEngineSection(ctx context.Context, w, log func(string, ...any), bin string) (*bench.LoadResult, error) {
 	const dur = 20 * time.Second
 	const clip = "assets/demo-call.wav"
-	w("\n## Capacity with the embedded engine (PocketSphinx workers)\n\n")
-	w("`callscribe bench load --engine real --audio %s` starts a whole appliance (`callscribe dev`: coordinator, agent and PocketSphinx worker processes) on loopback, waits until every channel has a worker slot, and drives N consoles, one channel each, looping the bundled call recording's caller channel, each from its own offset, at real-time pace for %v. *Appliance CPU* is every appliance process's CPU (read from /proc over the steady state), the load generator's not counted. *End → final* is from a console's last frame to its call finalised: it stays a few hundred ms while the workers keep up and grows with the run when they do not. Placement reserves one core per two-channel instance, so this %d-core machine takes at most %d channels.\n\n", clip, dur, runtime.NumCPU(), 2*runtime.NumCPU())
+	w("\n## Capacity with the embedded engine (%s workers, whole appliance)\n\n", models.Default)
+	w("`callscribe bench load --engine real --audio %s` starts a whole appliance (`callscribe dev`: coordinator, agent and worker processes of the default model, one worker per `streams_per_instance` channels) on loopback, waits until every channel has a worker slot, and drives N consoles, one channel each, looping the bundled call recording's caller channel, each from its own offset, at real-time pace for %v. *Appliance CPU* is every appliance process's CPU (read from /proc over the steady state), the load generator's not counted. *End → final* is from a console's last frame to its call finalised: it stays a few hundred ms while the workers keep up and grows with the run when they do not.\n\n", clip, dur)
 	w("| channels | frames sent | lost | finalised | end → final p50 / p99 ms | final → console p99 ms | appliance CPU | per channel | channels per core | coordinator CPU per channel |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	var last *bench.LoadResult
-	for n := 1; n <= 2*runtime.NumCPU(); n *= 2 {
+	for _, n := range []int{1, 4, 8, 12} {
 		r, err := benchLoad(ctx, bin, "--engine", "real", "--transport", "quic", "--calls", fmt.Sprint(n), "--duration", dur.String(), "--audio", clip, "--prefix", fmt.Sprintf("real%d", n))
 		if err == nil && (r.Server == nil || r.Server.ApplianceCPUPerStream <= 0) {
 			err = fmt.Errorf("no appliance figures: %v", r.Errors)
