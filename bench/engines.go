@@ -115,7 +115,7 @@ type RealTimeResult struct {
 	// the detector's hang-over (from the end of speech).
 	EndpointToFinal, SpeechEndToFinal Quantiles
 	// SpeechToPartial is from the moment speech began to its first partial.
-	SpeechToPartial Quantiles
+	SpeechToPartial  Quantiles
 	Finals, Partials int
 	// CPUPerChannel is this process's CPU over the run, per channel, in %
 	// of one core.

@@ -32,13 +32,13 @@ func TestCompare(t *testing.T) {
 
 func TestWordsNormalises(t *testing.T) {
 	cases := map[string]string{
-		"He was not an ill-disposed young man,":  "he was not an ill disposed young man",
-		"And Mr. John Dashwood":                  "and mister john dashwood",
-		"Go forward ten metres.":                 "go forward ten meters",
-		"Go forward 10 meters":                   "go forward ten meters",
-		"Call 999 now! There’s a fire at 42": "call nine nine nine now there's a fire at forty two",
-		"  ":                                     "",
-		"<s> a b </s>":                           "s a b s",
+		"He was not an ill-disposed young man,": "he was not an ill disposed young man",
+		"And Mr. John Dashwood":                 "and mister john dashwood",
+		"Go forward ten metres.":                "go forward ten meters",
+		"Go forward 10 meters":                  "go forward ten meters",
+		"Call 999 now! There’s a fire at 42":    "call nine nine nine now there's a fire at forty two",
+		"  ":                                    "",
+		"<s> a b </s>":                          "s a b s",
 	}
 	for in, want := range cases {
 		if got := strings.Join(Words(in), " "); got != want {

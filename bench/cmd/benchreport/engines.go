@@ -135,7 +135,10 @@ func realTimeSection(ctx context.Context, w, log func(string, ...any), cat model
 	w("\n## Engines: live channels (%s, partials included)\n\n", m.Name)
 	w("In one process, as in a worker: one model shared by N channels, each fed 100 ms chunks of the bundled call's two sides (back to back, each channel from its own offset) at real-time pace for %v, partials on (one attempt per second of utterance growth, within the model's `partial_share` of decode time). *Endpoint → final* is from the moment the audio that ended an utterance was due to its final; *speech end → final* adds the detector's %v hang-over (the target: ≤ 500 ms p99); *speech → first partial* is from the moment speech began (after the lead-in) to the utterance's first partial. *CPU per channel* is the process's CPU over the run. A run *lags* when endpoint → final p99 passes 1 s or grows through the run.\n\n", dur, hang)
 	w("| decode slots (cores) | channels | finals | endpoint → final p50 / p99 ms | speech end → final p50 / p99 ms | speech → first partial p50 / p99 ms | partials | CPU per channel | lags |\n|---|---|---|---|---|---|---|---|---|\n")
-	type verdict struct{ slots, most int; perCh float64 }
+	type verdict struct {
+		slots, most int
+		perCh       float64
+	}
 	var found []verdict
 	for _, slots := range []int{1, runtime.NumCPU()} {
 		mm := *m
