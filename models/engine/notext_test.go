@@ -22,7 +22,7 @@ func nonSpeech() map[string][]int16 {
 	var b0, b1, b2 float64
 	notes := []float64{261.6, 329.6, 392.0, 523.3, 440.0, 349.2, 293.7, 392.0}
 	return map[string][]int16{
-		"silence": make([]int16, n),
+		"silence":     make([]int16, n),
 		"white noise": gen(func(int) float64 { return r.NormFloat64() * 3000 }),
 		"pink noise": gen(func(int) float64 {
 			w := r.NormFloat64()
