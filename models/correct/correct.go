@@ -1,9 +1,18 @@
-// Package correct is the vocabulary pass for engines that print words, not
-// phones (Moonshine): it replaces a run of words in a final that sounds like
-// a name on the call centre's list (streets, places, drugs) with that name.
-// Sound is compared as CMUdict phones: the final's words from the system
-// dictionary (or letter-to-sound rules for words it lacks), the listed names
-// from the vocabulary file's own pronunciations.
+// Package correct is the vocabulary pass for speech engines that print
+// words rather than phones (Moonshine). A call centre lists local names
+// (streets, places, drugs) with CMUdict pronunciations; an engine that has
+// never seen "Tregunter" or "salbutamol" prints something that sounds like
+// it ("Tregunta", "sal beautamol"). Correct finds runs of one to three words
+// in a final whose pronunciation is close to a listed name's and replaces
+// them with the name.
+//
+// Sound is compared as CMUdict phones: the final's words come from a
+// pronunciation dictionary (the system's pocketsphinx CMUdict, see
+// SystemLexicon) or, for words it lacks, from crude letter-to-sound rules
+// (Spell); the listed names use the vocabulary's own pronunciations. The
+// comparison is a weighted phone edit distance in which similar phones
+// (two vowels, a voiced/unvoiced pair, two nasals) cost less to swap than
+// unrelated ones, normalised by the longer of the two phone strings.
 package correct
 
 import (
@@ -11,51 +20,71 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/callscribe/callscribe/proto"
 )
 
-// Lexicon looks up a lower-case word's phones.
+// Lexicon looks up the pronunciation of an ordinary word: lower-case, no
+// surrounding punctuation. ok is false when the word is unknown.
 type Lexicon func(word string) (phones []string, ok bool)
 
-// SystemDict is the pronunciation dictionary Debian's pocketsphinx-en-us ships.
+// SystemDict is the pronunciation dictionary of Debian's pocketsphinx-en-us
+// package, which SystemLexicon loads.
 const SystemDict = "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict"
 
-// LoadCMUDict reads a CMUdict-format file (first pronunciation of each word;
-// stress digits dropped).
+// LoadCMUDict reads a CMUdict file in pocketsphinx's format: one word a
+// line, then its phones ("road R OW D"); alternate pronunciations are
+// written "word(2) ..." and ignored (the first one is kept). Stress digits
+// ("OW1") are dropped, words are folded to lower case, and lines starting
+// with ";;;" are comments.
 func LoadCMUDict(path string) (Lexicon, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	d := map[string][]string{}
+	d := make(map[string][]string, 1<<17)
 	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 2 || strings.HasPrefix(fs[0], ";;;") {
+		line := sc.Text()
+		if strings.HasPrefix(line, ";;;") || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fs := strings.Fields(line)
+		if len(fs) < 2 {
 			continue
 		}
 		w := strings.ToLower(fs[0])
-		if strings.Contains(w, "(") {
-			continue // an alternate pronunciation
+		if i := strings.IndexByte(w, '('); i > 0 && strings.HasSuffix(w, ")") {
+			w = w[:i] // an alternate: kept only if the first is missing
 		}
 		if _, ok := d[w]; ok {
 			continue
 		}
-		ph := make([]string, len(fs)-1)
-		for i, p := range fs[1:] {
-			ph[i] = strings.TrimRight(strings.ToUpper(p), "012")
+		ph := make([]string, 0, len(fs)-1)
+		for _, p := range fs[1:] {
+			if p == "#" || strings.HasPrefix(p, "#") {
+				break // trailing comment
+			}
+			ph = append(ph, strings.TrimRight(strings.ToUpper(p), "0123456789"))
 		}
-		d[w] = ph
+		if len(ph) > 0 {
+			d[w] = ph
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return func(w string) ([]string, bool) { p, ok := d[w]; return p, ok }, nil
+	return func(w string) ([]string, bool) {
+		p, ok := d[w]
+		return p, ok
+	}, nil
 }
 
 var (
@@ -63,8 +92,9 @@ var (
 	sysLex  Lexicon
 )
 
-// SystemLexicon is SystemDict, loaded once; without it every word is
-// spelled by rule.
+// SystemLexicon is SystemDict, loaded on first use and then shared. When
+// the file is missing or unreadable every lookup fails, so every word is
+// spelled by rule (Spell).
 func SystemLexicon() Lexicon {
 	sysOnce.Do(func() {
 		l, err := LoadCMUDict(SystemDict)
@@ -76,254 +106,327 @@ func SystemLexicon() Lexicon {
 	return sysLex
 }
 
-// Thresholds: a span is replaced when the weighted edit distance between
-// its phones and the name's is at most this share of the name's phone
-// count (about one phone in three, vowels counting less). A single
-// dictionary word must be closer: an engine printing a real word is weaker
-// evidence that it missed a name than a non-word is.
+// Thresholds on the normalised distance (weighted edits divided by the
+// longer phone count) at or under which a span is replaced. One unit is
+// roughly one unrelated consonant swapped, inserted or dropped; two vowels
+// swap for 0.25–0.45, a voiced/unvoiced pair or two nasals for 0.3, and a
+// vowel comes or goes for 0.5–0.6.
+//
+// MaxDistance (0.3: about one wrong consonant in three phones, or one in
+// four plus a vowel) applies to spans holding at least one word the
+// lexicon lacks: an engine printing a non-word is good evidence that it
+// heard something it does not know. MaxDistanceWords applies to spans of
+// two or three dictionary words ("motor way", "pen sense"), and
+// MaxDistanceWord to a single dictionary word, which must be very close
+// (a voicing change or a near vowel in a long word): an engine printing a
+// real word is weak evidence of a miss, and most of a final is real words.
+// Very common words (the, about, near, …) are never replaced on their own.
 const (
-	MaxDistance     = 0.34
-	MaxDistanceWord = 0.15
-	minPhones       = 4
+	MaxDistance      = 0.30
+	MaxDistanceWords = 0.20
+	MaxDistanceWord  = 0.12
+	// MinPhones is the shortest listed pronunciation that is corrected
+	// towards: shorter names match too much by chance (they are still
+	// known to Knows).
+	MinPhones = 3
+	// MaxSpan is the most words a span replaced by one name may hold.
+	MaxSpan = 3
 )
 
-// Corrector replaces near-misses of listed names. Safe for concurrent use.
+// Corrector replaces near-misses of listed names in text. It is immutable
+// after New and safe for concurrent use.
 type Corrector struct {
-	names []name
 	lex   Lexicon
+	names []name
+	byLen [][]int32 // names by phone count
 	known map[string]bool
 }
 
 type name struct {
-	word   string
-	phones []string
+	word string
+	ph   []uint8
+	bag  bag
 }
 
-// New builds a corrector for a vocabulary (nil lex: SystemLexicon).
+// New builds a corrector for a vocabulary. lex pronounces ordinary words;
+// nil means SystemLexicon. A vocabulary entry with no phones, no word or a
+// phone outside CMUdict's set is an error. No vocabulary is not: the
+// corrector then returns text unchanged.
 func New(words []proto.Word, lex Lexicon) (*Corrector, error) {
 	if lex == nil {
 		lex = SystemLexicon()
 	}
-	c := &Corrector{lex: lex, known: map[string]bool{}}
+	c := &Corrector{lex: lex, known: make(map[string]bool, len(words))}
+	type key struct{ w, p string }
+	seen := map[key]bool{}
 	for _, w := range words {
-		ph := strings.Fields(w.Phones)
-		if len(ph) == 0 {
+		word := strings.ToLower(strings.TrimSpace(w.Word))
+		if word == "" {
+			return nil, errors.New("correct: a vocabulary entry has no word")
+		}
+		fs := strings.Fields(w.Phones)
+		if len(fs) == 0 {
 			return nil, fmt.Errorf("correct: %q has no phones", w.Word)
 		}
-		for _, p := range ph {
-			if _, ok := class[p]; !ok {
+		ph := make([]uint8, len(fs))
+		for i, p := range fs {
+			id, ok := phoneID[strings.TrimRight(strings.ToUpper(p), "012")]
+			if !ok {
 				return nil, fmt.Errorf("correct: %q: unknown phone %q", w.Word, p)
 			}
+			ph[i] = id
 		}
-		c.known[strings.ToLower(w.Word)] = true
-		if len(ph) >= minPhones {
-			c.names = append(c.names, name{word: strings.ToLower(w.Word), phones: ph})
+		c.known[word] = true
+		k := key{word, string(ph)}
+		if len(ph) < MinPhones || seen[k] {
+			continue
 		}
-	}
-	if len(words) > 0 && len(c.names) == 0 && len(c.known) == 0 {
-		return nil, errors.New("correct: empty vocabulary")
+		seen[k] = true
+		n := name{word: word, ph: ph, bag: bagOf(ph)}
+		for len(c.byLen) <= len(ph) {
+			c.byLen = append(c.byLen, nil)
+		}
+		c.byLen[len(ph)] = append(c.byLen[len(ph)], int32(len(c.names)))
+		c.names = append(c.names, n)
 	}
 	return c, nil
 }
 
-// Knows reports whether word is on the list.
-func (c *Corrector) Knows(word string) bool { return c.known[strings.ToLower(word)] }
-
-type token struct {
-	pre, word, post string // punctuation before and after
+// Knows reports whether word (any case) is on the vocabulary list.
+func (c *Corrector) Knows(word string) bool {
+	return c.known[strings.ToLower(word)]
 }
 
-func split(text string) []token {
-	var out []token
-	for _, f := range strings.Fields(text) {
-		i := strings.IndexFunc(f, isWordRune)
-		if i < 0 {
-			out = append(out, token{pre: f})
+// token is one whitespace-separated field of the text: [start, end) in
+// bytes, the word inside it [ws, we), and what it sounds like.
+type token struct {
+	start, end int
+	ws, we     int
+	phones     []uint8
+	inDict     bool // every part of it is in the lexicon
+	ok         bool // a word that may take part in a span
+	last       bool // it may only end a span (possessive 's)
+	stop       bool // a very common word
+	upper      bool // first letter upper case
+	allUpper   bool
+}
+
+// sentence punctuation a span may not cross.
+const breakers = ",.;:?!"
+
+func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
+
+// tokenize splits text at white space, keeping punctuation with its token.
+func (c *Corrector) tokenize(text string) []token {
+	var toks []token
+	i := 0
+	for i < len(text) {
+		r, sz := utf8.DecodeRuneInString(text[i:])
+		if unicode.IsSpace(r) {
+			i += sz
 			continue
 		}
-		j := strings.LastIndexFunc(f, isWordRune)
-		_, size := utf8Last(f[:j+1])
-		out = append(out, token{pre: f[:i], word: f[i : j+1], post: f[j+size:]})
-		_ = size
+		j := i
+		for j < len(text) {
+			r, sz := utf8.DecodeRuneInString(text[j:])
+			if unicode.IsSpace(r) {
+				break
+			}
+			j += sz
+		}
+		t := token{start: i, end: j}
+		f := text[i:j]
+		if a := strings.IndexFunc(f, isWordRune); a >= 0 {
+			b := strings.LastIndexFunc(f, isWordRune)
+			_, sz := utf8.DecodeRuneInString(f[b:])
+			t.ws, t.we = i+a, i+b+sz
+			c.pronounce(&t, text[t.ws:t.we])
+		}
+		toks = append(toks, t)
+		i = j
 	}
-	return out
+	return toks
 }
 
-func utf8Last(s string) (rune, int) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] < 0x80 || s[i] >= 0xC0 {
-			return []rune(s[i:])[0], len(s) - i
+// pronounce fills in a token's phones from its word.
+func (c *Corrector) pronounce(t *token, w string) {
+	lw := strings.ToLower(strings.ReplaceAll(w, "’", "'"))
+	for _, r := range lw {
+		if !unicode.IsLetter(r) && r != '\'' && r != '-' {
+			return // digits and odd marks: never matched
 		}
 	}
-	return 0, 1
+	if c.known[lw] {
+		return // already a listed word: left as it is
+	}
+	r, _ := utf8.DecodeRuneInString(w)
+	t.upper = unicode.IsUpper(r)
+	t.allUpper = utf8.RuneCountInString(w) > 1 && strings.ToUpper(w) == w
+	t.stop = stopWords[lw]
+	if ph, ok := c.lex(lw); ok {
+		t.phones, t.inDict, t.ok = encode(ph), true, true
+		return
+	}
+	if base, ok := strings.CutSuffix(lw, "'s"); ok && base != "" {
+		// A possessive the lexicon lacks: match the base, keep the 's.
+		lw, t.last = base, true
+		t.we -= 2
+		if c.known[base] {
+			return
+		}
+	}
+	t.inDict = true
+	for part := range strings.FieldsFuncSeq(lw, func(r rune) bool { return r == '-' || r == '\'' }) {
+		if ph, ok := c.lex(part); ok {
+			t.phones = append(t.phones, encode(ph)...)
+		} else {
+			t.phones = append(t.phones, encode(Spell(part))...)
+			t.inDict = false
+		}
+	}
+	if len(lw) > 0 && strings.ContainsAny(lw, "-'") {
+		if ph, ok := c.lex(strings.ReplaceAll(lw, "'", "")); ok { // "o'brien"-style
+			t.phones, t.inDict = encode(ph), true
+		}
+	}
+	t.ok = len(t.phones) > 0
 }
 
-func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) || r == '\'' }
+type match struct {
+	from, to int // tokens [from, to)
+	name     int32
+	score    float64
+}
 
-// Correct returns text with near-misses of listed names replaced.
+// Correct returns text with each run of one to MaxSpan words that sounds
+// like a listed name replaced by that name. A span never crosses
+// punctuation between its words, never holds a listed word or a word with
+// digits, and keeps the leading punctuation of its first token and the
+// trailing punctuation of its last; the name is capitalised when the
+// span's first word is (upper-cased when the span is). Overlapping
+// candidates are settled greedily, best score first. Everything outside
+// the replaced spans, white space included, is returned byte for byte.
 func (c *Corrector) Correct(text string) string {
 	if len(c.names) == 0 || text == "" {
 		return text
 	}
-	toks := split(text)
-	phones := make([][]string, len(toks))
-	inDict := make([]bool, len(toks))
-	for i, t := range toks {
-		if t.word == "" {
-			continue
-		}
-		w := strings.ToLower(t.word)
-		if p, ok := c.lex(w); ok {
-			phones[i], inDict[i] = p, true
-		} else {
-			phones[i] = Spell(w)
-		}
-	}
-	type match struct {
-		from, to int // tokens [from, to)
-		name     string
-		score    float64
-	}
+	toks := c.tokenize(text)
 	var ms []match
+	var span []uint8
+	var rows dpRows
 	for from := range toks {
-		var span []string
-		for to := from + 1; to <= min(from+3, len(toks)); to++ {
-			t := toks[to-1]
-			// A span never crosses punctuation and never holds a listed
-			// word: what is already right stays.
-			if t.word == "" || c.known[strings.ToLower(t.word)] || (to-1 > from && (strings.ContainsAny(toks[to-2].post, ",.;:?!") || t.pre != "")) {
+		span = span[:0]
+		inDict := true
+		for to := from + 1; to <= min(from+MaxSpan, len(toks)); to++ {
+			t := &toks[to-1]
+			if !t.ok {
 				break
 			}
-			span = append(span, phones[to-1]...)
+			if to-1 > from {
+				p := &toks[to-2]
+				if p.last || p.we != p.end || t.ws != t.start ||
+					strings.ContainsAny(text[p.we:p.end], breakers) {
+					break
+				}
+			}
+			span = append(span, t.phones...)
+			inDict = inDict && t.inDict
 			limit := MaxDistance
-			if to-from == 1 && inDict[from] {
+			switch {
+			case to-from == 1 && t.inDict && t.stop:
+				continue
+			case to-from == 1 && t.inDict:
 				limit = MaxDistanceWord
+			case inDict:
+				limit = MaxDistanceWords
 			}
-			for _, n := range c.names {
-				if float64(absInt(len(span)-len(n.phones))) > limit*float64(len(n.phones)) {
-					continue
-				}
-				if s := distance(span, n.phones) / float64(len(n.phones)); s <= limit {
-					ms = append(ms, match{from, to, n.word, s})
-				}
-			}
+			c.candidates(span, limit, from, to, &rows, &ms)
 		}
 	}
 	if len(ms) == 0 {
 		return text
 	}
-	// Best score first; ties: the earlier, then the longer span, then the name.
-	sortMatches := func(a, b match) bool {
-		if a.score != b.score {
-			return a.score < b.score
+	// Best first; ties: the earlier span, the longer span, the name listed first.
+	slices.SortFunc(ms, func(a, b match) int {
+		switch {
+		case a.score != b.score:
+			if a.score < b.score {
+				return -1
+			}
+			return 1
+		case a.from != b.from:
+			return a.from - b.from
+		case a.to != b.to:
+			return b.to - a.to
 		}
-		if a.from != b.from {
-			return a.from < b.from
-		}
-		if a.to != b.to {
-			return a.to > b.to
-		}
-		return a.name < b.name
-	}
-	for i := 1; i < len(ms); i++ {
-		for j := i; j > 0 && sortMatches(ms[j], ms[j-1]); j-- {
-			ms[j], ms[j-1] = ms[j-1], ms[j]
-		}
-	}
+		return int(a.name - b.name)
+	})
 	taken := make([]bool, len(toks))
-	repl := map[int]match{}
+	var chosen []match
 	for _, m := range ms {
-		free := true
-		for i := m.from; i < m.to; i++ {
-			free = free && !taken[i]
-		}
-		if !free {
+		if slices.Contains(taken[m.from:m.to], true) {
 			continue
 		}
 		for i := m.from; i < m.to; i++ {
 			taken[i] = true
 		}
-		repl[m.from] = m
+		chosen = append(chosen, m)
 	}
+	slices.SortFunc(chosen, func(a, b match) int { return a.from - b.from })
 	var b strings.Builder
-	for i := 0; i < len(toks); i++ {
-		if b.Len() > 0 {
-			b.WriteByte(' ')
+	b.Grow(len(text) + 16)
+	at := 0
+	for _, m := range chosen {
+		first, last := toks[m.from], toks[m.to-1]
+		b.WriteString(text[at:first.ws])
+		w := c.names[m.name].word
+		switch {
+		case first.allUpper && (m.to-m.from > 1 || utf8.RuneCountInString(w) > 1):
+			w = strings.ToUpper(w)
+		case first.upper:
+			r, sz := utf8.DecodeRuneInString(w)
+			w = string(unicode.ToUpper(r)) + w[sz:]
 		}
-		m, ok := repl[i]
-		if !ok {
-			b.WriteString(toks[i].pre + toks[i].word + toks[i].post)
-			continue
-		}
-		w := m.name
-		if r := []rune(toks[i].word); len(r) > 0 && unicode.IsUpper(r[0]) {
-			rs := []rune(w)
-			rs[0] = unicode.ToUpper(rs[0])
-			w = string(rs)
-		}
-		b.WriteString(toks[i].pre + w + toks[m.to-1].post)
-		i = m.to - 1
+		b.WriteString(w)
+		at = last.we
 	}
+	b.WriteString(text[at:])
 	return b.String()
 }
 
-func absInt(x int) int {
+// candidates appends the names within limit of span.
+func (c *Corrector) candidates(span []uint8, limit float64, from, to int, rows *dpRows, ms *[]match) {
+	l := len(span)
+	if l == 0 {
+		return
+	}
+	sb := bagOf(span)
+	for n := MinPhones; n < len(c.byLen); n++ {
+		if len(c.byLen[n]) == 0 {
+			continue
+		}
+		longer := float64(max(l, n) * unit)
+		max := int32(limit * longer)
+		if int32(abs(l-n))*minIndel > max {
+			continue
+		}
+		for _, id := range c.byLen[n] {
+			nm := &c.names[id]
+			if bagBound(&sb, &nm.bag) > max {
+				continue
+			}
+			d, ok := rows.distance(span, nm.ph, max)
+			if !ok {
+				continue
+			}
+			*ms = append(*ms, match{from: from, to: to, name: id, score: float64(d) / longer})
+		}
+	}
+}
+
+func abs(x int) int {
 	if x < 0 {
 		return -x
 	}
 	return x
-}
-
-// class groups phones by how they sound: a substitution within a class
-// costs less than across classes.
-var class = map[string]string{
-	"AA": "v", "AE": "v", "AH": "v", "AO": "v", "AW": "v", "AY": "v", "EH": "v", "ER": "v", "EY": "v",
-	"IH": "v", "IY": "v", "OW": "v", "OY": "v", "UH": "v", "UW": "v",
-	"P": "pb", "B": "pb", "T": "td", "D": "td", "K": "kg", "G": "kg",
-	"F": "fv", "V": "fv", "TH": "th", "DH": "th", "S": "sz", "Z": "sz", "SH": "sh", "ZH": "sh",
-	"CH": "ch", "JH": "ch", "HH": "h", "M": "n", "N": "n", "NG": "n",
-	"L": "l", "R": "r", "W": "w", "Y": "y",
-}
-
-// near pairs classes that are often confused.
-var near = map[string]bool{"pb|fv": true, "td|th": true, "sz|sh": true, "sh|ch": true, "td|ch": true, "l|r": true, "w|v": true, "y|v": true, "kg|ch": true}
-
-func subCost(a, b string) float64 {
-	if a == b {
-		return 0
-	}
-	ca, cb := class[a], class[b]
-	switch {
-	case ca == cb && ca == "v":
-		return 0.4
-	case ca == cb:
-		return 0.3
-	case near[ca+"|"+cb] || near[cb+"|"+ca]:
-		return 0.6
-	}
-	return 1
-}
-
-func indelCost(p string) float64 {
-	if class[p] == "v" || p == "HH" {
-		return 0.6 // vowels and h come and go in spelling-based guesses
-	}
-	return 1
-}
-
-// distance is a weighted edit distance between phone sequences.
-func distance(a, b []string) float64 {
-	prev := make([]float64, len(b)+1)
-	cur := make([]float64, len(b)+1)
-	for j := range b {
-		prev[j+1] = prev[j] + indelCost(b[j])
-	}
-	for i := range a {
-		cur[0] = prev[0] + indelCost(a[i])
-		for j := range b {
-			cur[j+1] = min(prev[j]+subCost(a[i], b[j]), prev[j+1]+indelCost(a[i]), cur[j]+indelCost(b[j]))
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
