@@ -120,7 +120,8 @@ func SystemLexicon() Lexicon {
 // MaxDistanceWord to a single dictionary word, which must be very close
 // (a voicing change or a near vowel in a long word): an engine printing a
 // real word is weak evidence of a miss, and most of a final is real words.
-// Very common words (the, about, near, …) are never replaced on their own.
+// Very common words (the, about, near, …) are never replaced on their own,
+// nor is a span made only of them ("to the").
 const (
 	MaxDistance      = 0.30
 	MaxDistanceWords = 0.20
@@ -138,7 +139,7 @@ const (
 type Corrector struct {
 	lex   Lexicon
 	names []name
-	byLen [][]int32 // names by phone count
+	byLen [][][]int32 // names by phone count, then by vowel count
 	known map[string]bool
 }
 
@@ -184,9 +185,10 @@ func New(words []proto.Word, lex Lexicon) (*Corrector, error) {
 		seen[k] = true
 		n := name{word: word, ph: ph, bag: bagOf(ph)}
 		for len(c.byLen) <= len(ph) {
-			c.byLen = append(c.byLen, nil)
+			c.byLen = append(c.byLen, make([][]int32, len(c.byLen)+1))
 		}
-		c.byLen[len(ph)] = append(c.byLen[len(ph)], int32(len(c.names)))
+		v := vowels(ph)
+		c.byLen[len(ph)][v] = append(c.byLen[len(ph)][v], int32(len(c.names)))
 		c.names = append(c.names, n)
 	}
 	return c, nil
@@ -316,7 +318,7 @@ func (c *Corrector) Correct(text string) string {
 	var rows dpRows
 	for from := range toks {
 		span = span[:0]
-		inDict := true
+		inDict, stops := true, true
 		for to := from + 1; to <= min(from+MaxSpan, len(toks)); to++ {
 			t := &toks[to-1]
 			if !t.ok {
@@ -331,10 +333,11 @@ func (c *Corrector) Correct(text string) string {
 			}
 			span = append(span, t.phones...)
 			inDict = inDict && t.inDict
+			stops = stops && t.stop && t.inDict
 			limit := MaxDistance
 			switch {
-			case to-from == 1 && t.inDict && t.stop:
-				continue
+			case stops:
+				continue // "to the", "it is": never a name
 			case to-from == 1 && t.inDict:
 				limit = MaxDistanceWord
 			case inDict:
@@ -401,27 +404,43 @@ func (c *Corrector) candidates(span []uint8, limit float64, from, to int, rows *
 		return
 	}
 	sb := bagOf(span)
+	sv := vowels(span)
 	for n := MinPhones; n < len(c.byLen); n++ {
-		if len(c.byLen[n]) == 0 {
-			continue
-		}
 		longer := float64(max(l, n) * unit)
 		max := int32(limit * longer)
 		if int32(abs(l-n))*minIndel > max {
 			continue
 		}
-		for _, id := range c.byLen[n] {
-			nm := &c.names[id]
-			if bagBound(&sb, &nm.bag) > max {
+		for v, ids := range c.byLen[n] {
+			// Vowels and consonants must each be made up in number:
+			// bagWeight is at least 10 for vowels, 6 for any consonant.
+			if len(ids) == 0 || 10*int32(abs(sv-v))+6*int32(abs(l-sv-(n-v))) > max {
 				continue
 			}
-			d, ok := rows.distance(span, nm.ph, max)
-			if !ok {
-				continue
+			for _, id := range ids {
+				nm := &c.names[id]
+				if bagBound(&sb, &nm.bag, max) > max {
+					continue
+				}
+				d, ok := rows.distance(span, nm.ph, max)
+				if !ok {
+					continue
+				}
+				*ms = append(*ms, match{from: from, to: to, name: id, score: float64(d) / longer})
 			}
-			*ms = append(*ms, match{from: from, to: to, name: id, score: float64(d) / longer})
 		}
 	}
+}
+
+// vowels counts the vowels of ph.
+func vowels(ph []uint8) int {
+	n := 0
+	for _, p := range ph {
+		if p < nVowels {
+			n++
+		}
+	}
+	return n
 }
 
 func abs(x int) int {
@@ -430,3 +449,23 @@ func abs(x int) int {
 	}
 	return x
 }
+
+// stopWords are very common English words that are never replaced on their
+// own, however close they sound to a listed name.
+var stopWords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`a about above after again against all also am an and any are as at
+		back be because been before being below between both but by came can come could did do does doing
+		done down during each even ever every few for from get go going gone got had has have having he
+		her here hers herself him himself his how i if in into is it its itself just know like made make
+		many may me might more most much must my myself near need never new no nor not now of off often
+		on once one only or other our ours out over own please right said same say see she should so
+		some still such take than that the their theirs them then there these they this those though
+		through to too two under until up upon us very was way we well were what when where which while
+		who whom whose why will with would yes yet you your yours okay ok yeah hello sir madam
+		there's it's he's she's that's what's i'm you're we're they're don't can't won't isn't
+		doesn't didn't i've i'll i'd he'd she'd we've you've`) {
+		m[w] = true
+	}
+	return m
+}()
