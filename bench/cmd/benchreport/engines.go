@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 
@@ -27,27 +28,11 @@ var engineModels = []string{"moonshine-base", "moonshine-tiny", "en-us"}
 // referenced clips and the synthetic set, and, for the default model,
 // latency and channels per core at real-time pace.
 func engineSection(ctx context.Context, w, log func(string, ...any), dir string) error {
-	refs, err := wer.ReadReferences(testData)
+	libri, synth, sdir, synthErr, err := engineClips(ctx, dir)
 	if err != nil {
-		w("\n## Engines\n\nnot measured: pocketsphinx-testdata is not installed\n")
+		w("\n## Engines\n\nnot measured: %v\n", err)
 		return nil
 	}
-	var libri []bench.Clip
-	for path, ref := range refs {
-		if !strings.Contains(path, "/librivox/") {
-			continue
-		}
-		wv, err := audio.ReadWAVFile(path)
-		if err != nil {
-			return err
-		}
-		libri = append(libri, bench.Clip{Name: filepath.Base(path), WAV: wv, Ref: ref})
-	}
-	sdir := filepath.Join(dir, "synthetic")
-	if err := os.MkdirAll(sdir, 0o755); err != nil {
-		return err
-	}
-	synth, synthErr := bench.Synthesize(ctx, sdir)
 	cat, err := models.Load("")
 	if err != nil {
 		return err
@@ -109,6 +94,45 @@ func engineSection(ctx context.Context, w, log func(string, ...any), dir string)
 		return err
 	}
 	return realTimeSection(ctx, w, log, cat)
+}
+
+// engineClips reads the referenced LibriVox clips and makes the synthetic
+// set (synthErr says why it could not).
+func engineClips(ctx context.Context, dir string) (libri, synth []bench.Clip, sdir string, synthErr, err error) {
+	refs, err := wer.ReadReferences(testData)
+	if err != nil {
+		return nil, nil, "", nil, fmt.Errorf("pocketsphinx-testdata is not installed: %w", err)
+	}
+	for path, ref := range refs {
+		if !strings.Contains(path, "/librivox/") {
+			continue
+		}
+		wv, err := audio.ReadWAVFile(path)
+		if err != nil {
+			return nil, nil, "", nil, err
+		}
+		libri = append(libri, bench.Clip{Name: filepath.Base(path), WAV: wv, Ref: ref})
+	}
+	sort.Slice(libri, func(i, j int) bool { return libri[i].Name < libri[j].Name })
+	sdir = filepath.Join(dir, "synthetic")
+	if err := os.MkdirAll(sdir, 0o755); err != nil {
+		return nil, nil, "", nil, err
+	}
+	synth, synthErr = bench.Synthesize(ctx, sdir)
+	return libri, synth, sdir, synthErr, nil
+}
+
+// VocabularyOnly re-measures the vocabulary pass alone.
+func vocabularyOnly(ctx context.Context, w, log func(string, ...any), dir string) error {
+	libri, synth, sdir, _, err := engineClips(ctx, dir)
+	if err != nil {
+		return err
+	}
+	cat, err := models.Load("")
+	if err != nil {
+		return err
+	}
+	return vocabularySection(ctx, w, log, sdir, cat, map[string][]bench.Clip{"LibriVox": libri, "synthetic": synth})
 }
 
 // realTimeSection feeds N channels of real speech at real-time pace through

@@ -33,13 +33,18 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "duration of each timed run")
 	bin := flag.String("bin", "bin/callscribe", "the callscribe binary (its bench load drives the WebRTC consoles)")
 	enginesOnly := flag.Bool("engines-only", false, "measure only the engines (accuracy, live channels) and print the section")
+	vocabOnly := flag.Bool("vocabulary-only", false, "measure only the vocabulary pass and print its table")
 	flag.Parse()
-	if *enginesOnly {
+	if *enginesOnly || *vocabOnly {
 		var b strings.Builder
 		w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
 		log := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 		_ = os.MkdirAll(*work, 0o700)
-		err := engineSection(context.Background(), w, log, *work)
+		section := engineSection
+		if *vocabOnly {
+			section = vocabularyOnly
+		}
+		err := section(context.Background(), w, log, *work)
 		fmt.Print(b.String())
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)
