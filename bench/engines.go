@@ -121,7 +121,7 @@ type RealTimeResult struct {
 	// of one core.
 	CPUPerChannel float64
 	// Lagging says the finals fell behind real time (latency grew through
-	// the run or passed 1 s at p99).
+	// the run or passed 3 s at p99).
 	Lagging bool
 }
 
@@ -209,7 +209,9 @@ func RealTime(ctx context.Context, f engine.Factory, pcm []int16, n int, dur tim
 	res.EndpointToFinal, res.SpeechEndToFinal, res.SpeechToPartial = quantiles(endp), quantiles(speech), quantiles(part)
 	res.Finals, res.Partials = len(endp), len(part)
 	h1, h2 := quantiles(firstHalf), quantiles(second)
-	res.Lagging = res.EndpointToFinal.P99 > time.Second || (len(second) > 0 && h2.P50 > 2*h1.P50+200*time.Millisecond)
+	// Falling behind shows as latency that grows through the run; a long
+	// utterance's own decode time (up to ~1 s) is latency, not lag.
+	res.Lagging = res.EndpointToFinal.P99 > 3*time.Second || (len(second) > 0 && h2.P50 > 2*h1.P50+200*time.Millisecond)
 	return res, nil
 }
 

@@ -27,13 +27,18 @@ const (
 	// before it decides, and a word's onset is quieter than its body.
 	LeadIn = 3 * SampleRate / 10
 	// DefaultMaxUtteranceWhole bounds an utterance of a whole-utterance
-	// engine (decode cost grows with its length). Beyond it the utterance is
+	// engine: its final's decode time grows with its length (about 0.9 s for
+	// 10 s of audio on the benchmark machine). Beyond it the utterance is
 	// cut at its quietest 10 ms in the last CutWindow; the audio after the
 	// cut begins the next utterance, so nothing is dropped.
-	DefaultMaxUtteranceWhole = 15 * SampleRate
+	DefaultMaxUtteranceWhole = 10 * SampleRate
 	// CutWindow is where a cut in unbroken speech may fall: within the last
 	// 5 s before the limit.
 	CutWindow = 5 * SampleRate
+	// PartialWindow bounds what a partial decodes: the last 6 s of a longer
+	// utterance. A decode holds its slot until done, so an unbounded partial
+	// of a long utterance would delay the finals queued behind it.
+	PartialWindow = 6 * SampleRate
 )
 
 // Utterances decodes one channel with a whole-utterance engine. Audio is
@@ -181,7 +186,7 @@ func (t *Utterances) chunk(c, rest []int16) ([]Event, error) {
 		return nil, nil
 	}
 	t.partialAt = len(t.buf)
-	text, ok, err := t.dec.TryDecode(t.buf)
+	text, ok, err := t.dec.TryDecode(t.buf[max(0, len(t.buf)-PartialWindow):])
 	if err != nil {
 		return nil, fmt.Errorf("asr: partial: %w", err)
 	}
