@@ -86,7 +86,7 @@ func engineSection(ctx context.Context, w, log func(string, ...any), dir string)
 		}
 		in.Close()
 	}
-	w("\nRTF is CPU time over audio time for all four paths together, one decode at a time (finals only, no partials).\n")
+	w("\nRTF is CPU time over audio time for all four paths together, one channel at a time through the worker pipeline (partials on, as live).\n")
 	if err := opusAlignment(w, log, cat, libri); err != nil {
 		return err
 	}
