@@ -184,19 +184,7 @@ func (t *Transcriber) Feed(pcm []int16) ([]Event, error) {
 	if t.flushed {
 		return nil, ErrFlushed
 	}
-	t.pending = append(t.pending, pcm...)
-	var evs []Event
-	off := 0
-	for len(t.pending)-off >= ChunkSamples {
-		ev, err := t.chunk(t.pending[off:off+ChunkSamples], t.pending[off+ChunkSamples:])
-		if err != nil {
-			return evs, err
-		}
-		evs = append(evs, ev...)
-		off += ChunkSamples
-	}
-	t.pending = append(t.pending[:0], t.pending[off:]...)
-	return evs, nil
+	return feedChunks(&t.pending, pcm, t.chunk)
 }
 
 // Flush feeds what is left, ends the last utterance and returns its final.
@@ -296,4 +284,24 @@ func clean(h string) string {
 		out = append(out, w)
 	}
 	return strings.Join(out, " ")
+}
+
+// feedChunks appends pcm to *pending and hands each whole chunk to chunk,
+// with the samples that follow it (kept in a checkpoint); what is left over
+// stays pending. Both transcribers cut audio this way.
+func feedChunks(pending *[]int16, pcm []int16, chunk func(c, rest []int16) ([]Event, error)) ([]Event, error) {
+	*pending = append(*pending, pcm...)
+	p := *pending
+	var evs []Event
+	off := 0
+	for len(p)-off >= ChunkSamples {
+		ev, err := chunk(p[off:off+ChunkSamples], p[off+ChunkSamples:])
+		if err != nil {
+			return evs, err
+		}
+		evs = append(evs, ev...)
+		off += ChunkSamples
+	}
+	*pending = append(p[:0], p[off:]...)
+	return evs, nil
 }

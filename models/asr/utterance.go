@@ -101,19 +101,7 @@ func (t *Utterances) Feed(pcm []int16) ([]Event, error) {
 	if t.flushed {
 		return nil, ErrFlushed
 	}
-	t.pending = append(t.pending, pcm...)
-	var evs []Event
-	off := 0
-	for len(t.pending)-off >= ChunkSamples {
-		ev, err := t.chunk(t.pending[off:off+ChunkSamples], t.pending[off+ChunkSamples:])
-		if err != nil {
-			return evs, err
-		}
-		evs = append(evs, ev...)
-		off += ChunkSamples
-	}
-	t.pending = append(t.pending[:0], t.pending[off:]...)
-	return evs, nil
+	return feedChunks(&t.pending, pcm, t.chunk)
 }
 
 // Flush decodes what is left and returns the last final.
