@@ -192,14 +192,9 @@ func (t *Transcriber) Flush() ([]Event, error) {
 	if t.flushed {
 		return nil, ErrFlushed
 	}
-	var evs []Event
-	if len(t.pending) > 0 {
-		ev, err := t.chunk(t.pending, nil)
-		if err != nil {
-			return nil, err
-		}
-		evs = append(evs, ev...)
-		t.pending = t.pending[:0]
+	evs, err := flushChunk(&t.pending, t.chunk)
+	if err != nil {
+		return nil, err
 	}
 	t.flushed = true
 	if err := t.dec.EndUtt(); err != nil {
@@ -303,5 +298,19 @@ func feedChunks(pending *[]int16, pcm []int16, chunk func(c, rest []int16) ([]Ev
 		off += ChunkSamples
 	}
 	*pending = append(p[:0], p[off:]...)
+	return evs, nil
+}
+
+// flushChunk hands what is pending, less than a chunk, to chunk as the
+// channel's last (short) chunk.
+func flushChunk(pending *[]int16, chunk func(c, rest []int16) ([]Event, error)) ([]Event, error) {
+	if len(*pending) == 0 {
+		return nil, nil
+	}
+	evs, err := chunk(*pending, nil)
+	if err != nil {
+		return nil, err
+	}
+	*pending = (*pending)[:0]
 	return evs, nil
 }

@@ -109,14 +109,9 @@ func (t *Utterances) Flush() ([]Event, error) {
 	if t.flushed {
 		return nil, ErrFlushed
 	}
-	var evs []Event
-	if len(t.pending) > 0 {
-		ev, err := t.chunk(t.pending, nil)
-		if err != nil {
-			return nil, err
-		}
-		evs = append(evs, ev...)
-		t.pending = t.pending[:0]
+	evs, err := flushChunk(&t.pending, t.chunk)
+	if err != nil {
+		return nil, err
 	}
 	t.flushed = true
 	if t.speaking {
