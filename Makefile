@@ -8,7 +8,9 @@ export CGO_ENABLED := 1
 export CGO_CFLAGS  := -O2 -g -Wno-deprecated-declarations
 # sherpa-onnx's two shared libraries travel with the binary: bin/lib in a
 # build tree, PREFIX/lib/callscribe when installed ($$ORIGIN-relative RUNPATH).
-SHERPA_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' github.com/k2-fsa/sherpa-onnx-go-linux)/lib/x86_64-unknown-linux-gnu
+# Asked at run time (make expands a whole recipe before running it, and on a
+# fresh machine the module is only downloaded by the build).
+SHERPA_MOD  := github.com/k2-fsa/sherpa-onnx-go-linux
 SHERPA_LIBS := libsherpa-onnx-c-api.so libonnxruntime.so
 LDFLAGS     := -X main.version=$(VERSION) -extldflags '-Wl,-rpath,\$$ORIGIN/lib:\$$ORIGIN/../lib/callscribe'
 BIN         := bin/callscribe
@@ -36,7 +38,9 @@ deps-bench:
 .PHONY: build
 build: deps ## build every binary into bin/ and install the model files beside it
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/callscribe
-	@mkdir -p bin/lib && for l in $(SHERPA_LIBS); do cmp -s $(SHERPA_DIR)/$$l bin/lib/$$l || install -m 0644 $(SHERPA_DIR)/$$l bin/lib/$$l; done
+	@d=$$($(GO) mod download -json $(SHERPA_MOD) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')/lib/x86_64-unknown-linux-gnu; \
+	  test -f "$$d/libonnxruntime.so" || { echo "sherpa-onnx libraries not found in $$d" >&2; exit 1; }; \
+	  mkdir -p bin/lib && for l in $(SHERPA_LIBS); do cmp -s $$d/$$l bin/lib/$$l || install -m 0644 $$d/$$l bin/lib/$$l; done
 	@$(BIN) models install --dest $(CALLSCRIBE_MODEL_DIR) >/dev/null
 
 .PHONY: run
