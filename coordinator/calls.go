@@ -29,27 +29,56 @@ type call struct {
 	recovered bool
 	// done is closed once the call is finalised.
 	done chan struct{}
+	// gone is closed when a call that never received audio is dropped
+	// (its console went away during set-up): its dispatchers stop.
+	gone chan struct{}
+	// idle is broadcast (with mu) when a channel's store write completes.
+	idle *sync.Cond
 }
 
 // channel is one audio channel of a call.
 type channel struct {
-	idx      int
-	label    string
-	appendMu sync.Mutex // serialises appends of this channel
+	idx   int
+	label string
 	// The following are guarded by call.mu.
-	nextSeq  uint32 // frames below are durable
-	ended    bool
+	nextSeq uint32 // frames below are durable
+	// queued holds frames accepted from the console and waiting for the
+	// store; queuedNext is the next frame accepted (nextSeq + in flight +
+	// queued). One write per channel is in flight at a time (writing), so
+	// frames become durable strictly in order, and frames arriving while a
+	// write is in flight go to the store together in the next one: the
+	// slower the disk, the bigger the batch.
+	queued     []queuedFrame
+	queuedNext uint32
+	writing    bool
+	// fed is one past the last frame sent to a worker (this process's
+	// life): a channel released for lack of audio is reassigned only when
+	// audio beyond it arrives.
+	fed   uint32
+	ended bool
 	finals   uint32 // finals persisted
 	decoded  uint32
 	complete bool
 	received uint64 // frames received, duplicates included
 	// concealed counts loss markers stored: packets the transport lost.
 	concealed uint64
+	// undecodable counts frames no decoder could read (concealed by the
+	// worker); undecodableNext dedupes the reports of a replayed channel.
+	undecodable     uint64
+	undecodableNext uint32
 	// resumedUnseen: the channel moved to a worker while no console was
 	// attached; the console is told when it reattaches.
 	resumedUnseen bool
 	recvAt        map[uint32]time.Time
 	notify        chan struct{}
+}
+
+// queuedFrame is a frame waiting for the store, with its console's
+// callback.
+type queuedFrame struct {
+	a    proto.Audio
+	at   time.Time
+	done func(proto.Ack, error)
 }
 
 func (ch *channel) signal() {
@@ -91,18 +120,34 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	if err != nil {
 		return nil, nil, perr(proto.CodeUnknownModel, "%v", err)
 	}
-	cl, err := c.callByID(h.CallID)
-	resumed := err == nil
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		if cl, err = c.newCall(ctx, h, m.Name); err != nil {
+	var cl *call
+	resumed := false
+	for {
+		cl, err = c.callByID(h.CallID)
+		resumed = err == nil
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			if err := c.admit(h.ConsoleID); err != nil {
+				return nil, nil, err
+			}
+			if cl, err = c.newCall(ctx, h, m.Name); err != nil {
+				return nil, nil, err
+			}
+		case err != nil:
 			return nil, nil, err
 		}
-	case err != nil:
-		return nil, nil, err
+		cl.mu.Lock()
+		if !cl.isGone() {
+			break
+		}
+		cl.mu.Unlock() // dropped while we looked it up: open it anew
 	}
-	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	// Frames of an earlier stream still on their way to the disk settle
+	// first, so the welcome's next_seq is exact.
+	for cl.writingLocked() {
+		cl.idle.Wait()
+	}
 	rec := cl.rec
 	if rec.Console != h.ConsoleID {
 		return nil, nil, perr(proto.CodeCallInUse, "call %s belongs to console %s", h.CallID, rec.Console)
@@ -120,6 +165,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
 	for i, ch := range cl.chans {
 		wel.NextSeq[i] = ch.nextSeq
+		ch.queuedNext = ch.nextSeq
 		if ch.resumedUnseen {
 			ch.resumedUnseen = false
 			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: i, Label: ch.label}})
@@ -129,6 +175,93 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		return nil, nil, err
 	}
 	return s, wel, nil
+}
+
+// isGone reports whether the call was dropped. Caller holds cl.mu.
+func (cl *call) isGone() bool {
+	select {
+	case <-cl.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// writingLocked reports whether a channel has frames on their way to the
+// store. Caller holds cl.mu.
+func (cl *call) writingLocked() bool {
+	for _, ch := range cl.chans {
+		if ch.writing {
+			return true
+		}
+	}
+	return false
+}
+
+// settingUpLocked reports whether the call is still being set up: opened,
+// no audio received. Caller holds cl.mu.
+func (cl *call) settingUpLocked() bool {
+	if cl.rec.State != store.StateOpen {
+		return false
+	}
+	for _, ch := range cl.chans {
+		if ch.queuedNext > 0 || ch.nextSeq > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// admit refuses a new call when too many calls are being set up (opened,
+// no audio yet), in all or from this console: a flood of hellos or offers
+// that never send audio cannot crowd out real calls. Calls already
+// carrying audio, and resumes, are never refused here.
+func (c *Coordinator) admit(console proto.ConsoleID) error {
+	lim := c.limits()
+	total, mine := 0, 0
+	c.mu.Lock()
+	for _, cl := range c.calls {
+		cl.mu.Lock()
+		if cl.settingUpLocked() && !cl.isGone() {
+			total++
+			if cl.rec.Console == console {
+				mine++
+			}
+		}
+		cl.mu.Unlock()
+	}
+	c.mu.Unlock()
+	switch {
+	case lim.MaxSettingUp > 0 && total >= lim.MaxSettingUp:
+		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("global_limit").Inc() })
+		return perr(proto.CodeUnavailable, "%d calls are being set up (the limit): retry shortly", total)
+	case lim.MaxSettingUpPerConsole > 0 && mine >= lim.MaxSettingUpPerConsole:
+		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("console_limit").Inc() })
+		return perr(proto.CodeUnavailable, "console %s has %d calls being set up (the limit): retry shortly", console, mine)
+	}
+	return nil
+}
+
+// dropIfUnstarted forgets a call that never received audio once no console
+// is attached: a hello or offer that came to nothing leaves nothing behind.
+func (c *Coordinator) dropIfUnstarted(cl *call) {
+	c.mu.Lock()
+	cl.mu.Lock()
+	drop := c.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 && cl.settingUpLocked() && !cl.isGone()
+	if drop {
+		close(cl.gone)
+		delete(c.calls, cl.id)
+	}
+	cl.mu.Unlock()
+	c.mu.Unlock()
+	if !drop {
+		return
+	}
+	if err := c.store.DeleteCall(c.runCtx, cl.id); err != nil && c.runCtx.Err() == nil {
+		c.log.Warn("cannot delete a call that never received audio", "call", cl.id, "err", err)
+		return
+	}
+	c.log.Info("call dropped: its console left before sending audio", "call", cl.id)
 }
 
 // Watch follows a call's transcript read-only, as a supervisor does: the
@@ -241,7 +374,8 @@ func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string)
 }
 
 func (c *Coordinator) buildCall(rec *store.Call) *call {
-	cl := &call{id: rec.ID, rec: rec, done: make(chan struct{}), lastActive: time.Now()}
+	cl := &call{id: rec.ID, rec: rec, done: make(chan struct{}), gone: make(chan struct{}), lastActive: time.Now()}
+	cl.idle = sync.NewCond(&cl.mu)
 	for len(rec.Decoded) < len(rec.Channels) {
 		rec.Decoded = append(rec.Decoded, 0)
 	}
@@ -268,12 +402,15 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 		if err != nil {
 			return nil, err
 		}
-		ch.nextSeq = n
+		ch.nextSeq, ch.queuedNext = n, n
 		if i < len(rec.Received) {
 			ch.received = rec.Received[i]
 		}
 		if i < len(rec.Concealed) {
 			ch.concealed = rec.Concealed[i]
+		}
+		if i < len(rec.Undecodable) {
+			ch.undecodable = rec.Undecodable[i]
 		}
 		last, err := c.store.LastFinal(rec.ID, i)
 		if err != nil {
@@ -308,66 +445,159 @@ func (c *Coordinator) startCall(cl *call) {
 	}
 }
 
-// Append implements ingest.Session.
+// maxQueuedFrames bounds the frames of one channel waiting for the store
+// (about 40 s of 20 ms packets): past it the disk cannot carry the call,
+// and the console is told to retry rather than the coordinator buffering
+// without end.
+const maxQueuedFrames = 2048
+
+// Append implements ingest.Session: Submit, then wait for the outcome.
 func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) {
+	type result struct {
+		ack proto.Ack
+		err error
+	}
+	res := make(chan result, 1)
+	s.Submit(a, func(ack proto.Ack, err error) { res <- result{ack, err} })
+	// Once accepted, a frame's write happens: its outcome is awaited even
+	// if ctx ends, so a caller never acks or un-acks on a guess.
+	r := <-res
+	return r.ack, r.err
+}
+
+// Submit implements ingest.Submitter: it accepts a frame in order and calls
+// done (from another goroutine, in sequence order per channel) once the
+// frame is durable, with the cumulative ack, or with the error that kept
+// it from the disk. Many frames of a channel can be in flight at once, so
+// acks keep pace with a slow disk by carrying more frames per commit.
+// a.Payload is copied.
+func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 	cl := s.call
 	if s.watch {
-		return proto.Ack{}, perr(proto.CodeBadRequest, "a watcher cannot send audio")
+		done(proto.Ack{}, perr(proto.CodeBadRequest, "a watcher cannot send audio"))
+		return
 	}
 	if int(a.Channel) >= len(cl.chans) {
-		return proto.Ack{}, perr(proto.CodeBadRequest, "channel %d does not exist (call has %d)", a.Channel, len(cl.chans))
+		done(proto.Ack{}, perr(proto.CodeBadRequest, "channel %d does not exist (call has %d)", a.Channel, len(cl.chans)))
+		return
 	}
 	ch := cl.chans[a.Channel]
-	ch.appendMu.Lock()
-	defer ch.appendMu.Unlock()
 	now := time.Now()
 	cl.mu.Lock()
 	if s.closed {
 		cl.mu.Unlock()
-		return proto.Ack{}, perr(proto.CodeCallInUse, "this stream was replaced by a newer one for the same call")
+		done(proto.Ack{}, perr(proto.CodeCallInUse, "this stream was replaced by a newer one for the same call"))
+		return
 	}
-	next, ended := ch.nextSeq, ch.ended
 	ch.received++
 	s.c.metrics.inc(func(p *prom) { p.framesRecv.Inc() })
-	first := cl.rec.State == store.StateOpen
-	cl.mu.Unlock()
+	var refuse *proto.Error
 	switch {
-	case a.Seq < next: // a resend of a durable frame: ack, do not store again
+	case a.Seq < ch.nextSeq: // a resend of a durable frame: ack, do not store again
+		next := ch.nextSeq
+		cl.mu.Unlock()
 		s.c.metrics.inc(func(p *prom) { p.framesDup.Inc() })
-		return proto.Ack{Channel: a.Channel, NextSeq: next}, nil
-	case ended:
-		return proto.Ack{}, perr(proto.CodeBadRequest, "channel %d has ended at frame %d", a.Channel, next)
-	case a.Seq > next:
-		return proto.Ack{}, perr(proto.CodeOutOfOrder, "channel %d: frame %d arrived, expected %d", a.Channel, a.Seq, next)
+		done(proto.Ack{Channel: a.Channel, NextSeq: next}, nil)
+		return
+	case a.Seq < ch.queuedNext:
+		refuse = perr(proto.CodeOutOfOrder, "channel %d: frame %d sent twice on one stream", a.Channel, a.Seq)
+	case ch.ended:
+		refuse = perr(proto.CodeBadRequest, "channel %d has ended at frame %d", a.Channel, ch.nextSeq)
+	case a.Seq > ch.queuedNext:
+		refuse = perr(proto.CodeOutOfOrder, "channel %d: frame %d arrived, expected %d", a.Channel, a.Seq, ch.queuedNext)
+	case len(ch.queued) >= maxQueuedFrames:
+		refuse = perr(proto.CodeUnavailable, "channel %d: %d frames are waiting for the disk: retry shortly", a.Channel, len(ch.queued))
 	}
-	if err := s.c.store.PutFrames(ctx, cl.id, ch.idx, []store.Frame{{Seq: a.Seq, Capture: a.Capture, Payload: a.Payload}}); err != nil {
-		s.c.log.Error("frame not stored", "call", cl.id, "channel", ch.idx, "seq", a.Seq, "err", err)
-		s.c.metrics.storeErrors.Add(1)
-		s.c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
-		return proto.Ack{}, perr(proto.CodeStorage, "frame %d not stored: %v", a.Seq, err)
+	if refuse != nil {
+		cl.mu.Unlock()
+		done(proto.Ack{}, refuse)
+		return
 	}
-	s.c.metrics.observeAck(time.Since(now))
-	cl.mu.Lock()
-	ch.nextSeq = a.Seq + 1
-	ch.recvAt[a.Seq] = now
-	if len(a.Payload) == 0 {
-		ch.concealed++
-		s.c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
-	}
+	a.Payload = append([]byte(nil), a.Payload...)
+	ch.queued = append(ch.queued, queuedFrame{a: a, at: now, done: done})
+	ch.queuedNext++
 	cl.lastActive = now
-	var rec store.Call
-	if first = first && cl.rec.State == store.StateOpen; first {
-		cl.rec.State = store.StateStreaming
-		rec = *cl.rec
-	}
+	start := !ch.writing
+	ch.writing = true
 	cl.mu.Unlock()
-	ch.signal()
-	if first { // open → streaming is durable too
-		if err := s.c.store.PutCall(ctx, &rec); err != nil {
-			s.c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
+	if start {
+		s.c.wg.Add(1)
+		go func() {
+			defer s.c.wg.Done()
+			s.c.writeFrames(cl, ch)
+		}()
+	}
+}
+
+// writeFrames makes a channel's queued frames durable, one store write at a
+// time, until none are queued. A failed write fails every frame queued
+// behind it too (they follow it, and must never be stored across a gap):
+// the console resends them from the next welcome.
+func (c *Coordinator) writeFrames(cl *call, ch *channel) {
+	for {
+		cl.mu.Lock()
+		batch := ch.queued
+		ch.queued = nil
+		if len(batch) == 0 {
+			ch.writing = false
+			cl.idle.Broadcast()
+			cl.mu.Unlock()
+			return
+		}
+		cl.mu.Unlock()
+		fs := make([]store.Frame, len(batch))
+		for i, q := range batch {
+			fs[i] = store.Frame{Seq: q.a.Seq, Capture: q.a.Capture, Payload: q.a.Payload}
+		}
+		err := c.store.PutFrames(c.runCtx, cl.id, ch.idx, fs)
+		now := time.Now()
+		cl.mu.Lock()
+		var rec store.Call
+		first := false
+		if err != nil {
+			batch = append(batch, ch.queued...)
+			ch.queued = nil
+			ch.queuedNext = ch.nextSeq
+		} else {
+			ch.nextSeq = batch[len(batch)-1].a.Seq + 1
+			for _, q := range batch {
+				ch.recvAt[q.a.Seq] = q.at
+				if len(q.a.Payload) == 0 {
+					ch.concealed++
+					c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
+				}
+			}
+			if first = cl.rec.State == store.StateOpen; first {
+				cl.rec.State = store.StateStreaming
+				rec = *cl.rec
+			}
+		}
+		cl.mu.Unlock()
+		if err != nil {
+			c.log.Error("frames not stored", "call", cl.id, "channel", ch.idx, "from", batch[0].a.Seq, "frames", len(batch), "err", err)
+			c.metrics.storeErrors.Add(1)
+			code := proto.CodeStorage
+			msg := fmt.Sprintf("frames from %d not stored: %v", batch[0].a.Seq, err)
+			if errors.Is(err, context.Canceled) {
+				code, msg = proto.CodeUnavailable, "coordinator shutting down"
+			}
+			for _, q := range batch {
+				c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
+				q.done(proto.Ack{}, &proto.Error{Code: code, Message: msg})
+			}
+			continue
+		}
+		ch.signal()
+		for _, q := range batch {
+			c.metrics.observeAck(now.Sub(q.at))
+			q.done(proto.Ack{Channel: q.a.Channel, NextSeq: q.a.Seq + 1}, nil)
+		}
+		if first { // open → streaming is durable too
+			if err := c.store.PutCall(c.runCtx, &rec); err != nil {
+				c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
+			}
 		}
 	}
-	return proto.Ack{Channel: a.Channel, NextSeq: a.Seq + 1}, nil
 }
 
 // End implements ingest.Session.
@@ -377,6 +607,9 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 		return perr(proto.CodeBadRequest, "a watcher cannot end a call")
 	}
 	cl.mu.Lock()
+	for cl.writingLocked() { // frames sent before the end settle first
+		cl.idle.Wait()
+	}
 	if len(e.Frames) != len(cl.chans) {
 		cl.mu.Unlock()
 		return perr(proto.CodeBadRequest, "end lists %d channels, call has %d", len(e.Frames), len(cl.chans))
@@ -428,9 +661,12 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 }
 
 // janitor ends calls whose console has been gone, with no audio, for
-// AbandonAfter: they are finalised with what was received.
+// AbandonAfter (they are finalised with what was received), and drops calls
+// that never received audio and have no console.
 func (c *Coordinator) janitor(ctx context.Context) {
-	loop.Every(ctx, min(c.cfg.AbandonAfter/4, 10*time.Second), nil, func() { c.endAbandoned(ctx) })
+	// Every 2 s at most: calls that never started (recovered after a
+	// restart with no console) are dropped promptly.
+	loop.Every(ctx, min(c.cfg.AbandonAfter/4, 2*time.Second), nil, func() { c.endAbandoned(ctx) })
 }
 
 func (c *Coordinator) endAbandoned(ctx context.Context) {
@@ -439,15 +675,22 @@ func (c *Coordinator) endAbandoned(ctx context.Context) {
 	c.reg.mu.Unlock()
 	c.mu.Lock()
 	var idle []*call
+	var unstarted []*call
 	for _, cl := range c.calls {
 		cl.mu.Lock()
 		live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
-		if live && cl.sess == nil && time.Since(cl.lastActive) > after {
+		switch {
+		case cl.sess == nil && cl.settingUpLocked():
+			unstarted = append(unstarted, cl)
+		case live && cl.sess == nil && time.Since(cl.lastActive) > after:
 			idle = append(idle, cl)
 		}
 		cl.mu.Unlock()
 	}
 	c.mu.Unlock()
+	for _, cl := range unstarted {
+		c.dropIfUnstarted(cl)
+	}
 	for _, cl := range idle {
 		why := fmt.Sprintf("console gone for %v", after)
 		if err := c.endCall(ctx, cl, why); err != nil {
@@ -461,15 +704,21 @@ func (c *Coordinator) endAbandoned(ctx context.Context) {
 // Events implements ingest.Session.
 func (s *session) Events() <-chan ingest.Event { return s.events }
 
-// Close implements ingest.Session.
+// Close implements ingest.Session. A call whose console leaves before
+// sending any audio is dropped.
 func (s *session) Close() {
-	s.call.mu.Lock()
-	defer s.call.mu.Unlock()
-	if s.call.sess == s {
-		s.call.sess = nil
+	cl := s.call
+	cl.mu.Lock()
+	if cl.sess == s {
+		cl.sess = nil
 	}
-	delete(s.call.watchers, s)
+	delete(cl.watchers, s)
 	s.closeLocked()
+	unstarted := cl.sess == nil && cl.settingUpLocked()
+	cl.mu.Unlock()
+	if unstarted {
+		s.c.dropIfUnstarted(cl)
+	}
 }
 
 func (s *session) closeLocked() {

@@ -80,8 +80,55 @@ type Config struct {
 	// Vocabulary is the extra words new calls are decoded with (reloadable;
 	// a call keeps the words it opened with).
 	Vocabulary []proto.Word
-	Logger     *slog.Logger
+	// Limits bounds what set-up calls, idle channels and silent workers
+	// may cost (zero fields take their defaults).
+	Limits Limits
+	Logger *slog.Logger
 }
+
+// Limits are the coordinator's admission and liveness bounds.
+type Limits struct {
+	// MaxSettingUp bounds calls opened but without audio yet (a hello or a
+	// WHIP offer that has not sent a frame), in all (default 64) and per
+	// console (MaxSettingUpPerConsole, default 8). Beyond them a new call
+	// gets a retryable "unavailable" (WHIP: 503 with Retry-After). Calls
+	// with audio, and resumes, are never refused by these limits.
+	MaxSettingUp, MaxSettingUpPerConsole int
+	// FirstAudio closes a console stream of a call without audio that has
+	// sent nothing within it (default 10 s); the call, never started, is
+	// dropped.
+	FirstAudio time.Duration
+	// IdleRelease gives a channel's worker slot back after this long
+	// without new audio (default 5 s); the channel is assigned again,
+	// resuming from its checkpoint, when audio returns.
+	IdleRelease time.Duration
+	// WorkerPing is how often workers send a liveness ping (default
+	// 100 ms); a worker silent for WorkerTimeout (default 600 ms) is
+	// dropped and its channels move, as after a crash.
+	WorkerPing, WorkerTimeout time.Duration
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if l.MaxSettingUp == 0 {
+		l.MaxSettingUp = 64
+	}
+	if l.MaxSettingUpPerConsole == 0 {
+		l.MaxSettingUpPerConsole = 8
+	}
+	def(&l.FirstAudio, 10*time.Second)
+	def(&l.IdleRelease, 5*time.Second)
+	def(&l.WorkerPing, 100*time.Millisecond)
+	def(&l.WorkerTimeout, 600*time.Millisecond)
+	return l
+}
+
+// limits returns the coordinator's limits.
+func (c *Coordinator) limits() Limits { return c.cfg.Limits }
 
 // WebRTCConfig configures WebRTC (WHIP) ingest.
 type WebRTCConfig struct {
@@ -147,6 +194,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = time.Second
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Scaling == nil {
 		cfg.Scaling = map[string]scaling.Policy{models.Default: {TargetIdle: cfg.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: cfg.MinWorkers}}
 	}
@@ -169,7 +217,7 @@ func New(cfg Config) (*Coordinator, error) {
 	c.consoleTokens.Store(&toks)
 	vocab := slices.Clone(cfg.Vocabulary)
 	c.vocabulary.Store(&vocab)
-	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth}
+	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth, FirstAudio: cfg.Limits.FirstAudio}
 	c.closing = make(chan struct{})
 	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.consoleAuth, Log: cfg.Logger.With("component", "whip"),
 		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true})
@@ -439,18 +487,39 @@ func (c *Coordinator) serveNode(conn *quic.Conn) {
 			refuse(proto.CodeUnknownModel, fmt.Sprintf("model %q with %d slots", h.Model, h.Slots))
 			return
 		}
-		if err := w.WriteJSON(proto.TWorkerWelcome, proto.WorkerWelcome{Version: proto.Version}); err != nil {
+		lim := c.limits()
+		wel := proto.WorkerWelcome{Version: proto.Version}
+		live := h.Version >= 2 // version-1 workers send no pings
+		if live {
+			wel.PingIntervalMS, wel.TimeoutMS = lim.WorkerPing.Milliseconds(), lim.WorkerTimeout.Milliseconds()
+		}
+		if err := w.WriteJSON(proto.TWorkerWelcome, wel); err != nil {
 			return
 		}
 		wc := c.reg.addWorker(h, conn)
-		c.log.Info("worker registered", "worker", h.WorkerID, "node", h.NodeID, "model", h.Model, "slots", h.Slots, "pid", h.PID, "self_test", h.SelfTest)
-		// The control stream stays open for the worker's life.
+		c.log.Info("worker registered", "worker", h.WorkerID, "node", h.NodeID, "model", h.Model, "slots", h.Slots, "pid", h.PID, "self_test", h.SelfTest, "version", h.Version)
+		// The control stream stays open for the worker's life; a version-2
+		// worker pings on it, and one silent for WorkerTimeout is frozen or
+		// wedged: it is dropped, so its channels move at once.
+		why := "control stream closed"
 		for {
-			if _, err := r.Read(); err != nil {
-				break
+			if live {
+				_ = st.SetReadDeadline(time.Now().Add(lim.WorkerTimeout))
 			}
+			_, err := r.Read()
+			if err == nil {
+				continue
+			}
+			var ne net.Error
+			if live && errors.As(err, &ne) && ne.Timeout() {
+				why = fmt.Sprintf("no liveness ping for %v (frozen?)", lim.WorkerTimeout)
+				c.log.Warn("worker unresponsive: dropping it, its channels move", "worker", h.WorkerID, "node", h.NodeID, "pid", h.PID, "timeout", lim.WorkerTimeout)
+				c.metrics.inc(func(p *prom) { p.workersUnresponsive.Inc() })
+				c.withdrawWorker(h.WorkerID, h.NodeID, why)
+			}
+			break
 		}
-		c.reg.removeWorker(wc, "control stream closed")
+		c.reg.removeWorker(wc, why)
 	case proto.TAgentHello:
 		var h proto.AgentHello
 		if err := proto.Unmarshal(m, &h); err != nil {
@@ -572,6 +641,23 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 				c.reg.mu.Unlock()
 			}
 		}
+	}
+}
+
+// withdrawWorker forgets a placed worker and tells its agent to stop it
+// (a frozen process is killed there), so the policy places a fresh one.
+func (c *Coordinator) withdrawWorker(id proto.WorkerID, node proto.NodeID, why string) {
+	c.reg.mu.Lock()
+	p, planned := c.reg.planned[id]
+	if planned {
+		delete(c.reg.planned, id)
+		c.reg.lastChange[p.model] = time.Now()
+	}
+	c.reg.mu.Unlock()
+	if planned {
+		c.log.Warn("scaling: worker withdrawn", "worker", id, "node", node, "why", why)
+		c.send([]nodeCommand{{node, proto.Command{Op: proto.OpStopWorker, WorkerID: id}}})
+		c.reg.kickReconcile()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
@@ -12,13 +13,31 @@ import (
 	"github.com/callscribe/callscribe/proto"
 )
 
+// errIdle ends an assignment whose channel has had no new audio for
+// Limits.IdleRelease: the worker slot goes back to the pool, and the
+// channel is assigned again (resuming from its checkpoint) when audio comes.
+var errIdle = errors.New("no new audio: worker slot released")
+
+// workerError is an error the worker itself reported on an assignment.
+type workerError struct {
+	msg   string
+	frame *uint32
+}
+
+func (e *workerError) Error() string { return "worker error: " + e.msg }
+
 // runChannel keeps one channel of a call on a worker until it is decoded to
-// its end. When the worker fails, the channel moves to another worker and
+// its end. A worker slot is taken only while the channel has audio to
+// decode. When the worker fails, the channel moves to another worker and
 // resumes from the checkpoint of its last persisted final.
 func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 	ch := cl.chans[idx]
 	log := c.log.With("call", cl.id, "channel", idx)
-	for attempt := 0; ctx.Err() == nil; attempt++ {
+	failures := 0     // consecutive failed assignments
+	var failedAt uint32 // where the last failure resumed from
+	resumed := cl.recovered
+	needAudio := true // wait for audio before taking a slot (not after a failure)
+	for ctx.Err() == nil {
 		cl.mu.Lock()
 		complete := ch.complete
 		cl.mu.Unlock()
@@ -26,21 +45,45 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 			c.channelComplete(cl, ch)
 			return
 		}
+		if needAudio && !c.awaitAudio(ctx, cl, ch) {
+			return
+		}
+		needAudio = false
 		lost := time.Now()
 		w, release, err := c.reg.acquire(ctx, cl.rec.Model)
 		if err != nil {
 			return
 		}
-		err = c.dispatchOnce(ctx, cl, ch, w, attempt > 0 || cl.recovered, lost)
+		from, err := c.dispatchOnce(ctx, cl, ch, w, resumed, lost)
 		release()
-		if err == nil {
+		switch {
+		case err == nil:
 			c.channelComplete(cl, ch)
 			return
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return
+		case errors.Is(err, errIdle):
+			log.Info("channel idle: worker slot released", "worker", w.hello.WorkerID)
+			c.metrics.inc(func(p *prom) { p.idleReleases.Inc() })
+			failures, resumed, needAudio = 0, false, true
+			continue
 		}
-		log.Warn("channel lost its worker: moving it", "worker", w.hello.WorkerID, "err", err)
+		if failures > 0 && from == failedAt {
+			failures++
+		} else {
+			failures, failedAt = 1, from
+		}
+		resumed = true
+		var we *workerError
+		if errors.As(err, &we) && we.frame != nil && failures >= 2 {
+			// A worker failed twice on the same frame: the frame is treated
+			// as lost (concealed) from now on rather than moving the channel
+			// for ever. It stays in the store untouched.
+			if c.skipFrame(ctx, cl, ch, *we.frame, we.msg) {
+				failures = 0
+			}
+		}
+		log.Warn("channel lost its worker: moving it", "worker", w.hello.WorkerID, "err", err, "failures_here", failures)
 		c.metrics.failovers.Add(1)
 		c.metrics.inc(func(p *prom) { p.failovers.Inc() })
 		// A broken worker connection is removed at once so the next
@@ -48,20 +91,79 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 		if w.conn.Context().Err() != nil {
 			c.reg.removeWorker(w, "connection lost")
 		}
+		// Failing again and again at the same point is not a reason to
+		// spin: back off, up to 30 s, and say so once each time it grows.
+		delay := min(time.Duration(failures)*10*time.Millisecond, 500*time.Millisecond)
+		if failures >= 3 {
+			delay = min(time.Second<<min(failures-3, 5), 30*time.Second)
+			log.Error("channel keeps failing at the same point: backing off", "from_seq", from, "failures", failures, "retry_in", delay)
+		}
 		select {
-		case <-time.After(min(time.Duration(attempt)*10*time.Millisecond, 500*time.Millisecond)):
+		case <-time.After(delay):
 		case <-ctx.Done():
+			return
+		case <-cl.gone:
 			return
 		}
 	}
 }
 
+// awaitAudio waits until the channel has audio no worker has been sent yet,
+// or has ended. It reports false when the call is dropped or ctx ends.
+func (c *Coordinator) awaitAudio(ctx context.Context, cl *call, ch *channel) bool {
+	for {
+		cl.mu.Lock()
+		ready := ch.ended || ch.nextSeq > ch.fed
+		cl.mu.Unlock()
+		if ready {
+			return true
+		}
+		select {
+		case <-ch.notify:
+		case <-cl.gone:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// skipFrame records that frame seq of a channel is concealed instead of
+// decoded (durably, so a resumed channel decodes the same). It reports
+// whether the frame is now skipped.
+func (c *Coordinator) skipFrame(ctx context.Context, cl *call, ch *channel, seq uint32, why string) bool {
+	cl.mu.Lock()
+	for len(cl.rec.Skipped) < len(cl.chans) {
+		cl.rec.Skipped = append(cl.rec.Skipped, nil)
+	}
+	if slices.Contains(cl.rec.Skipped[ch.idx], seq) {
+		cl.mu.Unlock()
+		return false
+	}
+	rec := *cl.rec
+	rec.Skipped = slices.Clone(rec.Skipped)
+	rec.Skipped[ch.idx] = append(slices.Clone(rec.Skipped[ch.idx]), seq)
+	cl.mu.Unlock()
+	if err := c.store.PutCall(ctx, &rec); err != nil {
+		c.log.Error("cannot record a skipped frame", "call", cl.id, "channel", ch.idx, "frame", seq, "err", err)
+		return false
+	}
+	cl.mu.Lock()
+	cl.rec.Skipped = rec.Skipped
+	ch.undecodable++
+	cl.mu.Unlock()
+	c.metrics.inc(func(p *prom) { p.framesUndecodable.Inc() })
+	c.log.Error("frame concealed after workers failed on it twice", "call", cl.id, "channel", ch.idx, "frame", seq, "worker_error", why)
+	return true
+}
+
 // dispatchOnce runs one assignment of a channel on worker w. It returns nil
-// once the worker has decoded the channel to its end.
-func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w *workerConn, resumed bool, lostAt time.Time) error {
+// once the worker has decoded the channel to its end, and the frame the
+// assignment resumed from.
+func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w *workerConn, resumed bool, lostAt time.Time) (uint32, error) {
 	last, err := c.resumePoint(cl.id, ch.idx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	a := proto.Assign{CallID: cl.id, Channel: ch.idx, Label: ch.label, Codec: cl.rec.Codec, Model: cl.rec.Model, Vocabulary: cl.rec.Vocabulary}
 	if last != nil {
@@ -71,7 +173,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	defer cancel()
 	st, err := w.conn.OpenStreamSync(actx)
 	if err != nil {
-		return fmt.Errorf("open stream: %w", err)
+		return a.FromSeq, fmt.Errorf("open stream: %w", err)
 	}
 	defer st.CancelRead(0)
 	defer st.Close()
@@ -80,7 +182,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	defer stopRead()
 	pw, pr := proto.NewWriter(st), proto.NewReader(st)
 	if err := pw.WriteJSON(proto.TAssign, a); err != nil {
-		return fmt.Errorf("assign: %w", err)
+		return a.FromSeq, fmt.Errorf("assign: %w", err)
 	}
 	c.log.Info("channel assigned", "call", cl.id, "channel", ch.idx, "worker", w.hello.WorkerID, "from_seq", a.FromSeq, "resumed", resumed)
 	if resumed {
@@ -95,25 +197,31 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 		c.metrics.observeResume(time.Since(lostAt))
 	}
 	sendErr := make(chan error, 1)
-	go func() { sendErr <- c.sendFrames(actx, cl, ch, a.FromSeq, pw) }()
+	go func() {
+		err := c.sendFrames(actx, cl, ch, a.FromSeq, pw)
+		sendErr <- err
+		if err != nil {
+			cancel() // ends the read below
+		}
+	}()
 	for {
 		m, err := pr.Read()
 		if err != nil {
 			select {
 			case e := <-sendErr:
 				if e != nil {
-					return e
+					return a.FromSeq, e
 				}
 			default:
 			}
-			return fmt.Errorf("worker stream: %w", err)
+			return a.FromSeq, fmt.Errorf("worker stream: %w", err)
 		}
 		if m.Type != proto.TWorkerEvent {
-			return fmt.Errorf("worker sent message type %d", m.Type)
+			return a.FromSeq, fmt.Errorf("worker sent message type %d", m.Type)
 		}
 		var ev proto.WorkerEvent
 		if err := proto.Unmarshal(m, &ev); err != nil {
-			return err
+			return a.FromSeq, err
 		}
 		switch ev.Kind {
 		case proto.WorkerPartial:
@@ -126,15 +234,39 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 			cl.mu.Unlock()
 		case proto.WorkerFinal:
 			if err := c.persistFinal(ctx, cl, ch, ev, w.hello.WorkerID); err != nil {
-				return err
+				return a.FromSeq, err
+			}
+		case proto.WorkerUndecodable:
+			if ev.Frame != nil {
+				c.undecodable(cl, ch, *ev.Frame, ev.Error)
 			}
 		case proto.WorkerDone:
-			return c.persistComplete(ctx, cl, ch, ev.Decoded)
+			return a.FromSeq, c.persistComplete(ctx, cl, ch, ev.Decoded)
 		case proto.WorkerError:
-			return fmt.Errorf("worker error: %s", ev.Error)
+			return a.FromSeq, &workerError{msg: ev.Error, frame: ev.Frame}
 		default:
-			return fmt.Errorf("worker sent event kind %q", ev.Kind)
+			return a.FromSeq, fmt.Errorf("worker sent event kind %q", ev.Kind)
 		}
+	}
+}
+
+// undecodable counts a frame a worker could not decode (once, however
+// often the channel is replayed over it).
+func (c *Coordinator) undecodable(cl *call, ch *channel, seq uint32, why string) {
+	cl.mu.Lock()
+	fresh := seq >= ch.undecodableNext
+	if fresh {
+		ch.undecodableNext = seq + 1
+		ch.undecodable++
+		for len(cl.rec.Undecodable) < len(cl.chans) {
+			cl.rec.Undecodable = append(cl.rec.Undecodable, 0)
+		}
+		cl.rec.Undecodable[ch.idx] = ch.undecodable
+	}
+	cl.mu.Unlock()
+	if fresh {
+		c.metrics.inc(func(p *prom) { p.framesUndecodable.Inc() })
+		c.log.Warn("undecodable frame concealed", "call", cl.id, "channel", ch.idx, "frame", seq, "err", why)
 	}
 }
 
@@ -160,12 +292,21 @@ func (c *Coordinator) resumePoint(id proto.CallID, ch int) (*store.Final, error)
 }
 
 // sendFrames streams durable frames from seq on, then End once the console
-// has ended the call and every frame is sent.
+// has ended the call and every frame is sent. Frames the call skips go as
+// loss markers. It returns errIdle when no new frame has come for
+// Limits.IdleRelease.
 func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq uint32, pw *proto.Writer) error {
 	var buf []byte
+	idleAfter := c.limits().IdleRelease
+	idle := time.NewTimer(idleAfter)
+	defer idle.Stop()
 	for {
 		cl.mu.Lock()
 		next, ended := ch.nextSeq, ch.ended
+		var skip []uint32
+		if ch.idx < len(cl.rec.Skipped) {
+			skip = cl.rec.Skipped[ch.idx]
+		}
 		cl.mu.Unlock()
 		if seq < next {
 			// At most 64 frames per read transaction: a slow worker must
@@ -174,7 +315,11 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 				if f.Seq != seq {
 					return fmt.Errorf("frame %d missing from the store (found %d)", seq, f.Seq)
 				}
-				buf = proto.AppendAudio(buf[:0], proto.Audio{Channel: uint8(ch.idx), Seq: f.Seq, Capture: f.Capture, Payload: f.Payload})
+				a := proto.Audio{Channel: uint8(ch.idx), Seq: f.Seq, Capture: f.Capture, Payload: f.Payload}
+				if slices.Contains(skip, f.Seq) {
+					a.Payload = nil
+				}
+				buf = proto.AppendAudio(buf[:0], a)
 				if _, err := pw.WriteRaw(buf); err != nil {
 					return err
 				}
@@ -183,6 +328,7 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 					c.metrics.observeToWorker(time.Since(t))
 					delete(ch.recvAt, f.Seq)
 				}
+				ch.fed = max(ch.fed, f.Seq+1)
 				cl.mu.Unlock()
 				seq++
 				return nil
@@ -190,6 +336,7 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 			if err != nil {
 				return fmt.Errorf("send frames: %w", err)
 			}
+			idle.Reset(idleAfter)
 			continue
 		}
 		if ended {
@@ -197,6 +344,8 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 		}
 		select {
 		case <-ch.notify:
+		case <-idle.C:
+			return errIdle
 		case <-ctx.Done():
 			return nil
 		}
@@ -330,6 +479,8 @@ type channelJSON struct {
 	Label     string `json:"label"`
 	Received  uint64 `json:"frames_received"`
 	Concealed uint64 `json:"frames_concealed,omitempty"`
+	// Undecodable counts frames no decoder could read (concealed).
+	Undecodable uint64 `json:"frames_undecodable,omitempty"`
 	Stored    uint32 `json:"frames_stored"`
 	Decoded   uint32 `json:"frames_decoded"`
 	Finals    uint32 `json:"finals"`

@@ -164,7 +164,7 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 		cp := *cl.rec
 		v.Call, v.Live = &cp, cl.rec.State != store.StateFinalised
 		for _, ch := range cl.chans {
-			cj := channelJSON{Label: ch.label, Received: ch.received, Concealed: ch.concealed, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
+			cj := channelJSON{Label: ch.label, Received: ch.received, Concealed: ch.concealed, Undecodable: ch.undecodable, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
 			v.ChannelInfo = append(v.ChannelInfo, cj)
 		}
 		cl.mu.Unlock()
@@ -187,6 +187,9 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 			}
 			if i < len(rec.Decoded) {
 				cj.Decoded = rec.Decoded[i]
+			}
+			if i < len(rec.Undecodable) {
+				cj.Undecodable = rec.Undecodable[i]
 			}
 			if i < len(rec.Complete) {
 				cj.Complete = rec.Complete[i]

@@ -27,6 +27,14 @@ type prom struct {
 	resume        prometheus.Histogram
 	commitTime    prometheus.Histogram
 	commitWrites  prometheus.Histogram
+	// framesUndecodable counts frames no decoder could read (concealed).
+	framesUndecodable prometheus.Counter
+	// admissions counts new calls refused while being set up, by reason.
+	admissions *prometheus.CounterVec
+	// idleReleases counts worker slots given back by channels without audio.
+	idleReleases prometheus.Counter
+	// workersUnresponsive counts workers dropped for missing liveness pings.
+	workersUnresponsive prometheus.Counter
 }
 
 // commit observes one group commit of the store (store.Options.OnCommit).
@@ -63,9 +71,15 @@ func newProm(c *Coordinator) *prom {
 			"Ack latency is the wait for the commit in progress plus its own."),
 		commitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "callscribe", Name: "store_commit_writes",
 			Help: "Writes (frame batches, finals, call records) carried by one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		framesUndecodable: ctr("frames_undecodable_total", "Stored frames no decoder could read (corrupt Opus, odd-length L16): concealed as lost packets, the call goes on."),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "callscribe", Name: "calls_refused_total",
+			Help: "New calls refused with a retryable error, by reason (global_limit, console_limit: too many calls being set up without audio)."}, []string{"reason"}),
+		idleReleases:        ctr("worker_slot_idle_releases_total", "Worker slots given back because a channel had no new audio (reassigned when audio returns)."),
+		workersUnresponsive: ctr("workers_unresponsive_total", "Workers dropped because they stopped sending liveness pings (frozen or wedged); their channels moved."),
 	}
 	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.framesConceal, p.failovers, p.placements, p.finals,
-		p.ack, p.toWorker, p.toConsole, p.resume, p.commitTime, p.commitWrites, &stateCollector{c: c},
+		p.ack, p.toWorker, p.toConsole, p.resume, p.commitTime, p.commitWrites,
+		p.framesUndecodable, p.admissions, p.idleReleases, p.workersUnresponsive, &stateCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/proto"
@@ -39,6 +41,15 @@ type Session interface {
 	Close()
 }
 
+// Submitter is a Session that can have many frames on their way to disk at
+// once: Submit accepts a frame in order and calls done, from another
+// goroutine and in order per channel, once it is durable (or could not be
+// stored). Submit copies what it keeps of a.Payload. A session without it
+// is driven one Append at a time.
+type Submitter interface {
+	Submit(a proto.Audio, done func(proto.Ack, error))
+}
+
 // Watcher follows one call's transcript without sending audio (a
 // supervisor's view). Its events are those of a Session.
 type Watcher interface {
@@ -63,6 +74,10 @@ type Server struct {
 	Log  *slog.Logger
 	// HelloTimeout bounds the wait for a stream's Hello.
 	HelloTimeout time.Duration
+	// FirstAudio closes the stream of a call that has no audio yet when
+	// the console sends nothing within it after the welcome (default
+	// 10 s): a console that opens calls and never streams costs nothing.
+	FirstAudio time.Duration
 }
 
 // ServeConn serves every stream of one console connection until it closes.
@@ -156,18 +171,61 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
 		_ = st.Close()
 	}()
 
+	// A call without any audio yet is being set up: the console must start
+	// sending (or end it) promptly.
+	fresh := true
+	for _, n := range wel.NextSeq {
+		fresh = fresh && n == 0
+	}
+	if fresh {
+		fa := s.FirstAudio
+		if fa == 0 {
+			fa = 10 * time.Second
+		}
+		_ = st.SetReadDeadline(time.Now().Add(fa))
+	}
+	// Frames are handed on as they arrive and acknowledged as they become
+	// durable, many in flight at once; a frame that could not be stored
+	// fails the stream (the console resends from the next welcome).
+	var failOnce sync.Once
+	failAsync := func(e *proto.Error, msg string, args ...any) {
+		failOnce.Do(func() {
+			log.Warn(msg, append(args, "err", e)...)
+			fail(e)
+		})
+	}
+	submit := func(a proto.Audio) {
+		done := func(ack proto.Ack, err error) {
+			if err != nil {
+				failAsync(AsProtoError(err), "console stream: frame refused", "channel", a.Channel, "seq", a.Seq)
+				return
+			}
+			_ = w.Write(proto.TAck, proto.EncodeAck(ack))
+		}
+		if sub, ok := sess.(Submitter); ok {
+			sub.Submit(a, done)
+			return
+		}
+		done(sess.Append(ctx, a))
+	}
 	for {
 		m, err := r.Read()
 		if err != nil {
+			var ne net.Error
 			switch {
 			case errors.Is(err, io.EOF):
+			case fresh && errors.As(err, &ne) && ne.Timeout():
+				failAsync(&proto.Error{Code: proto.CodeBadRequest, Message: "no audio within the set-up time after the welcome: stream closed"}, "console stream: no audio after the welcome")
 			case errors.Is(err, proto.ErrTooLarge), errors.Is(err, proto.ErrUnknownType), errors.Is(err, io.ErrUnexpectedEOF):
-				log.Warn("console stream: bad frame", "err", err)
-				fail(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()})
+				failAsync(&proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, "console stream: bad frame")
 			default:
 				log.Debug("console stream: read ended", "err", err)
 			}
 			return
+		}
+		if fresh {
+			fresh = false
+			_ = st.SetReadDeadline(time.Time{})
 		}
 		switch m.Type {
 		case proto.TAudio:
@@ -176,33 +234,22 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
 				err = fmt.Errorf("%w: empty audio payload", proto.ErrMalformed)
 			}
 			if err != nil {
-				log.Warn("console stream: bad audio frame", "err", err)
-				fail(AsProtoError(err))
+				failAsync(AsProtoError(err), "console stream: bad audio frame")
 				return
 			}
-			ack, err := sess.Append(ctx, a)
-			if err != nil {
-				log.Warn("console stream: frame refused", "channel", a.Channel, "seq", a.Seq, "err", err)
-				fail(AsProtoError(err))
-				return
-			}
-			if err := w.Write(proto.TAck, proto.EncodeAck(ack)); err != nil {
-				return
-			}
+			submit(a)
 		case proto.TEnd:
 			var e proto.End
 			if err := proto.Unmarshal(m, &e); err != nil {
-				fail(AsProtoError(err))
+				failAsync(AsProtoError(err), "console stream: bad end")
 				return
 			}
 			if err := sess.End(ctx, e); err != nil {
-				log.Warn("console stream: end refused", "err", err)
-				fail(AsProtoError(err))
+				failAsync(AsProtoError(err), "console stream: end refused")
 				return
 			}
 		default:
-			log.Warn("console stream: unexpected message", "type", m.Type)
-			fail(&proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("unexpected message type %d on a console stream", m.Type)})
+			failAsync(&proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("unexpected message type %d on a console stream", m.Type)}, "console stream: unexpected message", "type", m.Type)
 			return
 		}
 	}

@@ -326,9 +326,13 @@ type WorkerHello struct {
 	PID      int      `json:"pid"`
 }
 
-// WorkerWelcome answers WorkerHello.
+// WorkerWelcome answers WorkerHello. A version-2 worker sends worker_ping
+// on its control stream every PingIntervalMS; the coordinator drops it
+// (and moves its channels) after TimeoutMS without one.
 type WorkerWelcome struct {
-	Version int `json:"version"`
+	Version        int   `json:"version"`
+	PingIntervalMS int64 `json:"ping_interval_ms,omitempty"`
+	TimeoutMS      int64 `json:"timeout_ms,omitempty"`
 }
 
 // Assign starts decoding one channel of a call on a worker. Audio frames
@@ -362,6 +366,9 @@ const (
 	WorkerFinal   = "final"
 	WorkerDone    = "done"
 	WorkerError   = "error"
+	// WorkerUndecodable reports a frame no decoder could read (Frame): the
+	// worker concealed it as a lost packet and went on.
+	WorkerUndecodable = "undecodable"
 )
 
 // WorkerEvent is a worker's report on an assignment stream. Offsets are in
@@ -382,4 +389,6 @@ type WorkerEvent struct {
 	NextSeq    uint32          `json:"next_seq,omitempty"`
 	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
 	Error      string          `json:"error,omitempty"`
+	// Frame is the frame an undecodable or error event is about.
+	Frame *uint32 `json:"frame,omitempty"`
 }

@@ -24,7 +24,14 @@ import (
 //	1: first version: console Hello/Welcome, audio frames with per-channel
 //	   sequence numbers, cumulative durable acks, transcript events
 //	   (partial, final, resumed), Finalised; agent and worker control.
-const Version = 1
+//	2: worker liveness: a worker sends worker_ping on its control stream
+//	   every WorkerWelcome.PingIntervalMS, and the coordinator drops a
+//	   worker silent for TimeoutMS (a frozen process is noticed in well
+//	   under a second); worker_event "undecodable" reports a frame no
+//	   decoder could read (concealed, counted, the channel goes on); the
+//	   error event may name the frame it failed on. Version 1 workers are
+//	   still accepted (without liveness).
+const Version = 2
 
 // MinVersion is the oldest version still accepted.
 const MinVersion = 1
@@ -63,6 +70,7 @@ const (
 	TWorkerWelcome Type = 31 // JSON WorkerWelcome
 	TAssign        Type = 32 // JSON Assign (first message of an assignment stream)
 	TWorkerEvent   Type = 33 // JSON WorkerEvent
+	TWorkerPing    Type = 34 // empty: a version-2 worker is alive (control stream)
 )
 
 // Limits.
@@ -83,7 +91,7 @@ var (
 var known = map[Type]bool{
 	THello: true, TAudio: true, TEnd: true, TWelcome: true, TAck: true, TTranscript: true,
 	TError: true, TFinalised: true, TAgentHello: true, THeartbeat: true, TAgentWelcome: true,
-	TCommand: true, TWorkerHello: true, TWorkerWelcome: true, TAssign: true, TWorkerEvent: true,
+	TCommand: true, TWorkerHello: true, TWorkerWelcome: true, TAssign: true, TWorkerEvent: true, TWorkerPing: true,
 }
 
 // Msg is one decoded frame. Body aliases the reader's buffer until the next
@@ -210,7 +218,9 @@ func (r *Reader) ReadJSON(want Type, v any) error {
 	return Unmarshal(m, v)
 }
 
-// Unmarshal decodes a JSON body, rejecting unknown fields.
+// Unmarshal decodes a JSON body. Unknown fields are ignored, so a peer of a
+// newer minor version can add optional fields; required fields are checked
+// by the receiver.
 func Unmarshal(m Msg, v any) error {
 	if err := json.Unmarshal(m.Body, v); err != nil {
 		return fmt.Errorf("%w: type %d: %v", ErrMalformed, m.Type, err)

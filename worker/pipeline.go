@@ -35,6 +35,22 @@ type Channel struct {
 	tr    asr.Stream
 	// decoded counts frames fed; the next frame's sequence number.
 	next uint32
+	// undecodable lists frames since the last TakeUndecodable that no
+	// decoder could read (each was concealed as a lost packet).
+	undecodable []Undecodable
+}
+
+// Undecodable is a frame the channel's decoder could not read.
+type Undecodable struct {
+	Seq uint32
+	Err error
+}
+
+// TakeUndecodable returns and forgets the undecodable frames seen so far.
+func (c *Channel) TakeUndecodable() []Undecodable {
+	u := c.undecodable
+	c.undecodable = nil
+	return u
 }
 
 // Event is a transcriber event with the worker checkpoint for finals.
@@ -114,6 +130,15 @@ func (c *Channel) PCM(payload []byte) ([]int16, error) {
 	return nil, fmt.Errorf("worker: unknown codec %q", c.codec)
 }
 
+// concealFor conceals an undecodable payload: an L16 frame as the silence
+// its length stands for, any other as one lost packet.
+func (c *Channel) concealFor(payload []byte) ([]int16, error) {
+	if c.codec == proto.CodecL16 {
+		return make([]int16, len(payload)/2), nil
+	}
+	return c.conceal()
+}
+
 func (c *Channel) conceal() ([]int16, error) {
 	switch c.codec {
 	case proto.CodecOpus:
@@ -133,7 +158,15 @@ func (c *Channel) Feed(seq uint32, payload []byte) ([]Event, error) {
 	}
 	pcm, err := c.PCM(payload)
 	if err != nil {
-		return nil, err
+		// A frame no decoder can read (a corrupt Opus packet, an odd-length
+		// L16 frame) is stored and acknowledged like any other: conceal it
+		// as a lost packet, so the channel goes on. The same frame resumed
+		// from the same checkpoint is concealed the same way, so the
+		// transcript still depends only on the stored audio.
+		c.undecodable = append(c.undecodable, Undecodable{Seq: seq, Err: err})
+		if pcm, err = c.concealFor(payload); err != nil {
+			return nil, err
+		}
 	}
 	if seq == 0 && c.codec == proto.CodecOpus {
 		// Opus's pre-skip: an encoder's output starts with its lookahead

@@ -144,8 +144,93 @@ func TestChannelRejectsBadInput(t *testing.T) {
 	if _, err := ch.Feed(1, []byte{0, 0}); err == nil {
 		t.Fatal("out-of-order frame accepted")
 	}
-	if _, err := ch.Feed(0, []byte{0, 0, 0}); err == nil {
-		t.Fatal("odd-length l16 accepted")
+}
+
+// TestUndecodableFramesAreConcealed: a stored frame no decoder can read (a
+// corrupt Opus packet, an odd-length L16 frame) is concealed and reported,
+// the channel decodes on to its end, and a resume from a checkpoint before
+// the bad frame gives exactly the same finals.
+func TestUndecodableFramesAreConcealed(t *testing.T) {
+	f := factory(t)
+	w, err := audio.ReadWAVFile("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")
+	if err != nil {
+		t.Skip("pocketsphinx-testdata not installed")
+	}
+	pcm := append(append(w.Channel(0), make([]int16, 16000)...), w.Channel(0)...)
+	a, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, tc := range []struct {
+		codec proto.Codec
+		bad   []byte
+	}{
+		{proto.CodecOpus, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}, // code 3 with an impossible frame count
+		{proto.CodecL16, make([]byte, 3201)},
+	} {
+		t.Run(string(tc.codec), func(t *testing.T) {
+			frames, _, err := console.EncodeFrames(&audio.WAV{Rate: 16000, Channels: 1, Samples: pcm}, tc.codec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad := uint32(len(frames[0]) * 3 / 4) // in the second sentence
+			frames[0][bad] = tc.bad
+			ch, err := NewChannel(tc.codec, a, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reported []uint32
+			var all []Event
+			for seq := range uint32(len(frames[0])) {
+				evs, err := ch.Feed(seq, frames[0][seq])
+				if err != nil {
+					t.Fatalf("frame %d: %v", seq, err)
+				}
+				for _, u := range ch.TakeUndecodable() {
+					reported = append(reported, u.Seq)
+				}
+				all = append(all, evs...)
+			}
+			evs, err := ch.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, evs...)
+			if !reflect.DeepEqual(reported, []uint32{bad}) {
+				t.Fatalf("undecodable frames reported %v, want [%d]", reported, bad)
+			}
+			var want []final
+			var before *Event
+			for i, e := range all {
+				if e.Kind != asr.Final {
+					continue
+				}
+				want = append(want, final{e.Index, e.Text, e.Start, e.End})
+				if e.Checkpoint != nil && e.NextSeq <= bad {
+					before = &all[i]
+				}
+			}
+			if len(want) < 2 || want[len(want)-1].End < int64(len(pcm))*3/4 {
+				t.Fatalf("the channel did not decode past the bad frame: %+v", want)
+			}
+			if before == nil {
+				t.Fatal("no checkpoint before the bad frame")
+			}
+			ch2, err := NewChannel(tc.codec, b, before.Checkpoint, before.NextSeq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := decode(t, ch2, frames[0], before.NextSeq)
+			if rest := want[before.Index+1:]; !reflect.DeepEqual(got, rest) {
+				t.Fatalf("resume over the bad frame:\n got  %+v\n want %+v", got, rest)
+			}
+		})
 	}
 }
 

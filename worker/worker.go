@@ -165,6 +165,16 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 		return err
 	}
 	log.Info("registered with coordinator", "addr", addr)
+	if wel.Version >= 2 && wel.PingIntervalMS > 0 {
+		// Liveness: a frozen or wedged worker stops pinging, and the
+		// coordinator moves its channels at once instead of waiting for
+		// QUIC's idle timeout.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ping(ctx, conn, cw, time.Duration(wel.PingIntervalMS)*time.Millisecond)
+		}()
+	}
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {
@@ -175,6 +185,24 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 			defer wg.Done()
 			handleAssignment(ctx, st, pool, log)
 		}()
+	}
+}
+
+// ping writes worker_ping every interval until the connection ends.
+func ping(ctx context.Context, conn *quic.Conn, w *proto.Writer, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := w.Write(proto.TWorkerPing, nil); err != nil {
+				return
+			}
+		case <-conn.Context().Done():
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -235,8 +263,18 @@ func handleAssignment(ctx context.Context, st *quic.Stream, pool *engine.Pool, l
 				return
 			}
 			evs, err := ch.Feed(au.Seq, au.Payload)
+			for _, u := range ch.TakeUndecodable() {
+				log.Warn("undecodable frame concealed", "frame", u.Seq, "err", u.Err)
+				seq := u.Seq
+				if err := w.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerUndecodable, Frame: &seq, Error: u.Err.Error(), Decoded: ch.Next()}); err != nil {
+					return
+				}
+			}
 			if err != nil {
-				fail(err)
+				seq := au.Seq
+				log.Warn("assignment failed", "frame", seq, "err", err)
+				_ = w.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerError, Error: err.Error(), Frame: &seq})
+				st.CancelRead(1)
 				return
 			}
 			if err := send(evs); err != nil {

@@ -61,6 +61,12 @@ type Call struct {
 	AudioDeleted *time.Time `json:"audio_deleted,omitempty"`
 	// Complete is, per channel, whether decoding reached the end.
 	Complete []bool `json:"complete,omitempty"`
+	// Undecodable is, per channel, frames no decoder could read: stored
+	// as received, concealed in decoding as lost packets.
+	Undecodable []uint64 `json:"undecodable,omitempty"`
+	// Skipped is, per channel, frames sent to workers as loss markers
+	// because workers failed on them repeatedly.
+	Skipped [][]uint32 `json:"skipped,omitempty"`
 }
 
 // Final is one persisted final utterance with the checkpoint to resume after it.
