@@ -54,8 +54,8 @@ type channel struct {
 	// fed is one past the last frame sent to a worker (this process's
 	// life): a channel released for lack of audio is reassigned only when
 	// audio beyond it arrives.
-	fed   uint32
-	ended bool
+	fed      uint32
+	ended    bool
 	finals   uint32 // finals persisted
 	decoded  uint32
 	complete bool

@@ -33,7 +33,7 @@ func (e *workerError) Error() string { return "worker error: " + e.msg }
 func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 	ch := cl.chans[idx]
 	log := c.log.With("call", cl.id, "channel", idx)
-	failures := 0     // consecutive failed assignments
+	failures := 0       // consecutive failed assignments
 	var failedAt uint32 // where the last failure resumed from
 	resumed := cl.recovered
 	needAudio := true // wait for audio before taking a slot (not after a failure)
@@ -481,11 +481,11 @@ type channelJSON struct {
 	Concealed uint64 `json:"frames_concealed,omitempty"`
 	// Undecodable counts frames no decoder could read (concealed).
 	Undecodable uint64 `json:"frames_undecodable,omitempty"`
-	Stored    uint32 `json:"frames_stored"`
-	Decoded   uint32 `json:"frames_decoded"`
-	Finals    uint32 `json:"finals"`
-	Complete  bool   `json:"complete"`
-	EndFrames uint32 `json:"end_frames,omitempty"`
+	Stored      uint32 `json:"frames_stored"`
+	Decoded     uint32 `json:"frames_decoded"`
+	Finals      uint32 `json:"finals"`
+	Complete    bool   `json:"complete"`
+	EndFrames   uint32 `json:"end_frames,omitempty"`
 }
 
 func marshalIndent(v any) []byte {

@@ -190,7 +190,9 @@ func TestSetUpCallsAreBoundedAndExpire(t *testing.T) {
 // A worker that stops pinging (frozen) is dropped well within a second;
 // one that pings stays.
 func TestFrozenWorkerIsDropped(t *testing.T) {
-	tc := startCoordinatorWith(t, func(c *Config) { c.Limits = Limits{WorkerPing: 50 * time.Millisecond, WorkerTimeout: 300 * time.Millisecond} })
+	tc := startCoordinatorWith(t, func(c *Config) {
+		c.Limits = Limits{WorkerPing: 50 * time.Millisecond, WorkerTimeout: 300 * time.Millisecond}
+	})
 	live := tc.worker(t, "n1-live", 1, true)
 	if live.welcome.PingIntervalMS != 50 || live.welcome.TimeoutMS != 300 {
 		t.Fatalf("welcome %+v", live.welcome)
