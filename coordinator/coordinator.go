@@ -127,6 +127,19 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// Check reports limits that cannot work.
+func (l Limits) Check() error {
+	switch {
+	case l.MaxSettingUp < 0 || l.MaxSettingUpPerConsole < 0:
+		return fmt.Errorf("max_setting_up %d / max_setting_up_per_console %d: must not be negative", l.MaxSettingUp, l.MaxSettingUpPerConsole)
+	case l.FirstAudio < 0 || l.IdleRelease < 0 || l.WorkerPing < 0 || l.WorkerTimeout < 0:
+		return errors.New("first_audio_timeout, idle_release, worker_ping and worker_timeout must not be negative")
+	case l.WorkerPing > 0 && l.WorkerTimeout > 0 && l.WorkerTimeout < 3*l.WorkerPing:
+		return fmt.Errorf("worker_timeout %v must be at least 3 × worker_ping %v, or one late ping drops a healthy worker", l.WorkerTimeout, l.WorkerPing)
+	}
+	return nil
+}
+
 // limits returns the coordinator's limits.
 func (c *Coordinator) limits() Limits { return c.cfg.Limits }
 

@@ -52,12 +52,19 @@ type coordinatorConfig struct {
 	Vocabulary    string          `toml:"vocabulary" help:"file of extra words and their phones for new calls (reloadable)"`
 	WebRTCPorts   string          `toml:"webrtc_udp_ports" help:"UDP port range for WebRTC (WHIP) media, e.g. 50000-50999 (empty: any)"`
 	WebRTCMax     int             `toml:"webrtc_max_sessions" help:"most concurrent WebRTC sessions"`
+	MaxSettingUp  int             `toml:"max_setting_up" help:"most calls opened without audio yet, in all (more get a retryable error)"`
+	MaxSetUpPer   int             `toml:"max_setting_up_per_console" help:"most calls opened without audio yet, per console"`
+	FirstAudio    config.Duration `toml:"first_audio_timeout" help:"close a new call's stream that sends no audio this long after the welcome"`
+	IdleRelease   config.Duration `toml:"idle_release" help:"give a channel's worker slot back after this long without new audio"`
+	WorkerPing    config.Duration `toml:"worker_ping" help:"how often workers send a liveness ping"`
+	WorkerTimeout config.Duration `toml:"worker_timeout" help:"drop a worker (its calls move) silent this long"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
-		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}}
+		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
+		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
 }
 
 // loaded is a resolved configuration and how to reload it.
@@ -152,10 +159,15 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err != nil {
 		return cfg, "", "", err
 	}
+	lim := coordinator.Limits{MaxSettingUp: f.MaxSettingUp, MaxSettingUpPerConsole: f.MaxSetUpPer, FirstAudio: f.FirstAudio.Duration,
+		IdleRelease: f.IdleRelease.Duration, WorkerPing: f.WorkerPing.Duration, WorkerTimeout: f.WorkerTimeout.Duration}
+	if err := lim.Check(); err != nil {
+		return cfg, "", "", err
+	}
 	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
-		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration,
+		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim,
 		Logger: log.With("component", "coordinator")}
 	for _, line := range config.Effective(f, l.src) {
 		log.Info("config", "effective", line)
