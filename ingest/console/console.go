@@ -39,8 +39,12 @@ type Config struct {
 	// OnAck, if set, is called for every ack with the channel and the
 	// sequence number every frame below is durable up to (load tests time
 	// acks with it).
-	OnAck  func(ch int, next uint32)
-	Logger *slog.Logger
+	OnAck func(ch int, next uint32)
+	// OnError, if set, is called with each error that ends a connection
+	// before the console reconnects (a coordinator's error message, a lost
+	// connection).
+	OnError func(err error)
+	Logger  *slog.Logger
 }
 
 // Event is what the console receives.
@@ -186,6 +190,9 @@ func (c *Call) Run(ctx context.Context) error {
 			break
 		}
 		c.log.Warn("connection lost: reconnecting", "err", err, "in", backoff)
+		if c.cfg.OnError != nil {
+			c.cfg.OnError(err)
+		}
 		first = false
 		select {
 		case <-time.After(backoff):

@@ -169,6 +169,17 @@ func TestChaos(t *testing.T) {
 		{"agent partitioned", "the victim's network link cut (its namespace's veth down)", func(t *testing.T, r *chaosRack) {
 			ipCmd(t, "-n", r.p.b, "link", "set", r.p.vb, "down")
 		}},
+		{"worker frozen", "SIGSTOP to a worker process holding the call (alive, silent)", func(t *testing.T, r *chaosRack) {
+			st, _ := statusIn(t, r.p.a, r.http)
+			for _, w := range st.Workers {
+				if w.Used > 0 {
+					syscall.Kill(w.PID, syscall.SIGSTOP)
+					t.Cleanup(func() { syscall.Kill(w.PID, syscall.SIGKILL) })
+					return
+				}
+			}
+			t.Fatal("no busy worker")
+		}},
 	}
 	var results []chaosResult
 	var mu sync.Mutex
@@ -203,10 +214,29 @@ func TestChaos(t *testing.T) {
 			}
 		})
 	}
-	writeChaosReport(t, report, results)
+	var faults []faultResult
+	for _, f := range []struct {
+		name string
+		run  func(t *testing.T) faultResult
+	}{
+		{"disk-full", diskFullFault},
+		{"poisoned-frame", poisonedFrameFault},
+		{"junk-flood", junkFloodFault},
+		{"damaged-manifest", func(t *testing.T) faultResult { return damagedStoreFault(t, "manifest") }},
+		{"damaged-vlog", func(t *testing.T) faultResult { return damagedStoreFault(t, "vlog") }},
+	} {
+		t.Run(f.name, func(t *testing.T) {
+			r := f.run(t)
+			r.check(t)
+			mu.Lock()
+			faults = append(faults, r)
+			mu.Unlock()
+		})
+	}
+	writeChaosReport(t, report, results, faults)
 }
 
-func writeChaosReport(t *testing.T, path string, rs []chaosResult) {
+func writeChaosReport(t *testing.T, path string, rs []chaosResult, fs []faultResult) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# callscribe chaos report\n\nWritten by `make chaos` on %s. Each fault hits a live two-channel call (assets/demo-call.wav streamed at 2× real time) on a rack of one coordinator and two agents in network namespaces made by the test: the *victim*, alone in its namespace, holds the call's workers; the *survivor* shares the coordinator's namespace and joins after the call has started, receiving the spare worker the N+1 policy places. *Resumed after* is from the fault to the console's `resumed` event on the last affected channel (so it includes the coordinator's restart where it was killed). *Acked frames lost* compares the store, read after the call, with every frame the console had acknowledged. *Identical* compares the console's transcript with `callscribe transcribe` on the same audio (a fault-free run).\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	b.WriteString("| fault | what was done | resumed after | acked frames lost | transcript identical |\n|---|---|---|---|---|\n")
@@ -216,6 +246,11 @@ func writeChaosReport(t *testing.T, path string, rs []chaosResult) {
 			res = r.note
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %d | %v |\n", r.name, r.fault, res, r.ackedLost, r.identical)
+	}
+	b.WriteString("\n## Disks, bad frames, junk and damaged stores\n\nEach on a whole appliance (`callscribe dev`, two Moonshine workers) with a live two-channel call of assets/demo-call.wav. *Recovered* is, for a full disk, from space freed to the console's next ack; for a junk flood, from the real call's start to its first final; for a damaged store, the time to start on the backup. *Complete* compares the console's transcript with `callscribe transcribe` of the audio it sent (for the poisoned frame, with that frame's 100 ms silenced, as the worker conceals it).\n\n")
+	b.WriteString("| fault | what was done | what the console (or operator) saw | recovered | acked frames lost | transcript complete | notes |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range fs {
+		fmt.Fprintf(&b, "| %s | %s | %s | %d ms | %d | %v | %s |\n", r.name, r.fault, strings.ReplaceAll(r.consoleSaw, "|", "/"), r.recovered.Milliseconds(), r.ackedLost, r.complete, strings.ReplaceAll(r.note, "|", "/"))
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)

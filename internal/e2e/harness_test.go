@@ -308,6 +308,11 @@ type callTarget struct {
 	quic, dir string // QUIC address; data directory (CA and console token)
 	consoleID string
 	netns     string // run the console inside this namespace ("": here)
+	// mutate, if set, changes the frames before they are sent (a poisoned
+	// frame); the recorded frames are what is sent.
+	mutate func(frames [][][]byte)
+	// onError, if set, sees every error that ends a console connection.
+	onError func(error)
 }
 
 func streamCall(t *testing.T, a *appliance, id, wavPath string, speed float64) *sentCall {
@@ -337,8 +342,11 @@ func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *
 			s.frames[c] = append(s.frames[c], audio.PCMToBytes(pcm[off:min(off+1600, len(pcm))]))
 		}
 	}
+	if to.mutate != nil {
+		to.mutate(s.frames)
+	}
 	s.call = console.New(console.Config{Server: to.quic, RootCAs: pool, ServerName: "localhost", Token: tok, CallID: proto.CallID(id),
-		ConsoleID: proto.ConsoleID(to.consoleID), Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second})
+		ConsoleID: proto.ConsoleID(to.consoleID), Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second, OnError: to.onError})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
 	go func() {
@@ -404,6 +412,12 @@ func transcribeChannels(t *testing.T, wavPath string) [][]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return transcribeWAV(t, w)
+}
+
+// transcribeWAV is transcribeChannels for audio in memory.
+func transcribeWAV(t *testing.T, w *audio.WAV) [][]string {
+	t.Helper()
 	out := make([][]string, w.Channels)
 	for c := range w.Channels {
 		p := filepath.Join(t.TempDir(), fmt.Sprintf("ch%d.wav", c))
