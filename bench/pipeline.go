@@ -132,6 +132,22 @@ func fakeWorker(ctx context.Context, addr string, pool *x509.CertPool, slots int
 	if r.ReadJSON(proto.TWorkerWelcome, &wel) != nil {
 		return
 	}
+	if wel.PingIntervalMS > 0 { // liveness, as a real worker does
+		go func() {
+			t := time.NewTicker(time.Duration(wel.PingIntervalMS) * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					if w.Write(proto.TWorkerPing, nil) != nil {
+						return
+					}
+				case <-conn.Context().Done():
+					return
+				}
+			}
+		}()
+	}
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {
