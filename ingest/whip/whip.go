@@ -17,12 +17,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/proto"
+	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/webrtc/v4"
 )
@@ -44,13 +46,42 @@ type Config struct {
 	Loopback bool
 	// EndQuiet is how long DELETE waits for the last packets in flight.
 	EndQuiet time.Duration
+
+	// AllowedNetworks are the networks remote ICE candidates may point
+	// into. Candidates elsewhere are dropped (and counted) before pion sees
+	// them, in the offer, in trickled fragments and in ICE restarts, so the
+	// coordinator never sends connectivity checks there on a console's
+	// word. nil (or empty): loopback plus the networks directly attached to
+	// this host (each address of each interface that is up, with its mask),
+	// read when New runs. IPv4 network and broadcast addresses of the
+	// attached networks, multicast and unspecified addresses are refused
+	// whatever is allowed.
+	AllowedNetworks []netip.Prefix
+	// AllowMDNS accepts mDNS (.local) host candidates and lets pion resolve
+	// them by multicast on the local link. Off by default: the address a
+	// name resolves to is whatever a host on the link answers, and it
+	// cannot be checked against AllowedNetworks before pion sends to it;
+	// nor do consoles need them: a browser that captures the microphone
+	// offers its real host addresses, and a console whose candidates were
+	// all dropped still connects (its own checks reach the coordinator's
+	// candidates and are answered, as peer-reflexive candidates).
+	AllowMDNS bool
+	// MaxCandidates bounds the distinct remote candidates one session may
+	// signal, offer and trickle together, allowed or not (default 20). The
+	// same candidate repeated in several m= sections counts once.
+	MaxCandidates int
+
+	// gatherIP, when set, limits the local addresses ICE gathers on
+	// (tests: loopback only, so that no packet leaves loopback).
+	gatherIP func(net.IP) bool
 }
 
 // Server is a WHIP endpoint.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	slots chan struct{}
+	cfg    Config
+	log    *slog.Logger
+	slots  chan struct{}
+	filter *candidateFilter
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -77,7 +108,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UDPPortMin > cfg.UDPPortMax {
 		return nil, fmt.Errorf("whip: UDP port range %d-%d is empty", cfg.UDPPortMin, cfg.UDPPortMax)
 	}
-	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), sessions: map[string]*session{}}, nil
+	if cfg.MaxCandidates <= 0 {
+		cfg.MaxCandidates = 20
+	}
+	for _, p := range cfg.AllowedNetworks {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("whip: allowed network %v is not a network (address/bits)", p)
+		}
+	}
+	attached, err := attachedNetworks()
+	if err != nil {
+		// Without the interfaces only loopback is allowed by default.
+		cfg.Log.Warn("whip: cannot list the network interfaces: only loopback is allowed by default for ICE candidates", "err", err)
+	}
+	f := newCandidateFilter(cfg.AllowedNetworks, attached, cfg.AllowMDNS)
+	cfg.Log.Info("whip: remote ICE candidates are used from", "networks", f.String(), "default", len(cfg.AllowedNetworks) == 0, "mdns", cfg.AllowMDNS, "max_candidates", cfg.MaxCandidates)
+	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), filter: f, sessions: map[string]*session{}}, nil
 }
 
 // Register adds the WHIP routes to mux:
@@ -202,6 +248,26 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// The candidates are filtered before anything is opened: pion only
+	// ever sees the ones it may use.
+	seen := map[string]bool{}
+	sdp, tally, err := s.filter.filterSDP(string(body), seen)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "bad ICE candidate in the offer: "+err.Error(), "call", callID)
+		return
+	}
+	if tally.distinct > s.cfg.MaxCandidates {
+		s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("the offer lists %d ICE candidates: at most %d are accepted per session", tally.distinct, s.cfg.MaxCandidates), "call", callID)
+		return
+	}
+	if tally.kept == 0 && !tally.trickle {
+		msg := "no usable ICE candidate in the offer, and it does not announce trickle ICE (a=ice-options:trickle)"
+		if tally.dropped > 0 {
+			msg += fmt.Sprintf(": %d refused, e.g. %s (allowed networks: %s)", tally.dropped, tally.example, s.filter)
+		}
+		s.fail(w, r, http.StatusBadRequest, msg, "call", callID)
+		return
+	}
 	console := param(r, "Console")
 	if console == "" {
 		console = "whip"
@@ -221,11 +287,14 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message, "call", callID, "code", pe.Code)
 		return
 	}
-	x, answer, err := s.answer(ctx, off, body, sess, wel, h)
+	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, seen, tally.dropped)
 	if err != nil {
 		sess.Close()
 		s.fail(w, r, http.StatusBadRequest, "cannot answer the offer: "+err.Error(), "call", callID)
 		return
+	}
+	if tally.dropped > 0 {
+		x.log.Info("whip: remote ICE candidates of the offer dropped", "dropped", tally.dropped, "kept", tally.kept, "example", tally.example)
 	}
 	w.Header().Set("Content-Type", "application/sdp")
 	w.Header().Set("Location", "/v1/whip/sessions/"+x.id)
@@ -250,8 +319,18 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	se := webrtc.SettingEngine{}
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 	se.SetICETimeouts(3*time.Second, 6*time.Second, 500*time.Millisecond)
+	// Without mDNS pion opens no multicast socket and resolves no name;
+	// .local candidates are then stripped before it sees them anyway.
+	if s.cfg.AllowMDNS {
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeQueryOnly)
+	} else {
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	}
 	if s.cfg.Loopback {
 		se.SetIncludeLoopbackCandidate(true)
+	}
+	if s.cfg.gatherIP != nil {
+		se.SetIPFilter(s.cfg.gatherIP)
 	}
 	if s.cfg.UDPPortMax != 0 {
 		if err := se.SetEphemeralUDPPortRange(s.cfg.UDPPortMin, s.cfg.UDPPortMax); err != nil {
@@ -261,7 +340,9 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
 }
 
-func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest.Session, wel *proto.Welcome, h *proto.Hello) (*session, string, error) {
+// answer answers a filtered offer and registers the session.
+func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest.Session, wel *proto.Welcome, h *proto.Hello,
+	seen map[string]bool, dropped int) (*session, string, error) {
 	api, err := s.api(off.codec)
 	if err != nil {
 		return nil, "", err
@@ -272,14 +353,14 @@ func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest
 	}
 	id := newID()
 	x := &session{srv: s, id: id, call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", id),
-		opened: time.Now(), done: make(chan struct{})}
+		opened: time.Now(), done: make(chan struct{}), seen: seen, dropped: dropped}
 	for i, mid := range off.mids {
 		x.chans = append(x.chans, &channel{idx: uint8(i), mid: mid, base: wel.NextSeq[i], seq: newSequencer(25, 150*time.Millisecond)})
 	}
 	pc.OnTrack(x.onTrack)
 	pc.OnDataChannel(x.onDataChannel)
 	pc.OnConnectionStateChange(x.onState)
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: string(raw)}); err != nil {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: sdp}); err != nil {
 		_ = pc.Close()
 		return nil, "", err
 	}
@@ -361,14 +442,29 @@ func (s *Server) handlePatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	frag := parseFrag(string(body))
-	if frag.ufrag != "" && frag.ufrag != x.remoteUfrag() {
-		if m := r.Header.Get("If-Match"); m != "*" && m != x.etag() {
-			s.fail(w, r, http.StatusPreconditionFailed, "an ICE restart needs If-Match: \"*\" or the session's ETag")
-			return
-		}
+	restart := frag.ufrag != "" && frag.ufrag != x.remoteUfrag()
+	m := r.Header.Get("If-Match")
+	switch {
+	case restart && m != "*" && m != x.etag():
+		s.fail(w, r, http.StatusPreconditionFailed, "an ICE restart needs If-Match: \"*\" or the session's ETag")
+		return
+	case !restart && m != "" && m != "*" && m != x.etag():
+		s.fail(w, r, http.StatusPreconditionFailed, "the fragment is for another ICE session (ETag mismatch)")
+		return
+	}
+	add, code, err := x.admitCandidates(frag.candidates)
+	if err != nil {
+		s.fail(w, r, code, err.Error(), "call", x.call)
+		return
+	}
+	if restart {
 		out, err := x.restartICE(r.Context(), frag)
 		if err != nil {
 			s.fail(w, r, http.StatusUnprocessableEntity, "ICE restart failed: "+err.Error(), "call", x.call)
+			return
+		}
+		if err := x.addCandidates(frag.mid, add); err != nil {
+			s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error(), "call", x.call)
 			return
 		}
 		w.Header().Set("Content-Type", "application/trickle-ice-sdpfrag")
@@ -377,18 +473,73 @@ func (s *Server) handlePatch(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, out)
 		return
 	}
-	if m := r.Header.Get("If-Match"); m != "" && m != "*" && m != x.etag() {
-		s.fail(w, r, http.StatusPreconditionFailed, "the fragment is for another ICE session (ETag mismatch)")
+	if err := x.addCandidates(frag.mid, add); err != nil {
+		s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error(), "call", x.call)
 		return
 	}
-	for _, c := range frag.candidates {
-		mid := frag.mid
-		if err := x.pc.AddICECandidate(webrtc.ICECandidateInit{Candidate: c, SDPMid: &mid}); err != nil {
-			s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error())
-			return
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// admitCandidates checks trickled candidates (or those of an ICE restart)
+// and returns the ones pion may have. One that does not parse refuses the
+// fragment (400); so does going over MaxCandidates (422): either way the
+// session keeps what it had and none of the fragment's candidates is used.
+func (x *session) admitCandidates(lines []string) ([]string, int, error) {
+	type checked struct {
+		line   string
+		c      candidate
+		ok     bool
+		reason string
+	}
+	var cs []checked
+	for _, l := range lines {
+		c, err := parseCandidate(l)
+		if err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("bad ICE candidate: %w", err)
+		}
+		ok, reason := x.srv.filter.check(c)
+		cs = append(cs, checked{l, c, ok, reason})
+	}
+	x.mu.Lock()
+	fresh := map[string]bool{}
+	for _, c := range cs {
+		if k := c.c.key(); !x.seen[k] {
+			fresh[k] = true
 		}
 	}
-	w.WriteHeader(http.StatusNoContent)
+	if n, most := len(x.seen)+len(fresh), x.srv.cfg.MaxCandidates; n > most {
+		x.mu.Unlock()
+		return nil, http.StatusUnprocessableEntity, fmt.Errorf("%d more ICE candidates would make %d: at most %d are accepted per session (none of these was added)", len(fresh), n, most)
+	}
+	var t candidateTally
+	var add []string
+	for _, c := range cs {
+		if k := c.c.key(); !x.seen[k] {
+			x.seen[k] = true
+			t.note(c.c, c.ok, c.reason)
+		}
+		if c.ok {
+			add = append(add, c.line) // again after an ICE restart, too
+		}
+	}
+	x.dropped += t.dropped
+	first := t.dropped > 0 && !x.trickleLog
+	x.trickleLog = x.trickleLog || first
+	x.mu.Unlock()
+	if first {
+		x.log.Info("whip: trickled remote ICE candidates dropped (further ones are only counted)", "dropped", t.dropped, "example", t.example)
+	}
+	return add, 0, nil
+}
+
+// addCandidates gives pion remote candidates that passed admitCandidates.
+func (x *session) addCandidates(mid string, lines []string) error {
+	for _, c := range lines {
+		if err := x.pc.AddICECandidate(webrtc.ICECandidateInit{Candidate: c, SDPMid: &mid}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removed drops a session from the table.
@@ -412,15 +563,18 @@ type session struct {
 	opened time.Time
 	chans  []*channel
 
-	mu      sync.Mutex
-	ice     int // ICE generation (restarts), part of the ETag
-	dc      *webrtc.DataChannel
-	dcOpen  bool
-	backlog [][]byte // events waiting for the data channel to open
-	ending  bool
-	ended   bool
-	closed  bool
-	done    chan struct{}
+	mu         sync.Mutex
+	seen       map[string]bool // remote candidates signalled (keys), allowed or not
+	dropped    int             // of which refused
+	trickleLog bool            // a trickled candidate was refused and logged
+	ice        int             // ICE generation (restarts), part of the ETag
+	dc         *webrtc.DataChannel
+	dcOpen     bool
+	backlog    [][]byte // events waiting for the data channel to open
+	ending     bool
+	ended      bool
+	closed     bool
+	done       chan struct{}
 }
 
 // channel is one audio track of a session.
@@ -731,11 +885,13 @@ func (x *session) close(why string) {
 	}
 	x.closed = true
 	close(x.done)
+	candidates, dropped := len(x.seen), x.dropped
 	x.mu.Unlock()
 	x.srv.removed(x)
 	x.sess.Close()
 	go func() { _ = x.pc.Close() }()
-	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond))
+	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond),
+		"candidates", candidates, "candidates_dropped", dropped)
 }
 
 // frag is a parsed trickle-ice-sdpfrag (RFC 8840).

@@ -1,0 +1,272 @@
+package whip
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callscribe/callscribe/proto"
+	"github.com/pion/webrtc/v4"
+)
+
+// syncBuffer collects a test server's log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) count(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Count(s.b.String(), substr)
+}
+
+func logInto(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// postFrom posts an offer for call-1 with client c.
+func postFrom(c *http.Client, url, body string) (*http.Response, string, error) {
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/whip/call-1", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/sdp")
+	res, err := c.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b), nil
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sessionAt is the session a Location names (nil once it is gone).
+func sessionAt(srv *Server, loc string) *session {
+	_, id, _ := strings.Cut(loc, "/v1/whip/sessions/")
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.sessions[id]
+}
+
+// remoteCandidates lists the remote candidates pion's ICE agent has.
+func remoteCandidates(x *session) []string {
+	var out []string
+	for _, st := range x.pc.GetStats() {
+		if c, ok := st.(webrtc.ICECandidateStats); ok && c.Type == webrtc.StatsTypeRemoteCandidate {
+			out = append(out, net.JoinHostPort(c.IP, fmt.Sprint(c.Port)))
+		}
+	}
+	return out
+}
+
+func sinkCount(sink *fakeSink, f func(*fakeSink) int) int {
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	return f(sink)
+}
+
+func TestOfferCandidatesAreCheckedBeforeAnythingOpens(t *testing.T) {
+	sink := newFakeSink()
+	_, url := newTestServer(t, sink, nil)
+	cands := func(n int, addr func(i int) string) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "a=candidate:%d 1 udp 2130706431 %s %d typ host\r\n", i, addr(i), 40000+i%1000)
+		}
+		return b.String()
+	}
+	private := func(i int) string { return fmt.Sprintf("10.%d.%d.%d", i/65536%256, i/256%256, i%256+1) }
+	noTrickle := strings.Replace(goodOffer, "a=ice-options:trickle\r\n", "", 1)
+	for _, c := range []struct {
+		name, body string
+		code       int
+		msg        string
+	}{
+		{"700 candidates", goodOffer + cands(700, private), 400, "700 ICE candidates: at most 20"},
+		{"21 candidates", goodOffer + cands(21, func(i int) string { return fmt.Sprintf("127.0.0.%d", i+1) }), 400, "21 ICE candidates: at most 20"},
+		{"malformed candidate", goodOffer + "a=candidate:1 1 udp 2130706431 127.0.0.1 99999 typ host\r\n", 400, "bad ICE candidate in the offer: line 15: port \"99999\" is not a number"},
+		{"unknown candidate type", goodOffer + "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ lan\r\n", 400, "candidate type \"lan\""},
+		{"only refused candidates, no trickle", noTrickle + cands(3, private), 400, "no usable ICE candidate in the offer, and it does not announce trickle ICE (a=ice-options:trickle): 3 refused, e.g. udp host 10.0.0.1:40000: outside the allowed networks"},
+		{"no candidates, no trickle", noTrickle, 400, "no usable ICE candidate"},
+		{"mDNS only, no trickle", noTrickle + "a=candidate:1 1 udp 2130706431 0b6a2c2e-5e7d-4c53-9d59-7e1ea4b8f3a1.local 9 typ host\r\n", 400, "mDNS"},
+	} {
+		code, msg := post(t, url, token, "application/sdp", c.body)
+		if code != c.code || !strings.Contains(msg, c.msg) {
+			t.Errorf("%s: %d %q, want %d with %q", c.name, code, msg, c.code, c.msg)
+		}
+	}
+	if n := sinkCount(sink, func(f *fakeSink) int { return len(f.hellos) }); n != 0 {
+		t.Fatalf("%d refused offers reached the sink", n)
+	}
+	// The same candidate twice (as in every m= section of a bundled
+	// offer) counts once: 20 distinct candidates twice over are allowed.
+	twenty := cands(20, func(i int) string { return fmt.Sprintf("127.0.0.%d", i+1) })
+	if code, msg := post(t, url, token, "application/sdp", goodOffer+twenty+twenty); code != 201 {
+		t.Fatalf("20 candidates, each twice: %d %q", code, msg)
+	}
+}
+
+// An offer's candidates at addresses outside the allowed networks (and
+// mDNS and TCP ones) are gone from the description pion gets; the client's
+// loopback candidates still connect, and the call streams.
+func TestDisallowedOfferCandidatesNeverReachPion(t *testing.T) {
+	sink := newFakeSink()
+	logs := &syncBuffer{}
+	srv, url := newTestServer(t, sink, func(c *Config) { c.Log = logInto(logs) })
+	const bad = 7
+	extra := "a=candidate:901 1 udp 2122260223 10.1.2.3 50001 typ host generation 0\r\n" +
+		"a=candidate:902 1 udp 2122260223 192.168.7.7 50002 typ host\r\n" +
+		"a=candidate:903 1 udp 1686052607 203.0.113.5 50003 typ srflx raddr 192.168.7.7 rport 50002\r\n" +
+		"a=candidate:904 1 udp 2122260223 2001:db8::7 50004 typ host\r\n" +
+		"a=candidate:905 1 udp 2122260223 5c4ed1a4-1c1e-4b8e-8e57-6b0b5a1e2f3c.local 50005 typ host\r\n" +
+		"a=candidate:906 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active\r\n" +
+		"a=candidate:907 1 udp 16777215 198.51.100.7 50007 typ relay raddr 10.1.2.3 rport 1\r\n"
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var offered string
+	c, err := Dial(ctx, ClientConfig{Server: url, Token: token, CallID: "call-1", ConsoleID: "c1", Channels: []string{"caller"}, Codec: proto.CodecPCMU, gatherIP: net.IP.IsLoopback,
+		mungeOffer: func(sdp string) string {
+			// In the first (bundle) section, where pion takes candidates from.
+			i := strings.Index(sdp, "a=candidate:")
+			if i < 0 {
+				t.Errorf("the client's offer has no candidate:\n%s", sdp)
+				return sdp
+			}
+			offered = sdp[:i] + extra + sdp[i:]
+			return offered
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	x := sessionAt(srv, c.session)
+	if x == nil {
+		t.Fatal("no session")
+	}
+	rd := x.pc.RemoteDescription().SDP
+	for _, a := range []string{"10.1.2.3", "192.168.7.7", "203.0.113.5", "2001:db8::7", ".local", " tcp ", "198.51.100.7"} {
+		if !strings.Contains(offered, a) {
+			t.Fatalf("the test offer lacks %q", a)
+		}
+		if strings.Contains(rd, a) {
+			t.Errorf("the remote description pion got has %q:\n%s", a, rd)
+		}
+	}
+	if !strings.Contains(rd, " 127.0.0.1 ") {
+		t.Errorf("the client's loopback candidate is gone:\n%s", rd)
+	}
+	for _, rc := range remoteCandidates(x) {
+		ap, err := netip.ParseAddrPort(rc)
+		if err != nil || !ap.Addr().IsLoopback() {
+			t.Errorf("pion has remote candidate %s", rc)
+		}
+	}
+	for i := range 20 {
+		if err := c.Send(0, []byte{byte(i)}, 160); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "20 frames stored", 10*time.Second, func() bool { return sinkCount(sink, func(f *fakeSink) int { return len(f.frames[0]) }) == 20 })
+	x.mu.Lock()
+	dropped := x.dropped
+	x.mu.Unlock()
+	// The seven above, and the client's own candidates on other interfaces.
+	if dropped < bad {
+		t.Errorf("%d candidates counted as dropped, want at least %d", dropped, bad)
+	}
+	if n := logs.count("remote ICE candidates of the offer dropped"); n != 1 {
+		t.Errorf("%d log lines about dropped candidates, want 1", n)
+	}
+}
+
+// Trickled candidates (PATCH) are filtered the same way and count against
+// MaxCandidates with the offer's; a PATCH over the limit is refused whole.
+func TestTrickledCandidatesAreFilteredAndLimited(t *testing.T) {
+	sink := newFakeSink()
+	logs := &syncBuffer{}
+	srv, url := newTestServer(t, sink, func(c *Config) { c.MaxCandidates, c.Log = 5, logInto(logs) })
+	res, _, err := postFrom(http.DefaultClient, url, goodOffer)
+	if err != nil || res.StatusCode != 201 {
+		t.Fatalf("offer: %v %v", res, err)
+	}
+	loc := res.Header.Get("Location")
+	x := sessionAt(srv, loc)
+	cand := func(foundation int, addr string, port int) string {
+		return fmt.Sprintf("a=candidate:%d 1 udp 2130706431 %s %d typ host\r\n", foundation, addr, port)
+	}
+	state := func() (int, int) {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return len(x.seen), x.dropped
+	}
+	frag := cand(1, "10.1.2.3", 40000) + cand(2, "127.0.0.1", 40000) + cand(3, "abcd.local", 40000) + "a=mid:0\r\n"
+	if res, body := patch(t, url, loc, "", frag); res.StatusCode != http.StatusNoContent {
+		t.Fatalf("trickle: %d %q", res.StatusCode, body)
+	}
+	if seen, dropped := state(); seen != 3 || dropped != 2 {
+		t.Fatalf("after the first trickle: %d candidates, %d dropped; want 3 and 2", seen, dropped)
+	}
+	waitFor(t, "pion has the allowed candidate", 5*time.Second, func() bool {
+		return strings.Contains(strings.Join(remoteCandidates(x), " "), "127.0.0.1:40000")
+	})
+	// Over the limit (3 + 3 > 5): refused, nothing of it used.
+	frag = cand(4, "127.0.0.1", 40001) + cand(5, "127.0.0.1", 40002) + cand(6, "127.0.0.1", 40003) + "a=mid:0\r\n"
+	if res, body := patch(t, url, loc, "", frag); res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(body, "at most 5") {
+		t.Fatalf("trickle over the limit: %d %q", res.StatusCode, body)
+	}
+	// A candidate again counts for nothing: 3 + 1 new.
+	frag = cand(2, "127.0.0.1", 40000) + cand(4, "127.0.0.1", 40001) + "a=mid:0\r\n"
+	if res, body := patch(t, url, loc, "", frag); res.StatusCode != http.StatusNoContent {
+		t.Fatalf("trickle within the limit: %d %q", res.StatusCode, body)
+	}
+	if res, body := patch(t, url, loc, "", "a=candidate:1 1 udp 1 127.0.0.1 9 typ host extra\r\n"); res.StatusCode != http.StatusBadRequest || !strings.Contains(body, "has no value") {
+		t.Fatalf("malformed trickle: %d %q", res.StatusCode, body)
+	}
+	time.Sleep(100 * time.Millisecond) // pion adds candidates asynchronously
+	got := strings.Join(remoteCandidates(x), " ")
+	for _, a := range []string{"10.1.2.3", "local", ":40002", ":40003"} {
+		if strings.Contains(got, a) {
+			t.Errorf("pion has a refused candidate %q: %s", a, got)
+		}
+	}
+	if !strings.Contains(got, "127.0.0.1:40001") {
+		t.Errorf("pion lacks 127.0.0.1:40001: %s", got)
+	}
+	// An ICE restart's candidates: filtered, and counted (4 + 1 = 5).
+	restart := "a=ice-ufrag:newufrag1\r\na=ice-pwd:newpasswordnewpassword12\r\na=mid:0\r\n" + cand(7, "192.168.7.7", 40000)
+	if res, body := patch(t, url, loc, "*", restart); res.StatusCode != http.StatusOK {
+		t.Fatalf("ICE restart: %d %q", res.StatusCode, body)
+	}
+	if seen, dropped := state(); seen != 5 || dropped != 3 {
+		t.Fatalf("after the restart: %d candidates, %d dropped; want 5 and 3", seen, dropped)
+	}
+	if res, body := patch(t, url, loc, "", cand(8, "127.0.0.1", 40009)); res.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("a sixth candidate: %d %q", res.StatusCode, body)
+	}
+	if n := logs.count("trickled remote ICE candidates dropped"); n != 1 {
+		t.Errorf("%d log lines about dropped trickled candidates, want 1", n)
+	}
+}
