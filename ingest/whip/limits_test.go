@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -269,4 +270,111 @@ func TestTrickledCandidatesAreFilteredAndLimited(t *testing.T) {
 	if n := logs.count("trickled remote ICE candidates dropped"); n != 1 {
 		t.Errorf("%d log lines about dropped trickled candidates, want 1", n)
 	}
+}
+
+// A session that never connects is closed after ConnectTimeout, with its
+// ingest session, whether it has no candidate at all (trickle announced,
+// none ever sent) or candidates that never answer.
+func TestSessionThatNeverConnectsIsClosed(t *testing.T) {
+	silent, err := net.ListenPacket("udp4", "127.0.0.1:0") // takes connectivity checks, answers none
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	var checks atomic.Int64
+	go func() {
+		b := make([]byte, 1500)
+		for {
+			if _, _, err := silent.ReadFrom(b); err != nil {
+				return
+			}
+			checks.Add(1)
+		}
+	}()
+	port := silent.LocalAddr().(*net.UDPAddr).Port
+	for _, c := range []struct{ name, offer string }{
+		{"no candidates", goodOffer},
+		{"a candidate that never answers", strings.Replace(goodOffer, "a=ice-options:trickle\r\n", "", 1) + fmt.Sprintf("a=candidate:1 1 udp 2130706431 127.0.0.1 %d typ host\r\n", port)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sink := newFakeSink()
+			logs := &syncBuffer{}
+			const timeout = time.Second
+			srv, url := newTestServer(t, sink, func(c *Config) { c.ConnectTimeout, c.Log = timeout, logInto(logs) })
+			start := time.Now()
+			res, body, err := postFrom(http.DefaultClient, url, c.offer)
+			if err != nil || res.StatusCode != 201 {
+				t.Fatalf("offer: %v %q %v", res, body, err)
+			}
+			if srv.Sessions() != 1 || sinkCount(sink, func(f *fakeSink) int { return f.closed }) != 0 {
+				t.Fatal("no session open after the answer")
+			}
+			waitFor(t, "the session closed", timeout+2*time.Second, func() bool { return srv.Sessions() == 0 })
+			lasted := time.Since(start)
+			if lasted < timeout-50*time.Millisecond {
+				t.Errorf("closed after %s, before ConnectTimeout", lasted)
+			}
+			if n := sinkCount(sink, func(f *fakeSink) int { return f.closed }); n != 1 {
+				t.Errorf("%d ingest sessions closed, want 1", n)
+			}
+			waitFor(t, "the close logged", time.Second, func() bool { return logs.count("never connected") > 0 })
+			time.Sleep(100 * time.Millisecond)
+			if n := logs.count("never connected"); n != 1 {
+				t.Errorf("%d log lines say never connected, want 1", n)
+			}
+			t.Logf("closed %s after the offer", lasted.Round(time.Millisecond))
+		})
+	}
+	if checks.Load() == 0 {
+		t.Error("pion sent no connectivity check to the allowed candidate")
+	}
+}
+
+// A connected session whose track goes silent for IdleTimeout is closed
+// (the server's keep-alives do not count); one that keeps sending is not.
+func TestSilentSessionIsClosed(t *testing.T) {
+	sink := newFakeSink()
+	logs := &syncBuffer{}
+	const idle = time.Second
+	srv, url := newTestServer(t, sink, func(c *Config) { c.IdleTimeout, c.Log = idle, logInto(logs) })
+	talker := dial(t, url, proto.CodecPCMU, "caller")
+	mute := dial(t, url, proto.CodecPCMU, "caller") // connects, never sends
+	start := time.Now()
+	if srv.Sessions() != 2 {
+		t.Fatalf("%d sessions", srv.Sessions())
+	}
+	// Sending for longer than IdleTimeout keeps the talker's session.
+	for i := 0; time.Since(start) < idle+600*time.Millisecond; i++ {
+		if err := talker.Send(0, []byte{byte(i)}, 160); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if sessionAt(srv, talker.session) == nil {
+		t.Fatal("the session that sends audio was closed")
+	}
+	if sessionAt(srv, mute.session) != nil {
+		t.Fatal("the session that never sent audio is still open after IdleTimeout")
+	}
+	stopped := time.Now()
+	waitFor(t, "the silent session closed", idle+2*time.Second, func() bool { return srv.Sessions() == 0 })
+	lasted := time.Since(stopped)
+	if lasted < idle-300*time.Millisecond {
+		t.Errorf("closed %s after the last packet, before IdleTimeout", lasted)
+	}
+	if n := sinkCount(sink, func(f *fakeSink) int { return f.closed }); n != 2 {
+		t.Errorf("%d ingest sessions closed, want 2", n)
+	}
+	if n := logs.count("no audio for 1s"); n != 2 {
+		t.Errorf("%d log lines say no audio, want 2", n)
+	}
+	select {
+	case _, ok := <-talker.Events():
+		for ok {
+			_, ok = <-talker.Events()
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the console's connection stayed open")
+	}
+	t.Logf("the silent session closed %s after its last packet", lasted.Round(time.Millisecond))
 }

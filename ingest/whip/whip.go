@@ -4,6 +4,11 @@
 // ingest.Sink as the QUIC path, so it is durable before anything else
 // happens to it. Transcript events go back on the console's data channel.
 // PATCH restarts ICE (or trickles candidates); DELETE ends the call.
+//
+// Sessions that are being set up cost little and do not last: remote ICE
+// candidates are only used inside the allowed networks (and counted), a
+// session not connected within ConnectTimeout is closed, and a connected
+// one whose tracks go silent for IdleTimeout too.
 package whip
 
 import (
@@ -20,6 +25,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
@@ -70,6 +76,14 @@ type Config struct {
 	// signal, offer and trickle together, allowed or not (default 20). The
 	// same candidate repeated in several m= sections counts once.
 	MaxCandidates int
+	// ConnectTimeout closes a session whose connection (ICE and DTLS) is
+	// not up this long after it was answered (default 10 s).
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connected session whose tracks deliver no RTP
+	// audio for this long (default 15 s); keep-alives (STUN, RTCP, data
+	// channel, padding) do not count. The call stays open for the console
+	// to reconnect. A call the console has ended is not timed out.
+	IdleTimeout time.Duration
 
 	// gatherIP, when set, limits the local addresses ICE gathers on
 	// (tests: loopback only, so that no packet leaves loopback).
@@ -110,6 +124,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxCandidates <= 0 {
 		cfg.MaxCandidates = 20
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 15 * time.Second
 	}
 	for _, p := range cfg.AllowedNetworks {
 		if !p.IsValid() {
@@ -287,7 +307,7 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message, "call", callID, "code", pe.Code)
 		return
 	}
-	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, seen, tally.dropped)
+	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, remoteIP(r), seen, tally.dropped)
 	if err != nil {
 		sess.Close()
 		s.fail(w, r, http.StatusBadRequest, "cannot answer the offer: "+err.Error(), "call", callID)
@@ -305,6 +325,15 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 }
 
 func defaultLabels(n int) []string { return []string{"caller", "call-taker"}[:n] }
+
+// remoteIP is the address an HTTP request comes from.
+func remoteIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap().WithZone("")
+}
 
 // api builds a pion API that negotiates exactly the call's codec.
 func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
@@ -342,7 +371,7 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 
 // answer answers a filtered offer and registers the session.
 func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest.Session, wel *proto.Welcome, h *proto.Hello,
-	seen map[string]bool, dropped int) (*session, string, error) {
+	remote netip.Addr, seen map[string]bool, dropped int) (*session, string, error) {
 	api, err := s.api(off.codec)
 	if err != nil {
 		return nil, "", err
@@ -353,7 +382,7 @@ func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest
 	}
 	id := newID()
 	x := &session{srv: s, id: id, call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", id),
-		opened: time.Now(), done: make(chan struct{}), seen: seen, dropped: dropped}
+		opened: time.Now(), done: make(chan struct{}), remote: remote, seen: seen, dropped: dropped}
 	for i, mid := range off.mids {
 		x.chans = append(x.chans, &channel{idx: uint8(i), mid: mid, base: wel.NextSeq[i], seq: newSequencer(25, 150*time.Millisecond)})
 	}
@@ -384,8 +413,18 @@ func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest
 		return nil, "", ctx.Err()
 	}
 	s.mu.Lock()
+	if s.closed || x.isClosed() {
+		s.mu.Unlock()
+		_ = pc.Close()
+		return nil, "", errors.New("the connection closed while the offer was being answered")
+	}
 	s.sessions[x.id] = x
 	s.mu.Unlock()
+	x.mu.Lock()
+	if !x.closed {
+		x.connectTimer = time.AfterFunc(s.cfg.ConnectTimeout, x.connectExpired)
+	}
+	x.mu.Unlock()
 	go x.forward()
 	x.log.Info("whip session open", "codec", off.codec, "tracks", len(off.mids), "data_channel", off.data, "resumed", wel.Resumed, "next_seq", wel.NextSeq)
 	return x, pc.LocalDescription().SDP, nil
@@ -562,19 +601,24 @@ type session struct {
 	log    *slog.Logger
 	opened time.Time
 	chans  []*channel
+	remote netip.Addr // where the offer came from
 
-	mu         sync.Mutex
-	seen       map[string]bool // remote candidates signalled (keys), allowed or not
-	dropped    int             // of which refused
-	trickleLog bool            // a trickled candidate was refused and logged
-	ice        int             // ICE generation (restarts), part of the ETag
-	dc         *webrtc.DataChannel
-	dcOpen     bool
-	backlog    [][]byte // events waiting for the data channel to open
-	ending     bool
-	ended      bool
-	closed     bool
-	done       chan struct{}
+	connectedAt atomic.Int64 // unix ns when ICE and DTLS were first up; 0 until then
+	lastRTP     atomic.Int64 // unix ns of the last RTP audio packet
+
+	mu           sync.Mutex
+	connectTimer *time.Timer
+	seen         map[string]bool // remote candidates signalled (keys), allowed or not
+	dropped      int             // of which refused
+	trickleLog   bool            // a trickled candidate was refused and logged
+	ice          int             // ICE generation (restarts), part of the ETag
+	dc           *webrtc.DataChannel
+	dcOpen       bool
+	backlog      [][]byte // events waiting for the data channel to open
+	ending       bool
+	ended        bool
+	closed       bool
+	done         chan struct{}
 }
 
 // channel is one audio track of a session.
@@ -666,6 +710,7 @@ func (x *session) read(t *webrtc.TrackRemote, ch *channel) {
 			continue // the call has ended: nothing more is stored
 		}
 		ch.lastPkt = now
+		x.lastRTP.Store(now.UnixNano())
 		x.appendLocked(ch, ch.seq.push(pkt.SequenceNumber, payload, now))
 		stop := ch.failed != nil
 		ch.mu.Unlock()
@@ -674,6 +719,28 @@ func (x *session) read(t *webrtc.TrackRemote, ch *channel) {
 			return
 		}
 	}
+}
+
+func (x *session) isClosed() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.closed
+}
+
+// connectExpired closes the session if it never connected.
+func (x *session) connectExpired() {
+	if x.connectedAt.Load() == 0 {
+		x.close(fmt.Sprintf("never connected: ICE and DTLS not up within %s", x.srv.cfg.ConnectTimeout))
+	}
+}
+
+// idle is how long a connected session's tracks have brought no RTP audio.
+func (x *session) idle(now time.Time) time.Duration {
+	c := x.connectedAt.Load()
+	if c == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, max(c, x.lastRTP.Load())))
 }
 
 func (x *session) isEnded() bool {
@@ -840,9 +907,14 @@ func (x *session) send(ev ingest.Event) {
 // closes the session (finalised, or replaced by a newer connection).
 // A keep-alive every second lets a console notice a dead coordinator in
 // seconds, well before ICE gives up.
+//
+// It also closes a session whose tracks have been silent for IdleTimeout.
 func (x *session) forward() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	idleTimeout := x.srv.cfg.IdleTimeout
+	check := time.NewTicker(min(time.Second, idleTimeout/4))
+	defer check.Stop()
 events:
 	for {
 		select {
@@ -853,6 +925,11 @@ events:
 			x.send(ev)
 		case <-tick.C:
 			x.ping()
+		case now := <-check.C:
+			if x.idle(now) >= idleTimeout && !x.isEnded() {
+				x.close(fmt.Sprintf("no audio for %s", idleTimeout))
+				return
+			}
 		case <-x.done:
 			return
 		}
@@ -868,6 +945,10 @@ events:
 func (x *session) onState(st webrtc.PeerConnectionState) {
 	x.log.Debug("whip connection state", "state", st.String())
 	switch st {
+	case webrtc.PeerConnectionStateConnected:
+		if x.connectedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+			x.log.Info("whip session connected", "after", time.Since(x.opened).Round(time.Millisecond))
+		}
 	case webrtc.PeerConnectionStateFailed:
 		x.close("connection failed")
 	case webrtc.PeerConnectionStateClosed:
@@ -885,13 +966,16 @@ func (x *session) close(why string) {
 	}
 	x.closed = true
 	close(x.done)
+	if x.connectTimer != nil {
+		x.connectTimer.Stop()
+	}
 	candidates, dropped := len(x.seen), x.dropped
 	x.mu.Unlock()
 	x.srv.removed(x)
 	x.sess.Close()
 	go func() { _ = x.pc.Close() }()
 	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond),
-		"candidates", candidates, "candidates_dropped", dropped)
+		"connected", x.connectedAt.Load() != 0, "remote", x.remote, "candidates", candidates, "candidates_dropped", dropped)
 }
 
 // frag is a parsed trickle-ice-sdpfrag (RFC 8840).
