@@ -39,6 +39,13 @@ func (s *syncBuffer) count(substr string) int {
 
 func logInto(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
+// httpFrom is an HTTP client whose connections come from the loopback
+// address local (Linux answers for all of 127.0.0.0/8): another console.
+func httpFrom(local string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 16}}
+}
+
 // postFrom posts an offer for call-1 with client c.
 func postFrom(c *http.Client, url, body string) (*http.Response, string, error) {
 	req, _ := http.NewRequest(http.MethodPost, url+"/v1/whip/call-1", strings.NewReader(body))
@@ -317,6 +324,12 @@ func TestSessionThatNeverConnectsIsClosed(t *testing.T) {
 			if n := sinkCount(sink, func(f *fakeSink) int { return f.closed }); n != 1 {
 				t.Errorf("%d ingest sessions closed, want 1", n)
 			}
+			srv.mu.Lock()
+			pending, all := len(srv.pending), srv.pendAll
+			srv.mu.Unlock()
+			if pending != 0 || all != 0 {
+				t.Errorf("pending counts left: %d addresses, %d sessions", pending, all)
+			}
 			waitFor(t, "the close logged", time.Second, func() bool { return logs.count("never connected") > 0 })
 			time.Sleep(100 * time.Millisecond)
 			if n := logs.count("never connected"); n != 1 {
@@ -377,4 +390,197 @@ func TestSilentSessionIsClosed(t *testing.T) {
 		t.Error("the console's connection stayed open")
 	}
 	t.Logf("the silent session closed %s after its last packet", lasted.Round(time.Millisecond))
+}
+
+// Live calls come first: a connected session does not count against the
+// pending limits; offers over them get 503 with Retry-After, per address
+// and over all addresses.
+func TestPendingLimits(t *testing.T) {
+	sink := newFakeSink()
+	const timeout = time.Second
+	srv, url := newTestServer(t, sink, func(c *Config) { c.MaxPendingPerRemote, c.MaxPending, c.ConnectTimeout = 2, 3, timeout })
+	live := dial(t, url, proto.CodecPCMU, "caller") // from 127.0.0.1, connected
+	one, two := httpFrom("127.0.0.1"), httpFrom("127.0.0.2")
+	expect := func(c *http.Client, code int, msg string) {
+		t.Helper()
+		res, body, err := postFrom(c, url, goodOffer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusCode != code || !strings.Contains(body, msg) {
+			t.Fatalf("offer: %d %q, want %d with %q", res.StatusCode, body, code, msg)
+		}
+		if code == 503 && res.Header.Get("Retry-After") == "" {
+			t.Fatal("503 without Retry-After")
+		}
+	}
+	expect(one, 201, "")
+	expect(one, 201, "")
+	expect(one, 503, "2 WebRTC sessions from 127.0.0.1 are still being set up")
+	expect(two, 201, "")
+	expect(two, 503, "3 WebRTC sessions are still being set up")
+	for i := range 10 {
+		if err := live.Send(0, []byte{byte(i)}, 160); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the live call's frames", 5*time.Second, func() bool { return sinkCount(sink, func(f *fakeSink) int { return len(f.frames[0]) }) == 10 })
+	waitFor(t, "the pending sessions gone", timeout+2*time.Second, func() bool { return srv.Sessions() == 1 })
+	expect(one, 201, "")
+	expect(one, 201, "")
+}
+
+// A bounded flood of offers that never connect, from one address: beyond
+// MaxPendingPerRemote they get 503 with Retry-After, the server never holds
+// more, every flood session is gone ConnectTimeout after its answer, and a
+// call started during the flood (from another address) connects and streams.
+func TestOfferFloodClearsWithinConnectTimeout(t *testing.T) {
+	sink := newFakeSink()
+	const (
+		timeout  = time.Second
+		perIP    = 16
+		offers   = 300
+		floodFor = 2 * time.Second
+		workers  = 6
+		pace     = workers * floodFor / offers // 300 offers in about 2 s
+	)
+	srv, url := newTestServer(t, sink, func(c *Config) { c.MaxPendingPerRemote, c.ConnectTimeout = perIP, timeout })
+	flood := httpFrom("127.0.0.2")
+	floodIP := netip.MustParseAddr("127.0.0.2")
+
+	var mu sync.Mutex
+	born := map[string]time.Time{} // flood session id → answered
+	dead := map[string]time.Time{} // → seen gone
+	var n201, n503, noRetryAfter, sent atomic.Int64
+	var maxPending, maxSessions atomic.Int64
+	stopWatch := make(chan struct{})
+	watched := make(chan struct{})
+	go func() { // samples the server's state every 5 ms
+		defer close(watched)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			now := time.Now()
+			srv.mu.Lock()
+			p, n := srv.pending[floodIP], len(srv.sessions)
+			mu.Lock()
+			for id := range born {
+				if _, ok := srv.sessions[id]; !ok && dead[id].IsZero() {
+					dead[id] = now
+				}
+			}
+			mu.Unlock()
+			srv.mu.Unlock()
+			if int64(p) > maxPending.Load() {
+				maxPending.Store(int64(p))
+			}
+			if int64(n) > maxSessions.Load() {
+				maxSessions.Store(int64(n))
+			}
+		}
+	}()
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Since(start) < floodFor && sent.Add(1) <= offers {
+				res, _, err := postFrom(flood, url, goodOffer)
+				if err != nil {
+					t.Errorf("flood offer: %v", err)
+					return
+				}
+				switch res.StatusCode {
+				case 201:
+					n201.Add(1)
+					_, id, _ := strings.Cut(res.Header.Get("Location"), "/v1/whip/sessions/")
+					mu.Lock()
+					born[id] = time.Now()
+					mu.Unlock()
+				case 503:
+					n503.Add(1)
+					if res.Header.Get("Retry-After") == "" {
+						noRetryAfter.Add(1)
+					}
+				default:
+					t.Errorf("flood offer: %s", res.Status)
+				}
+				time.Sleep(pace)
+			}
+		}()
+	}
+
+	// A real call during the flood, from 127.0.0.1: it retries a 503 as a
+	// console does.
+	time.Sleep(300 * time.Millisecond)
+	var c *Client
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		c, err = Dial(ctx, ClientConfig{Server: url, Token: token, CallID: "real", ConsoleID: "c1", Channels: []string{"caller"}, Codec: proto.CodecPCMU, gatherIP: net.IP.IsLoopback})
+		cancel()
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "503") || attempt == 20 {
+			t.Fatalf("the real call: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	connectedDuringFlood := time.Since(start) < floodFor
+	for i := range 25 {
+		if err := c.Send(0, []byte{byte(i)}, 160); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	wg.Wait()
+	floodEnd := time.Now()
+	waitFor(t, "the real call's frames", 5*time.Second, func() bool { return sinkCount(sink, func(f *fakeSink) int { return len(f.frames[0]) }) == 25 })
+	waitFor(t, "the flood sessions gone", timeout+3*time.Second, func() bool { return srv.Sessions() == 1 })
+	cleared := time.Since(floodEnd)
+	time.Sleep(20 * time.Millisecond)
+	close(stopWatch)
+	<-watched
+
+	if n503.Load() == 0 || noRetryAfter.Load() != 0 {
+		t.Errorf("%d offers refused with 503, %d of them without Retry-After", n503.Load(), noRetryAfter.Load())
+	}
+	if p := maxPending.Load(); p > perIP {
+		t.Errorf("the flood's address had %d sessions pending, over the limit of %d", p, perIP)
+	}
+	if n := maxSessions.Load(); n > perIP+1 {
+		t.Errorf("the server held %d sessions, over %d pending and 1 live", n, perIP)
+	}
+	mu.Lock()
+	var longest time.Duration
+	for id, b := range born {
+		d := dead[id]
+		if d.IsZero() {
+			t.Errorf("flood session %s not seen closed", id)
+			continue
+		}
+		longest = max(longest, d.Sub(b))
+	}
+	mu.Unlock()
+	if longest > timeout+time.Second {
+		t.Errorf("a flood session lived %s, over ConnectTimeout %s and 1 s", longest, timeout)
+	}
+	if n := sinkCount(sink, func(f *fakeSink) int { return f.closed }); int64(n) != n201.Load() {
+		t.Errorf("%d ingest sessions closed, want the %d of the flood", n, n201.Load())
+	}
+	srv.mu.Lock()
+	left := srv.pendAll
+	srv.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d sessions still counted as pending", left)
+	}
+	t.Logf("flood: %d offers in %s: %d answered, %d refused (503); at most %d pending from the address, %d sessions; longest flood session %s; all gone %s after the flood; real call connected during the flood: %v",
+		n201.Load()+n503.Load(), floodEnd.Sub(start).Round(time.Millisecond), n201.Load(), n503.Load(), maxPending.Load(), maxSessions.Load(), longest.Round(time.Millisecond), cleared.Round(time.Millisecond), connectedDuringFlood)
 }

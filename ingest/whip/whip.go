@@ -7,8 +7,10 @@
 //
 // Sessions that are being set up cost little and do not last: remote ICE
 // candidates are only used inside the allowed networks (and counted), a
-// session not connected within ConnectTimeout is closed, and a connected
-// one whose tracks go silent for IdleTimeout too.
+// session not connected within ConnectTimeout is closed, a connected one
+// whose tracks go silent for IdleTimeout too, and offers from one address
+// with many sessions still unconnected are refused. Connected sessions never
+// count against the pending limits: live calls come first.
 package whip
 
 import (
@@ -84,6 +86,13 @@ type Config struct {
 	// channel, padding) do not count. The call stays open for the console
 	// to reconnect. A call the console has ended is not timed out.
 	IdleTimeout time.Duration
+	// MaxPendingPerRemote bounds the sessions of one remote IP address that
+	// are being negotiated or are not connected yet (default 16); more
+	// offers from it get 503 with Retry-After.
+	MaxPendingPerRemote int
+	// MaxPending bounds the same over all remote addresses (default 64), so
+	// that a flood from many addresses cannot take all of MaxSessions.
+	MaxPending int
 
 	// gatherIP, when set, limits the local addresses ICE gathers on
 	// (tests: loopback only, so that no packet leaves loopback).
@@ -100,6 +109,9 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	closed   bool
+	inflight int                // offers admitted and not yet sessions (or refused)
+	pending  map[netip.Addr]int // per remote address: offers in flight and sessions not connected
+	pendAll  int                // the same, all addresses
 }
 
 // New returns a WHIP endpoint.
@@ -131,6 +143,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 15 * time.Second
 	}
+	if cfg.MaxPendingPerRemote <= 0 {
+		cfg.MaxPendingPerRemote = 16
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 64
+	}
 	for _, p := range cfg.AllowedNetworks {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("whip: allowed network %v is not a network (address/bits)", p)
@@ -143,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	f := newCandidateFilter(cfg.AllowedNetworks, attached, cfg.AllowMDNS)
 	cfg.Log.Info("whip: remote ICE candidates are used from", "networks", f.String(), "default", len(cfg.AllowedNetworks) == 0, "mdns", cfg.AllowMDNS, "max_candidates", cfg.MaxCandidates)
-	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), filter: f, sessions: map[string]*session{}}, nil
+	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), filter: f, sessions: map[string]*session{}, pending: map[netip.Addr]int{}}, nil
 }
 
 // Register adds the WHIP routes to mux:
@@ -228,18 +246,20 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusServiceUnavailable, "too many offers being answered at once: retry shortly")
 		return
 	}
-	s.mu.Lock()
-	n, closed := len(s.sessions), s.closed
-	s.mu.Unlock()
-	if closed {
-		s.fail(w, r, http.StatusServiceUnavailable, "coordinator shutting down")
+	ip := remoteIP(r)
+	if retry, msg := s.admit(ip); msg != "" {
+		if retry != "" {
+			w.Header().Set("Retry-After", retry)
+		}
+		s.fail(w, r, http.StatusServiceUnavailable, msg)
 		return
 	}
-	if n >= s.cfg.MaxSessions {
-		w.Header().Set("Retry-After", "5")
-		s.fail(w, r, http.StatusServiceUnavailable, fmt.Sprintf("the coordinator carries its maximum of %d WebRTC sessions", s.cfg.MaxSessions))
-		return
-	}
+	admitted := true // until the session takes the admission over
+	defer func() {
+		if admitted {
+			s.unadmit(ip)
+		}
+	}()
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, "cannot read the offer: "+err.Error())
@@ -307,12 +327,13 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message, "call", callID, "code", pe.Code)
 		return
 	}
-	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, remoteIP(r), seen, tally.dropped)
+	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, ip, seen, tally.dropped)
 	if err != nil {
 		sess.Close()
 		s.fail(w, r, http.StatusBadRequest, "cannot answer the offer: "+err.Error(), "call", callID)
 		return
 	}
+	admitted = false
 	if tally.dropped > 0 {
 		x.log.Info("whip: remote ICE candidates of the offer dropped", "dropped", tally.dropped, "kept", tally.kept, "example", tally.example)
 	}
@@ -333,6 +354,52 @@ func remoteIP(r *http.Request) netip.Addr {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap().WithZone("")
+}
+
+// admit reserves room for an offer from ip: a session under MaxSessions and
+// a pending one under MaxPendingPerRemote and MaxPending. msg says why not.
+func (s *Server) admit(ip netip.Addr) (retryAfter, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return "", "coordinator shutting down"
+	case len(s.sessions)+s.inflight >= s.cfg.MaxSessions:
+		return "5", fmt.Sprintf("the coordinator carries its maximum of %d WebRTC sessions", s.cfg.MaxSessions)
+	case s.pending[ip] >= s.cfg.MaxPendingPerRemote:
+		return "2", fmt.Sprintf("%d WebRTC sessions from %s are still being set up (the most per address): retry shortly", s.pending[ip], ip)
+	case s.pendAll >= s.cfg.MaxPending:
+		return "2", fmt.Sprintf("%d WebRTC sessions are still being set up (the most at once): retry shortly", s.pendAll)
+	}
+	s.inflight++
+	s.pending[ip]++
+	s.pendAll++
+	return "", ""
+}
+
+// unadmit gives back the room of an offer that did not become a session.
+func (s *Server) unadmit(ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight--
+	s.unpendLocked(ip)
+}
+
+func (s *Server) unpendLocked(ip netip.Addr) {
+	s.pendAll--
+	if s.pending[ip]--; s.pending[ip] <= 0 {
+		delete(s.pending, ip)
+	}
+}
+
+// connected takes a session off the pending counts.
+func (s *Server) connected(x *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if x.pending {
+		x.pending = false
+		s.unpendLocked(x.remote)
+	}
 }
 
 // api builds a pion API that negotiates exactly the call's codec.
@@ -369,7 +436,8 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
 }
 
-// answer answers a filtered offer and registers the session.
+// answer answers a filtered offer and registers the session, which takes
+// over the offer's admission.
 func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest.Session, wel *proto.Welcome, h *proto.Hello,
 	remote netip.Addr, seen map[string]bool, dropped int) (*session, string, error) {
 	api, err := s.api(off.codec)
@@ -418,7 +486,13 @@ func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest
 		_ = pc.Close()
 		return nil, "", errors.New("the connection closed while the offer was being answered")
 	}
+	s.inflight--
 	s.sessions[x.id] = x
+	x.pending = true
+	if x.connectedAt.Load() != 0 {
+		x.pending = false
+		s.unpendLocked(remote)
+	}
 	s.mu.Unlock()
 	x.mu.Lock()
 	if !x.closed {
@@ -587,6 +661,10 @@ func (s *Server) removed(x *session) {
 	if s.sessions[x.id] == x {
 		delete(s.sessions, x.id)
 	}
+	if x.pending {
+		x.pending = false
+		s.unpendLocked(x.remote)
+	}
 	s.mu.Unlock()
 }
 
@@ -603,6 +681,7 @@ type session struct {
 	chans  []*channel
 	remote netip.Addr // where the offer came from
 
+	pending     bool         // counted as pending by the server (guarded by srv.mu)
 	connectedAt atomic.Int64 // unix ns when ICE and DTLS were first up; 0 until then
 	lastRTP     atomic.Int64 // unix ns of the last RTP audio packet
 
@@ -947,6 +1026,7 @@ func (x *session) onState(st webrtc.PeerConnectionState) {
 	switch st {
 	case webrtc.PeerConnectionStateConnected:
 		if x.connectedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+			x.srv.connected(x)
 			x.log.Info("whip session connected", "after", time.Since(x.opened).Round(time.Millisecond))
 		}
 	case webrtc.PeerConnectionStateFailed:
