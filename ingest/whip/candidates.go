@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Remote ICE candidates tell the coordinator where to send connectivity
@@ -25,13 +26,15 @@ type candidateFilter struct {
 	allowed   []netip.Prefix
 	deny      map[netip.Addr]bool // network and broadcast addresses of the attached IPv4 networks
 	allowMDNS bool
+	attached  []netip.Prefix // as it was given
+	made      time.Time      // when the attached networks were read
 }
 
 // newCandidateFilter allows allowed (nil: loopback plus attached, the
 // networks of this host's interfaces). attached also gives the broadcast
 // addresses refused whatever is allowed.
 func newCandidateFilter(allowed, attached []netip.Prefix, allowMDNS bool) *candidateFilter {
-	f := &candidateFilter{allowMDNS: allowMDNS, deny: map[netip.Addr]bool{netip.AddrFrom4([4]byte{255, 255, 255, 255}): true}}
+	f := &candidateFilter{allowMDNS: allowMDNS, attached: attached, deny: map[netip.Addr]bool{netip.AddrFrom4([4]byte{255, 255, 255, 255}): true}}
 	if len(allowed) == 0 {
 		allowed = append(append([]netip.Prefix(nil), loopbackNetworks...), attached...)
 	}

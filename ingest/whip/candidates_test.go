@@ -1,10 +1,13 @@
 package whip
 
 import (
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseCandidate(t *testing.T) {
@@ -207,5 +210,23 @@ func TestFilterSDP(t *testing.T) {
 	}
 	if _, _, err := f.filterSDP(sdpHead+audio("0", "0")+"a=candidate:1 1 udp 1 127.0.0.1 99999 typ host\r\n", map[string]bool{}); err == nil || !strings.Contains(err.Error(), "line 9: port") {
 		t.Fatalf("malformed candidate: %v", err)
+	}
+}
+
+// The server reads the interfaces again once its filter is older than
+// filterTTL.
+func TestCandidateFilterIsRefreshed(t *testing.T) {
+	srv, err := New(Config{Sink: newFakeSink(), Auth: func(string) bool { return true }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := srv.candidates()
+	if srv.candidates() != f {
+		t.Fatal("the filter was made again within its TTL")
+	}
+	f.made = time.Now().Add(-filterTTL - time.Second)
+	g := srv.candidates()
+	if g == f || time.Since(g.made) > time.Second || g.String() != f.String() {
+		t.Fatalf("after the TTL: %p made %s ago, networks %s (was %p, %s)", g, time.Since(g.made), g, f, f)
 	}
 }

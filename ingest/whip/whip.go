@@ -61,7 +61,7 @@ type Config struct {
 	// coordinator never sends connectivity checks there on a console's
 	// word. nil (or empty): loopback plus the networks directly attached to
 	// this host (each address of each interface that is up, with its mask),
-	// read when New runs. IPv4 network and broadcast addresses of the
+	// read again every 30 s at most (addresses come and go). IPv4 network and broadcast addresses of the
 	// attached networks, multicast and unspecified addresses are refused
 	// whatever is allowed.
 	AllowedNetworks []netip.Prefix
@@ -104,7 +104,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	slots  chan struct{}
-	filter *candidateFilter
+	filter atomic.Pointer[candidateFilter] // see candidates
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -154,14 +154,35 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("whip: allowed network %v is not a network (address/bits)", p)
 		}
 	}
+	s := &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), sessions: map[string]*session{}, pending: map[netip.Addr]int{}}
+	f := s.candidates()
+	cfg.Log.Info("whip: remote ICE candidates are used from", "networks", f.String(), "default", len(cfg.AllowedNetworks) == 0, "mdns", cfg.AllowMDNS, "max_candidates", cfg.MaxCandidates)
+	return s, nil
+}
+
+// filterTTL is how long the attached networks are taken as they were.
+const filterTTL = 30 * time.Second
+
+// candidates returns the candidate filter, made again from the host's
+// interfaces when it is older than filterTTL.
+func (s *Server) candidates() *candidateFilter {
+	old := s.filter.Load()
+	if old != nil && time.Since(old.made) < filterTTL {
+		return old
+	}
 	attached, err := attachedNetworks()
 	if err != nil {
-		// Without the interfaces only loopback is allowed by default.
-		cfg.Log.Warn("whip: cannot list the network interfaces: only loopback is allowed by default for ICE candidates", "err", err)
+		s.log.Warn("whip: cannot list the network interfaces: the attached networks are taken as they were (at the start: none, only loopback is allowed by default)", "err", err)
+		if old != nil {
+			attached = old.attached
+		}
 	}
-	f := newCandidateFilter(cfg.AllowedNetworks, attached, cfg.AllowMDNS)
-	cfg.Log.Info("whip: remote ICE candidates are used from", "networks", f.String(), "default", len(cfg.AllowedNetworks) == 0, "mdns", cfg.AllowMDNS, "max_candidates", cfg.MaxCandidates)
-	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), filter: f, sessions: map[string]*session{}, pending: map[netip.Addr]int{}}, nil
+	f := newCandidateFilter(s.cfg.AllowedNetworks, attached, s.cfg.AllowMDNS)
+	f.made = time.Now()
+	if s.filter.CompareAndSwap(old, f) && old != nil && old.String() != f.String() {
+		s.log.Info("whip: the allowed networks for remote ICE candidates changed", "networks", f.String())
+	}
+	return s.filter.Load()
 }
 
 // Register adds the WHIP routes to mux:
@@ -291,7 +312,8 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 	// The candidates are filtered before anything is opened: pion only
 	// ever sees the ones it may use.
 	seen := map[string]bool{}
-	sdp, tally, err := s.filter.filterSDP(string(body), seen)
+	filter := s.candidates()
+	sdp, tally, err := filter.filterSDP(string(body), seen)
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, "bad ICE candidate in the offer: "+err.Error(), "call", callID)
 		return
@@ -303,7 +325,7 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 	if tally.kept == 0 && !tally.trickle {
 		msg := "no usable ICE candidate in the offer, and it does not announce trickle ICE (a=ice-options:trickle)"
 		if tally.dropped > 0 {
-			msg += fmt.Sprintf(": %d refused, e.g. %s (allowed networks: %s)", tally.dropped, tally.example, s.filter)
+			msg += fmt.Sprintf(": %d refused, e.g. %s (allowed networks: %s)", tally.dropped, tally.example, filter)
 		}
 		s.fail(w, r, http.StatusBadRequest, msg, "call", callID)
 		return
@@ -605,12 +627,13 @@ func (x *session) admitCandidates(lines []string) ([]string, int, error) {
 		reason string
 	}
 	var cs []checked
+	filter := x.srv.candidates()
 	for _, l := range lines {
 		c, err := parseCandidate(l)
 		if err != nil {
 			return nil, http.StatusBadRequest, fmt.Errorf("bad ICE candidate: %w", err)
 		}
-		ok, reason := x.srv.filter.check(c)
+		ok, reason := filter.check(c)
 		cs = append(cs, checked{l, c, ok, reason})
 	}
 	x.mu.Lock()
