@@ -444,7 +444,8 @@ func TestOfferFloodClearsWithinConnectTimeout(t *testing.T) {
 		workers  = 6
 		pace     = workers * floodFor / offers // 300 offers in about 2 s
 	)
-	srv, url := newTestServer(t, sink, func(c *Config) { c.MaxPendingPerRemote, c.ConnectTimeout = perIP, timeout })
+	logs := &syncBuffer{}
+	srv, url := newTestServer(t, sink, func(c *Config) { c.MaxPendingPerRemote, c.ConnectTimeout, c.Log = perIP, timeout, logInto(logs) })
 	flood := httpFrom("127.0.0.2")
 	floodIP := netip.MustParseAddr("127.0.0.2")
 
@@ -571,6 +572,10 @@ func TestOfferFloodClearsWithinConnectTimeout(t *testing.T) {
 	mu.Unlock()
 	if longest > timeout+time.Second {
 		t.Errorf("a flood session lived %s, over ConnectTimeout %s and 1 s", longest, timeout)
+	}
+	// 503s are logged once a second at most.
+	if n := logs.count("status=503"); n < 1 || n > int(floodEnd.Sub(start)/time.Second)+2 {
+		t.Errorf("%d log lines for %d refusals", n, n503.Load())
 	}
 	if n := sinkCount(sink, func(f *fakeSink) int { return f.closed }); int64(n) != n201.Load() {
 		t.Errorf("%d ingest sessions closed, want the %d of the flood", n, n201.Load())

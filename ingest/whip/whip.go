@@ -112,6 +112,9 @@ type Server struct {
 	inflight int                // offers admitted and not yet sessions (or refused)
 	pending  map[netip.Addr]int // per remote address: offers in flight and sessions not connected
 	pendAll  int                // the same, all addresses
+	// 503s logged: when last, and how many not since
+	busyLogged time.Time
+	busyQuiet  int
 }
 
 // New returns a WHIP endpoint.
@@ -225,12 +228,32 @@ func (s *Server) handleOptions(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail answers an HTTP error with a plain-text reason and logs it.
+// Refusals for load (503) are logged at most once a second, with the
+// number left out since: a flood is not copied line by line into the log.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, code int, msg string, args ...any) {
-	s.log.Warn("whip: request refused", append([]any{"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "reason", msg}, args...)...)
+	args = append([]any{"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "reason", msg}, args...)
+	if code != http.StatusServiceUnavailable {
+		s.log.Warn("whip: request refused", args...)
+	} else if ok, skipped := s.logBusy(); ok {
+		s.log.Warn("whip: request refused", append(args, "not_logged_before", skipped)...)
+	}
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="callscribe"`)
 	}
 	http.Error(w, msg, code)
+}
+
+// logBusy says whether to log a 503 now, and how many were not logged.
+func (s *Server) logBusy() (bool, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.busyLogged) < time.Second {
+		s.busyQuiet++
+		return false, 0
+	}
+	n := s.busyQuiet
+	s.busyLogged, s.busyQuiet = time.Now(), 0
+	return true, n
 }
 
 // bearer returns the request's bearer token.
