@@ -42,7 +42,8 @@ type Config struct {
 	Sink ingest.Sink
 	Auth ingest.Authenticator
 	Log  *slog.Logger
-	// MaxSessions bounds live WebRTC sessions (default 1000).
+	// MaxSessions bounds WebRTC sessions, with the offers being answered
+	// (default 1000).
 	MaxSessions int
 	// MaxNegotiations bounds offers being answered at once; more get 503
 	// with Retry-After (default 8). It is what keeps a flood of POSTs from
@@ -61,9 +62,12 @@ type Config struct {
 	// coordinator never sends connectivity checks there on a console's
 	// word. nil (or empty): loopback plus the networks directly attached to
 	// this host (each address of each interface that is up, with its mask),
-	// read again every 30 s at most (addresses come and go). IPv4 network and broadcast addresses of the
-	// attached networks, multicast and unspecified addresses are refused
-	// whatever is allowed.
+	// read again every 30 s at most (addresses come and go). IPv4 network
+	// and broadcast addresses of the attached networks, multicast and
+	// unspecified addresses are refused whatever is allowed. Peer-reflexive
+	// candidates (a console's own checks that reach the coordinator) are
+	// answered as ICE requires: which hosts may reach the WebRTC ports at
+	// all is the firewall's business.
 	AllowedNetworks []netip.Prefix
 	// AllowMDNS accepts mDNS (.local) host candidates and lets pion resolve
 	// them by multicast on the local link. Off by default: the address a
