@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/proto"
+	"github.com/pion/ice/v4"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 )
@@ -34,6 +36,11 @@ type ClientConfig struct {
 	Codec     proto.Codec
 	Model     string
 	Logger    *slog.Logger
+
+	// mungeOffer, when set, rewrites the offer before it is posted (tests).
+	mungeOffer func(string) string
+	// gatherIP, when set, limits the local addresses ICE gathers on (tests).
+	gatherIP func(net.IP) bool
 }
 
 // Client is one WebRTC console call.
@@ -75,6 +82,11 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
+	// The coordinator never offers mDNS candidates: no multicast socket.
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if cfg.gatherIP != nil {
+		se.SetIPFilter(cfg.gatherIP)
+	}
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
@@ -119,7 +131,11 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		return nil, err
 	}
 	<-gathered
-	answer, err := c.post(ctx, pc.LocalDescription().SDP)
+	sdp := pc.LocalDescription().SDP
+	if cfg.mungeOffer != nil {
+		sdp = cfg.mungeOffer(sdp)
+	}
+	answer, err := c.post(ctx, sdp)
 	if err != nil {
 		pc.Close()
 		return nil, err

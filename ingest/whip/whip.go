@@ -4,6 +4,13 @@
 // ingest.Sink as the QUIC path, so it is durable before anything else
 // happens to it. Transcript events go back on the console's data channel.
 // PATCH restarts ICE (or trickles candidates); DELETE ends the call.
+//
+// Sessions that are being set up cost little and do not last: remote ICE
+// candidates are only used inside the allowed networks (and counted), a
+// session not connected within ConnectTimeout is closed, a connected one
+// whose tracks go silent for IdleTimeout too, and offers from one address
+// with many sessions still unconnected are refused. Connected sessions never
+// count against the pending limits: live calls come first.
 package whip
 
 import (
@@ -17,12 +24,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/proto"
+	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/webrtc/v4"
 )
@@ -32,7 +42,8 @@ type Config struct {
 	Sink ingest.Sink
 	Auth ingest.Authenticator
 	Log  *slog.Logger
-	// MaxSessions bounds live WebRTC sessions (default 1000).
+	// MaxSessions bounds WebRTC sessions, with the offers being answered
+	// (default 1000).
 	MaxSessions int
 	// MaxNegotiations bounds offers being answered at once; more get 503
 	// with Retry-After (default 8). It is what keeps a flood of POSTs from
@@ -44,17 +55,70 @@ type Config struct {
 	Loopback bool
 	// EndQuiet is how long DELETE waits for the last packets in flight.
 	EndQuiet time.Duration
+
+	// AllowedNetworks are the networks remote ICE candidates may point
+	// into. Candidates elsewhere are dropped (and counted) before pion sees
+	// them, in the offer, in trickled fragments and in ICE restarts, so the
+	// coordinator never sends connectivity checks there on a console's
+	// word. nil (or empty): loopback plus the networks directly attached to
+	// this host (each address of each interface that is up, with its mask),
+	// read again every 30 s at most (addresses come and go). IPv4 network
+	// and broadcast addresses of the attached networks, multicast and
+	// unspecified addresses are refused whatever is allowed. Peer-reflexive
+	// candidates (a console's own checks that reach the coordinator) are
+	// answered as ICE requires: which hosts may reach the WebRTC ports at
+	// all is the firewall's business.
+	AllowedNetworks []netip.Prefix
+	// AllowMDNS accepts mDNS (.local) host candidates and lets pion resolve
+	// them by multicast on the local link. Off by default: the address a
+	// name resolves to is whatever a host on the link answers, and it
+	// cannot be checked against AllowedNetworks before pion sends to it;
+	// nor do consoles need them: a browser that captures the microphone
+	// offers its real host addresses, and a console whose candidates were
+	// all dropped still connects (its own checks reach the coordinator's
+	// candidates and are answered, as peer-reflexive candidates).
+	AllowMDNS bool
+	// MaxCandidates bounds the distinct remote candidates one session may
+	// signal, offer and trickle together, allowed or not (default 20). The
+	// same candidate repeated in several m= sections counts once.
+	MaxCandidates int
+	// ConnectTimeout closes a session whose connection (ICE and DTLS) is
+	// not up this long after it was answered (default 10 s).
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connected session whose tracks deliver no RTP
+	// audio for this long (default 15 s); keep-alives (STUN, RTCP, data
+	// channel, padding) do not count. The call stays open for the console
+	// to reconnect. A call the console has ended is not timed out.
+	IdleTimeout time.Duration
+	// MaxPendingPerRemote bounds the sessions of one remote IP address that
+	// are being negotiated or are not connected yet (default 16); more
+	// offers from it get 503 with Retry-After.
+	MaxPendingPerRemote int
+	// MaxPending bounds the same over all remote addresses (default 64), so
+	// that a flood from many addresses cannot take all of MaxSessions.
+	MaxPending int
+
+	// gatherIP, when set, limits the local addresses ICE gathers on
+	// (tests: loopback only, so that no packet leaves loopback).
+	gatherIP func(net.IP) bool
 }
 
 // Server is a WHIP endpoint.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	slots chan struct{}
+	cfg    Config
+	log    *slog.Logger
+	slots  chan struct{}
+	filter atomic.Pointer[candidateFilter] // see candidates
 
 	mu       sync.Mutex
 	sessions map[string]*session
 	closed   bool
+	inflight int                // offers admitted and not yet sessions (or refused)
+	pending  map[netip.Addr]int // per remote address: offers in flight and sessions not connected
+	pendAll  int                // the same, all addresses
+	// 503s logged: when last, and how many not since
+	busyLogged time.Time
+	busyQuiet  int
 }
 
 // New returns a WHIP endpoint.
@@ -77,7 +141,55 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UDPPortMin > cfg.UDPPortMax {
 		return nil, fmt.Errorf("whip: UDP port range %d-%d is empty", cfg.UDPPortMin, cfg.UDPPortMax)
 	}
-	return &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), sessions: map[string]*session{}}, nil
+	if cfg.MaxCandidates <= 0 {
+		cfg.MaxCandidates = 20
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 15 * time.Second
+	}
+	if cfg.MaxPendingPerRemote <= 0 {
+		cfg.MaxPendingPerRemote = 16
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 64
+	}
+	for _, p := range cfg.AllowedNetworks {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("whip: allowed network %v is not a network (address/bits)", p)
+		}
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, slots: make(chan struct{}, cfg.MaxNegotiations), sessions: map[string]*session{}, pending: map[netip.Addr]int{}}
+	f := s.candidates()
+	cfg.Log.Info("whip: remote ICE candidates are used from", "networks", f.String(), "default", len(cfg.AllowedNetworks) == 0, "mdns", cfg.AllowMDNS, "max_candidates", cfg.MaxCandidates)
+	return s, nil
+}
+
+// filterTTL is how long the attached networks are taken as they were.
+const filterTTL = 30 * time.Second
+
+// candidates returns the candidate filter, made again from the host's
+// interfaces when it is older than filterTTL.
+func (s *Server) candidates() *candidateFilter {
+	old := s.filter.Load()
+	if old != nil && time.Since(old.made) < filterTTL {
+		return old
+	}
+	attached, err := attachedNetworks()
+	if err != nil {
+		s.log.Warn("whip: cannot list the network interfaces: the attached networks are taken as they were (at the start: none, only loopback is allowed by default)", "err", err)
+		if old != nil {
+			attached = old.attached
+		}
+	}
+	f := newCandidateFilter(s.cfg.AllowedNetworks, attached, s.cfg.AllowMDNS)
+	f.made = time.Now()
+	if s.filter.CompareAndSwap(old, f) && old != nil && old.String() != f.String() {
+		s.log.Info("whip: the allowed networks for remote ICE candidates changed", "networks", f.String())
+	}
+	return s.filter.Load()
 }
 
 // Register adds the WHIP routes to mux:
@@ -120,12 +232,32 @@ func (s *Server) handleOptions(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail answers an HTTP error with a plain-text reason and logs it.
+// Refusals for load (503) are logged at most once a second, with the
+// number left out since: a flood is not copied line by line into the log.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, code int, msg string, args ...any) {
-	s.log.Warn("whip: request refused", append([]any{"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "reason", msg}, args...)...)
+	args = append([]any{"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "reason", msg}, args...)
+	if code != http.StatusServiceUnavailable {
+		s.log.Warn("whip: request refused", args...)
+	} else if ok, skipped := s.logBusy(); ok {
+		s.log.Warn("whip: request refused", append(args, "not_logged_before", skipped)...)
+	}
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="callscribe"`)
 	}
 	http.Error(w, msg, code)
+}
+
+// logBusy says whether to log a 503 now, and how many were not logged.
+func (s *Server) logBusy() (bool, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.busyLogged) < time.Second {
+		s.busyQuiet++
+		return false, 0
+	}
+	n := s.busyQuiet
+	s.busyLogged, s.busyQuiet = time.Now(), 0
+	return true, n
 }
 
 // bearer returns the request's bearer token.
@@ -162,18 +294,20 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusServiceUnavailable, "too many offers being answered at once: retry shortly")
 		return
 	}
-	s.mu.Lock()
-	n, closed := len(s.sessions), s.closed
-	s.mu.Unlock()
-	if closed {
-		s.fail(w, r, http.StatusServiceUnavailable, "coordinator shutting down")
+	ip := remoteIP(r)
+	if retry, msg := s.admit(ip); msg != "" {
+		if retry != "" {
+			w.Header().Set("Retry-After", retry)
+		}
+		s.fail(w, r, http.StatusServiceUnavailable, msg)
 		return
 	}
-	if n >= s.cfg.MaxSessions {
-		w.Header().Set("Retry-After", "5")
-		s.fail(w, r, http.StatusServiceUnavailable, fmt.Sprintf("the coordinator carries its maximum of %d WebRTC sessions", s.cfg.MaxSessions))
-		return
-	}
+	admitted := true // until the session takes the admission over
+	defer func() {
+		if admitted {
+			s.unadmit(ip)
+		}
+	}()
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, "cannot read the offer: "+err.Error())
@@ -202,6 +336,27 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// The candidates are filtered before anything is opened: pion only
+	// ever sees the ones it may use.
+	seen := map[string]bool{}
+	filter := s.candidates()
+	sdp, tally, err := filter.filterSDP(string(body), seen)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "bad ICE candidate in the offer: "+err.Error(), "call", callID)
+		return
+	}
+	if tally.distinct > s.cfg.MaxCandidates {
+		s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("the offer lists %d ICE candidates: at most %d are accepted per session", tally.distinct, s.cfg.MaxCandidates), "call", callID)
+		return
+	}
+	if tally.kept == 0 && !tally.trickle {
+		msg := "no usable ICE candidate in the offer, and it does not announce trickle ICE (a=ice-options:trickle)"
+		if tally.dropped > 0 {
+			msg += fmt.Sprintf(": %d refused, e.g. %s (allowed networks: %s)", tally.dropped, tally.example, filter)
+		}
+		s.fail(w, r, http.StatusBadRequest, msg, "call", callID)
+		return
+	}
 	console := param(r, "Console")
 	if console == "" {
 		console = "whip"
@@ -221,11 +376,15 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message, "call", callID, "code", pe.Code)
 		return
 	}
-	x, answer, err := s.answer(ctx, off, body, sess, wel, h)
+	x, answer, err := s.answer(ctx, off, sdp, sess, wel, h, ip, seen, tally.dropped)
 	if err != nil {
 		sess.Close()
 		s.fail(w, r, http.StatusBadRequest, "cannot answer the offer: "+err.Error(), "call", callID)
 		return
+	}
+	admitted = false
+	if tally.dropped > 0 {
+		x.log.Info("whip: remote ICE candidates of the offer dropped", "dropped", tally.dropped, "kept", tally.kept, "example", tally.example)
 	}
 	w.Header().Set("Content-Type", "application/sdp")
 	w.Header().Set("Location", "/v1/whip/sessions/"+x.id)
@@ -236,6 +395,61 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 }
 
 func defaultLabels(n int) []string { return []string{"caller", "call-taker"}[:n] }
+
+// remoteIP is the address an HTTP request comes from.
+func remoteIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap().WithZone("")
+}
+
+// admit reserves room for an offer from ip: a session under MaxSessions and
+// a pending one under MaxPendingPerRemote and MaxPending. msg says why not.
+func (s *Server) admit(ip netip.Addr) (retryAfter, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return "", "coordinator shutting down"
+	case len(s.sessions)+s.inflight >= s.cfg.MaxSessions:
+		return "5", fmt.Sprintf("the coordinator carries its maximum of %d WebRTC sessions", s.cfg.MaxSessions)
+	case s.pending[ip] >= s.cfg.MaxPendingPerRemote:
+		return "2", fmt.Sprintf("%d WebRTC sessions from %s are still being set up (the most per address): retry shortly", s.pending[ip], ip)
+	case s.pendAll >= s.cfg.MaxPending:
+		return "2", fmt.Sprintf("%d WebRTC sessions are still being set up (the most at once): retry shortly", s.pendAll)
+	}
+	s.inflight++
+	s.pending[ip]++
+	s.pendAll++
+	return "", ""
+}
+
+// unadmit gives back the room of an offer that did not become a session.
+func (s *Server) unadmit(ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight--
+	s.unpendLocked(ip)
+}
+
+func (s *Server) unpendLocked(ip netip.Addr) {
+	s.pendAll--
+	if s.pending[ip]--; s.pending[ip] <= 0 {
+		delete(s.pending, ip)
+	}
+}
+
+// connected takes a session off the pending counts.
+func (s *Server) connected(x *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if x.pending {
+		x.pending = false
+		s.unpendLocked(x.remote)
+	}
+}
 
 // api builds a pion API that negotiates exactly the call's codec.
 func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
@@ -250,8 +464,18 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	se := webrtc.SettingEngine{}
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 	se.SetICETimeouts(3*time.Second, 6*time.Second, 500*time.Millisecond)
+	// Without mDNS pion opens no multicast socket and resolves no name;
+	// .local candidates are then stripped before it sees them anyway.
+	if s.cfg.AllowMDNS {
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeQueryOnly)
+	} else {
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	}
 	if s.cfg.Loopback {
 		se.SetIncludeLoopbackCandidate(true)
+	}
+	if s.cfg.gatherIP != nil {
+		se.SetIPFilter(s.cfg.gatherIP)
 	}
 	if s.cfg.UDPPortMax != 0 {
 		if err := se.SetEphemeralUDPPortRange(s.cfg.UDPPortMin, s.cfg.UDPPortMax); err != nil {
@@ -261,7 +485,10 @@ func (s *Server) api(codec proto.Codec) (*webrtc.API, error) {
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
 }
 
-func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest.Session, wel *proto.Welcome, h *proto.Hello) (*session, string, error) {
+// answer answers a filtered offer and registers the session, which takes
+// over the offer's admission.
+func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest.Session, wel *proto.Welcome, h *proto.Hello,
+	remote netip.Addr, seen map[string]bool, dropped int) (*session, string, error) {
 	api, err := s.api(off.codec)
 	if err != nil {
 		return nil, "", err
@@ -272,14 +499,14 @@ func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest
 	}
 	id := newID()
 	x := &session{srv: s, id: id, call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", id),
-		opened: time.Now(), done: make(chan struct{})}
+		opened: time.Now(), done: make(chan struct{}), remote: remote, seen: seen, dropped: dropped}
 	for i, mid := range off.mids {
 		x.chans = append(x.chans, &channel{idx: uint8(i), mid: mid, base: wel.NextSeq[i], seq: newSequencer(25, 150*time.Millisecond)})
 	}
 	pc.OnTrack(x.onTrack)
 	pc.OnDataChannel(x.onDataChannel)
 	pc.OnConnectionStateChange(x.onState)
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: string(raw)}); err != nil {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: sdp}); err != nil {
 		_ = pc.Close()
 		return nil, "", err
 	}
@@ -303,8 +530,24 @@ func (s *Server) answer(ctx context.Context, off *offer, raw []byte, sess ingest
 		return nil, "", ctx.Err()
 	}
 	s.mu.Lock()
+	if s.closed || x.isClosed() {
+		s.mu.Unlock()
+		_ = pc.Close()
+		return nil, "", errors.New("the connection closed while the offer was being answered")
+	}
+	s.inflight--
 	s.sessions[x.id] = x
+	x.pending = true
+	if x.connectedAt.Load() != 0 {
+		x.pending = false
+		s.unpendLocked(remote)
+	}
 	s.mu.Unlock()
+	x.mu.Lock()
+	if !x.closed {
+		x.connectTimer = time.AfterFunc(s.cfg.ConnectTimeout, x.connectExpired)
+	}
+	x.mu.Unlock()
 	go x.forward()
 	x.log.Info("whip session open", "codec", off.codec, "tracks", len(off.mids), "data_channel", off.data, "resumed", wel.Resumed, "next_seq", wel.NextSeq)
 	return x, pc.LocalDescription().SDP, nil
@@ -361,14 +604,29 @@ func (s *Server) handlePatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	frag := parseFrag(string(body))
-	if frag.ufrag != "" && frag.ufrag != x.remoteUfrag() {
-		if m := r.Header.Get("If-Match"); m != "*" && m != x.etag() {
-			s.fail(w, r, http.StatusPreconditionFailed, "an ICE restart needs If-Match: \"*\" or the session's ETag")
-			return
-		}
+	restart := frag.ufrag != "" && frag.ufrag != x.remoteUfrag()
+	m := r.Header.Get("If-Match")
+	switch {
+	case restart && m != "*" && m != x.etag():
+		s.fail(w, r, http.StatusPreconditionFailed, "an ICE restart needs If-Match: \"*\" or the session's ETag")
+		return
+	case !restart && m != "" && m != "*" && m != x.etag():
+		s.fail(w, r, http.StatusPreconditionFailed, "the fragment is for another ICE session (ETag mismatch)")
+		return
+	}
+	add, code, err := x.admitCandidates(frag.candidates)
+	if err != nil {
+		s.fail(w, r, code, err.Error(), "call", x.call)
+		return
+	}
+	if restart {
 		out, err := x.restartICE(r.Context(), frag)
 		if err != nil {
 			s.fail(w, r, http.StatusUnprocessableEntity, "ICE restart failed: "+err.Error(), "call", x.call)
+			return
+		}
+		if err := x.addCandidates(frag.mid, add); err != nil {
+			s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error(), "call", x.call)
 			return
 		}
 		w.Header().Set("Content-Type", "application/trickle-ice-sdpfrag")
@@ -377,18 +635,74 @@ func (s *Server) handlePatch(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, out)
 		return
 	}
-	if m := r.Header.Get("If-Match"); m != "" && m != "*" && m != x.etag() {
-		s.fail(w, r, http.StatusPreconditionFailed, "the fragment is for another ICE session (ETag mismatch)")
+	if err := x.addCandidates(frag.mid, add); err != nil {
+		s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error(), "call", x.call)
 		return
 	}
-	for _, c := range frag.candidates {
-		mid := frag.mid
-		if err := x.pc.AddICECandidate(webrtc.ICECandidateInit{Candidate: c, SDPMid: &mid}); err != nil {
-			s.fail(w, r, http.StatusBadRequest, "bad candidate: "+err.Error())
-			return
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// admitCandidates checks trickled candidates (or those of an ICE restart)
+// and returns the ones pion may have. One that does not parse refuses the
+// fragment (400); so does going over MaxCandidates (422): either way the
+// session keeps what it had and none of the fragment's candidates is used.
+func (x *session) admitCandidates(lines []string) ([]string, int, error) {
+	type checked struct {
+		line   string
+		c      candidate
+		ok     bool
+		reason string
+	}
+	var cs []checked
+	filter := x.srv.candidates()
+	for _, l := range lines {
+		c, err := parseCandidate(l)
+		if err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("bad ICE candidate: %w", err)
+		}
+		ok, reason := filter.check(c)
+		cs = append(cs, checked{l, c, ok, reason})
+	}
+	x.mu.Lock()
+	fresh := map[string]bool{}
+	for _, c := range cs {
+		if k := c.c.key(); !x.seen[k] {
+			fresh[k] = true
 		}
 	}
-	w.WriteHeader(http.StatusNoContent)
+	if n, most := len(x.seen)+len(fresh), x.srv.cfg.MaxCandidates; n > most {
+		x.mu.Unlock()
+		return nil, http.StatusUnprocessableEntity, fmt.Errorf("%d more ICE candidates would make %d: at most %d are accepted per session (none of these was added)", len(fresh), n, most)
+	}
+	var t candidateTally
+	var add []string
+	for _, c := range cs {
+		if k := c.c.key(); !x.seen[k] {
+			x.seen[k] = true
+			t.note(c.c, c.ok, c.reason)
+		}
+		if c.ok {
+			add = append(add, c.line) // again after an ICE restart, too
+		}
+	}
+	x.dropped += t.dropped
+	first := t.dropped > 0 && !x.trickleLog
+	x.trickleLog = x.trickleLog || first
+	x.mu.Unlock()
+	if first {
+		x.log.Info("whip: trickled remote ICE candidates dropped (further ones are only counted)", "dropped", t.dropped, "example", t.example)
+	}
+	return add, 0, nil
+}
+
+// addCandidates gives pion remote candidates that passed admitCandidates.
+func (x *session) addCandidates(mid string, lines []string) error {
+	for _, c := range lines {
+		if err := x.pc.AddICECandidate(webrtc.ICECandidateInit{Candidate: c, SDPMid: &mid}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removed drops a session from the table.
@@ -396,6 +710,10 @@ func (s *Server) removed(x *session) {
 	s.mu.Lock()
 	if s.sessions[x.id] == x {
 		delete(s.sessions, x.id)
+	}
+	if x.pending {
+		x.pending = false
+		s.unpendLocked(x.remote)
 	}
 	s.mu.Unlock()
 }
@@ -411,16 +729,25 @@ type session struct {
 	log    *slog.Logger
 	opened time.Time
 	chans  []*channel
+	remote netip.Addr // where the offer came from
 
-	mu      sync.Mutex
-	ice     int // ICE generation (restarts), part of the ETag
-	dc      *webrtc.DataChannel
-	dcOpen  bool
-	backlog [][]byte // events waiting for the data channel to open
-	ending  bool
-	ended   bool
-	closed  bool
-	done    chan struct{}
+	pending     bool         // counted as pending by the server (guarded by srv.mu)
+	connectedAt atomic.Int64 // unix ns when ICE and DTLS were first up; 0 until then
+	lastRTP     atomic.Int64 // unix ns of the last RTP audio packet
+
+	mu           sync.Mutex
+	connectTimer *time.Timer
+	seen         map[string]bool // remote candidates signalled (keys), allowed or not
+	dropped      int             // of which refused
+	trickleLog   bool            // a trickled candidate was refused and logged
+	ice          int             // ICE generation (restarts), part of the ETag
+	dc           *webrtc.DataChannel
+	dcOpen       bool
+	backlog      [][]byte // events waiting for the data channel to open
+	ending       bool
+	ended        bool
+	closed       bool
+	done         chan struct{}
 }
 
 // channel is one audio track of a session.
@@ -512,6 +839,7 @@ func (x *session) read(t *webrtc.TrackRemote, ch *channel) {
 			continue // the call has ended: nothing more is stored
 		}
 		ch.lastPkt = now
+		x.lastRTP.Store(now.UnixNano())
 		x.appendLocked(ch, ch.seq.push(pkt.SequenceNumber, payload, now))
 		stop := ch.failed != nil
 		ch.mu.Unlock()
@@ -520,6 +848,28 @@ func (x *session) read(t *webrtc.TrackRemote, ch *channel) {
 			return
 		}
 	}
+}
+
+func (x *session) isClosed() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.closed
+}
+
+// connectExpired closes the session if it never connected.
+func (x *session) connectExpired() {
+	if x.connectedAt.Load() == 0 {
+		x.close(fmt.Sprintf("never connected: ICE and DTLS not up within %s", x.srv.cfg.ConnectTimeout))
+	}
+}
+
+// idle is how long a connected session's tracks have brought no RTP audio.
+func (x *session) idle(now time.Time) time.Duration {
+	c := x.connectedAt.Load()
+	if c == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, max(c, x.lastRTP.Load())))
 }
 
 func (x *session) isEnded() bool {
@@ -686,9 +1036,14 @@ func (x *session) send(ev ingest.Event) {
 // closes the session (finalised, or replaced by a newer connection).
 // A keep-alive every second lets a console notice a dead coordinator in
 // seconds, well before ICE gives up.
+//
+// It also closes a session whose tracks have been silent for IdleTimeout.
 func (x *session) forward() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	idleTimeout := x.srv.cfg.IdleTimeout
+	check := time.NewTicker(min(time.Second, idleTimeout/4))
+	defer check.Stop()
 events:
 	for {
 		select {
@@ -699,6 +1054,11 @@ events:
 			x.send(ev)
 		case <-tick.C:
 			x.ping()
+		case now := <-check.C:
+			if x.idle(now) >= idleTimeout && !x.isEnded() {
+				x.close(fmt.Sprintf("no audio for %s", idleTimeout))
+				return
+			}
 		case <-x.done:
 			return
 		}
@@ -714,6 +1074,11 @@ events:
 func (x *session) onState(st webrtc.PeerConnectionState) {
 	x.log.Debug("whip connection state", "state", st.String())
 	switch st {
+	case webrtc.PeerConnectionStateConnected:
+		if x.connectedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+			x.srv.connected(x)
+			x.log.Info("whip session connected", "after", time.Since(x.opened).Round(time.Millisecond))
+		}
 	case webrtc.PeerConnectionStateFailed:
 		x.close("connection failed")
 	case webrtc.PeerConnectionStateClosed:
@@ -731,11 +1096,16 @@ func (x *session) close(why string) {
 	}
 	x.closed = true
 	close(x.done)
+	if x.connectTimer != nil {
+		x.connectTimer.Stop()
+	}
+	candidates, dropped := len(x.seen), x.dropped
 	x.mu.Unlock()
 	x.srv.removed(x)
 	x.sess.Close()
 	go func() { _ = x.pc.Close() }()
-	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond))
+	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond),
+		"connected", x.connectedAt.Load() != 0, "remote", x.remote, "candidates", candidates, "candidates_dropped", dropped)
 }
 
 // frag is a parsed trickle-ice-sdpfrag (RFC 8840).

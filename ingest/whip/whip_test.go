@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,7 @@ type fakeSink struct {
 	openErr error
 	block   chan struct{} // when set, Open waits on it
 	events  chan ingest.Event
+	closed  int // sessions closed
 }
 
 func newFakeSink() *fakeSink {
@@ -74,13 +76,21 @@ func (s *fakeSession) End(ctx context.Context, e proto.End) error {
 }
 
 func (s *fakeSession) Events() <-chan ingest.Event { return s.f.events }
-func (s *fakeSession) Close()                      {}
+func (s *fakeSession) Close() {
+	s.once.Do(func() {
+		s.f.mu.Lock()
+		s.f.closed++
+		s.f.mu.Unlock()
+	})
+}
 
 const token = "console-token"
 
 func newTestServer(t *testing.T, sink *fakeSink, tweak func(*Config)) (*Server, string) {
 	t.Helper()
-	cfg := Config{Sink: sink, Auth: func(t string) bool { return t == token }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Loopback: true, EndQuiet: 50 * time.Millisecond}
+	// Tests use loopback only: no candidate elsewhere reaches pion.
+	cfg := Config{Sink: sink, Auth: func(t string) bool { return t == token }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Loopback: true, EndQuiet: 50 * time.Millisecond,
+		AllowedNetworks: loopbackNetworks, gatherIP: net.IP.IsLoopback}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -102,7 +112,7 @@ func dial(t *testing.T, url string, codec proto.Codec, channels ...string) *Clie
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, ClientConfig{Server: url, Token: token, CallID: "call-1", ConsoleID: "c1", Channels: channels, Codec: codec})
+	c, err := Dial(ctx, ClientConfig{Server: url, Token: token, CallID: "call-1", ConsoleID: "c1", Channels: channels, Codec: codec, gatherIP: net.IP.IsLoopback})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +218,9 @@ func TestEventsReachTheDataChannel(t *testing.T) {
 	}
 }
 
-const goodOffer = sdpHead + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtcp-mux\r\n"
+// goodOffer has no candidate: it announces trickle ICE (a WHIP client
+// that sends its candidates later), so it is answered, and never connects.
+const goodOffer = sdpHead + "a=ice-options:trickle\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtcp-mux\r\n"
 
 func post(t *testing.T, url, tok, ctype, body string) (int, string) {
 	t.Helper()
