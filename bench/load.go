@@ -345,7 +345,7 @@ func (cfg LoadConfig) quicCall(ctx context.Context, i int, rec *recorders) (int,
 	sent := make([]time.Time, frames)
 	acked := uint32(0)
 	call := console.New(console.Config{Server: cfg.QUIC, RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, Token: cfg.Token,
-		CallID: proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i)), ConsoleID: "load", Channels: []string{"caller"}, Codec: proto.CodecL16,
+		CallID: proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i)), ConsoleID: proto.ConsoleID(fmt.Sprintf("load-%d", i)), Channels: []string{"caller"}, Codec: proto.CodecL16,
 		Logger: quietLogger(),
 		OnAck: func(_ int, next uint32) {
 			now := time.Now()
@@ -426,7 +426,7 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte, rec *r
 	var cl *whip.Client
 	var err error
 	for attempt := 0; attempt < 20; attempt++ { // 503s while many offers are answered
-		cl, err = whip.Dial(ctx, whip.ClientConfig{Server: cfg.HTTP, RootCAs: cfg.RootCAs, Token: cfg.Token, CallID: id, ConsoleID: "load",
+		cl, err = whip.Dial(ctx, whip.ClientConfig{Server: cfg.HTTP, RootCAs: cfg.RootCAs, Token: cfg.Token, CallID: id, ConsoleID: proto.ConsoleID(fmt.Sprintf("load-%d", i)),
 			Channels: []string{"caller"}, Codec: proto.CodecOpus, Logger: quietLogger()})
 		if err == nil || ctx.Err() != nil {
 			break

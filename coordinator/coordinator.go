@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -150,6 +151,18 @@ type WebRTCConfig struct {
 	UDPPortMin, UDPPortMax uint16
 	// MaxSessions bounds concurrent WebRTC sessions (default 1000).
 	MaxSessions int
+	// AllowedNetworks are the networks remote ICE candidates may point
+	// into (nil: loopback and this host's attached networks); AllowMDNS
+	// accepts .local candidates; MaxCandidates bounds candidates per
+	// session. See whip.Config.
+	AllowedNetworks []netip.Prefix
+	AllowMDNS       bool
+	MaxCandidates   int
+	// ConnectTimeout and IdleTimeout close sessions that never connect or
+	// stop sending audio; MaxPendingPerRemote and MaxPending bound
+	// sessions not yet connected (0: whip's defaults).
+	ConnectTimeout, IdleTimeout     time.Duration
+	MaxPendingPerRemote, MaxPending int
 }
 
 // Coordinator is a running coordinator.
@@ -233,7 +246,10 @@ func New(cfg Config) (*Coordinator, error) {
 	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth, FirstAudio: cfg.Limits.FirstAudio}
 	c.closing = make(chan struct{})
 	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.consoleAuth, Log: cfg.Logger.With("component", "whip"),
-		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true})
+		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true,
+		AllowedNetworks: cfg.WebRTC.AllowedNetworks, AllowMDNS: cfg.WebRTC.AllowMDNS, MaxCandidates: cfg.WebRTC.MaxCandidates,
+		ConnectTimeout: cfg.WebRTC.ConnectTimeout, IdleTimeout: cfg.WebRTC.IdleTimeout,
+		MaxPendingPerRemote: cfg.WebRTC.MaxPendingPerRemote, MaxPending: cfg.WebRTC.MaxPending})
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("coordinator: %w", err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +53,13 @@ type coordinatorConfig struct {
 	Vocabulary    string          `toml:"vocabulary" help:"file of extra words and their phones for new calls (reloadable)"`
 	WebRTCPorts   string          `toml:"webrtc_udp_ports" help:"UDP port range for WebRTC (WHIP) media, e.g. 50000-50999 (empty: any)"`
 	WebRTCMax     int             `toml:"webrtc_max_sessions" help:"most concurrent WebRTC sessions"`
+	WebRTCNets    []string        `toml:"webrtc_allowed_networks" help:"networks (CIDR) remote ICE candidates may point into (empty: loopback and this host's networks)"`
+	WebRTCMDNS    bool            `toml:"webrtc_allow_mdns" help:"accept mDNS (.local) ICE candidates"`
+	WebRTCCands   int             `toml:"webrtc_max_candidates" help:"most ICE candidates per WebRTC session (offer and trickle)"`
+	WebRTCConnect config.Duration `toml:"webrtc_connect_timeout" help:"close a WebRTC session not connected this long after its answer"`
+	WebRTCIdle    config.Duration `toml:"webrtc_idle_timeout" help:"close a WebRTC session with no audio this long"`
+	WebRTCPendIP  int             `toml:"webrtc_max_pending_per_remote" help:"most WebRTC sessions being set up per console address"`
+	WebRTCPending int             `toml:"webrtc_max_pending" help:"most WebRTC sessions being set up in all"`
 	MaxSettingUp  int             `toml:"max_setting_up" help:"most calls opened without audio yet, in all (more get a retryable error)"`
 	MaxSetUpPer   int             `toml:"max_setting_up_per_console" help:"most calls opened without audio yet, per console"`
 	FirstAudio    config.Duration `toml:"first_audio_timeout" help:"close a new call's stream that sends no audio this long after the welcome"`
@@ -63,7 +71,8 @@ type coordinatorConfig struct {
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
-		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
+		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
+		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
 		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
 }
 
@@ -155,6 +164,22 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		return cfg, "", "", fmt.Errorf("webrtc_max_sessions %d: must be positive", f.WebRTCMax)
 	}
 	rtc.MaxSessions = f.WebRTCMax
+	for _, n := range f.WebRTCNets {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				return cfg, "", "", fmt.Errorf("webrtc_allowed_networks: %q is neither a network (10.20.0.0/16) nor an address", n)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		rtc.AllowedNetworks = append(rtc.AllowedNetworks, p.Masked())
+	}
+	if f.WebRTCCands < 0 || f.WebRTCPendIP < 0 || f.WebRTCPending < 0 || f.WebRTCConnect.Duration < 0 || f.WebRTCIdle.Duration < 0 {
+		return cfg, "", "", errors.New("webrtc_max_candidates, webrtc_max_pending(_per_remote) and the webrtc timeouts must not be negative")
+	}
+	rtc.AllowMDNS, rtc.MaxCandidates, rtc.ConnectTimeout, rtc.IdleTimeout = f.WebRTCMDNS, f.WebRTCCands, f.WebRTCConnect.Duration, f.WebRTCIdle.Duration
+	rtc.MaxPendingPerRemote, rtc.MaxPending = f.WebRTCPendIP, f.WebRTCPending
 	vocab, err := models.LoadVocabulary(f.Vocabulary)
 	if err != nil {
 		return cfg, "", "", err

@@ -373,6 +373,9 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 	sess, wel, err := s.cfg.Sink.Open(ctx, h)
 	if err != nil {
 		pe := ingest.AsProtoError(err)
+		if pe.Code == proto.CodeUnavailable || pe.Code == proto.CodeStorage {
+			w.Header().Set("Retry-After", "2")
+		}
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message, "call", callID, "code", pe.Code)
 		return
 	}
@@ -761,8 +764,28 @@ type channel struct {
 	appended uint32 // frames appended by this session
 	lastPkt  time.Time
 	badPT    uint64
-	failed   error // the store refused a frame: the session stops
 	tracked  bool
+
+	failMu sync.Mutex
+	failed error // the store refused a frame: the session stops
+}
+
+// setFailed records the first frame the sink refused (from the sink's
+// completion callback as well as the reader).
+func (ch *channel) setFailed(err error) bool {
+	ch.failMu.Lock()
+	defer ch.failMu.Unlock()
+	if ch.failed != nil {
+		return false
+	}
+	ch.failed = err
+	return true
+}
+
+func (ch *channel) err() error {
+	ch.failMu.Lock()
+	defer ch.failMu.Unlock()
+	return ch.failed
 }
 
 func (x *session) etag() string {
@@ -841,7 +864,7 @@ func (x *session) read(t *webrtc.TrackRemote, ch *channel) {
 		ch.lastPkt = now
 		x.lastRTP.Store(now.UnixNano())
 		x.appendLocked(ch, ch.seq.push(pkt.SequenceNumber, payload, now))
-		stop := ch.failed != nil
+		stop := ch.err() != nil
 		ch.mu.Unlock()
 		if stop {
 			x.close("a frame could not be stored")
@@ -878,17 +901,33 @@ func (x *session) isEnded() bool {
 	return x.ended
 }
 
-// appendLocked makes frames durable in order; nil payloads are loss markers.
+// appendLocked hands frames to the sink in order; nil payloads are loss
+// markers. A sink that can have many frames on their way to disk
+// (ingest.Submitter) gets them without waiting, so a slow disk batches
+// more per commit instead of holding the track back; a refusal, reported
+// later, stops the session.
 func (x *session) appendLocked(ch *channel, frames [][]byte) {
+	sub, pipelined := x.sess.(ingest.Submitter)
 	for _, p := range frames {
-		if ch.failed != nil {
+		if ch.err() != nil {
 			return
 		}
 		a := proto.Audio{Channel: ch.idx, Seq: ch.base + ch.appended, Capture: time.Now().UnixMicro(), Payload: p}
-		if _, err := x.sess.Append(context.Background(), a); err != nil {
-			ch.failed = err
-			x.log.Warn("whip: frame refused", "channel", ch.idx, "seq", a.Seq, "err", err)
-			x.send(ingest.Event{Error: ingest.AsProtoError(err)})
+		refused := func(err error) {
+			if ch.setFailed(err) {
+				x.log.Warn("whip: frame refused", "channel", ch.idx, "seq", a.Seq, "err", err)
+				x.send(ingest.Event{Error: ingest.AsProtoError(err)})
+				go x.close("a frame could not be stored")
+			}
+		}
+		if pipelined {
+			sub.Submit(a, func(_ proto.Ack, err error) {
+				if err != nil {
+					refused(err)
+				}
+			})
+		} else if _, err := x.sess.Append(context.Background(), a); err != nil {
+			refused(err)
 			return
 		}
 		ch.appended++
@@ -936,8 +975,7 @@ func (x *session) end(ctx context.Context, packets []uint64) error {
 	for _, ch := range x.chans {
 		ch.mu.Lock()
 		x.appendLocked(ch, ch.seq.flush())
-		if ch.failed != nil {
-			err := ch.failed
+		if err := ch.err(); err != nil {
 			ch.mu.Unlock()
 			return err
 		}
