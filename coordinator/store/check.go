@@ -448,9 +448,11 @@ func inspect(dir string, full bool) *Report {
 		case err != nil:
 			r.Manifest.Err = err.Error()
 			r.problem(mpath, "unreadable: %v", err)
-		case len(live) == 0 && (len(ssts) > 0 || (rec != nil && len(rec.Tables) > 0)):
-			r.problem(mpath, "lists no tables (%d bytes, %d readable), but %d tables are present and the state record lists %d: it was cut or replaced; Badger would delete the tables", manifest.size, r.Manifest.ValidEnd, len(ssts), len(recTables(rec)))
+		case len(live) == 0 && rec != nil && len(rec.Tables) > 0:
+			r.problem(mpath, "lists no tables (%d bytes, %d readable), but the state record lists %d and %d are present: it was cut or replaced; Badger would delete the tables", manifest.size, r.Manifest.ValidEnd, len(rec.Tables), len(ssts))
 		}
+		// Without a record, tables it does not list are judged one by one
+		// below (a crash during the first flush leaves one legitimately).
 		r.Manifest.Deleted = len(deleted)
 		if err == nil && r.Manifest.ValidEnd < manifest.size {
 			if r.Clean {
@@ -610,13 +612,6 @@ func inspect(dir string, full bool) *Report {
 // file Badger was still writing when the process stopped can end in a torn
 // write.
 func stillWritten(size int64) bool { return size >= 2<<20 && size%(1<<20) == 0 }
-
-func recTables(rec *StateRecord) []uint64 {
-	if rec == nil {
-		return nil
-	}
-	return rec.Tables
-}
 
 func vlogName(dir string, fid uint64) string {
 	return filepath.Join(dir, fmt.Sprintf("%06d.vlog", fid))
