@@ -631,3 +631,127 @@ func TestMiddleDamageAfterCrashRefused(t *testing.T) {
 	}
 	sameHashes(t, before, hashes(t, dir))
 }
+
+// editState rewrites the state record beside dir.
+func editState(t *testing.T, dir string, edit func(r *StateRecord)) {
+	t.Helper()
+	r, err := readState(dir)
+	if err != nil || r == nil {
+		t.Fatalf("state record: %v", err)
+	}
+	edit(r)
+	if err := writeState(dir, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A store that opens but is not what its state record says (another
+// store, behind it, fewer calls than at its clean close) is refused after
+// a read-only look: nothing changes.
+func TestOpenRefusesStoreBehindItsRecord(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(r *StateRecord)
+		want string
+	}{
+		{"record of another store", func(r *StateRecord) { r.UUID = newUUID() }, "m/identity"},
+		{"store behind its record", func(r *StateRecord) { r.MaxVersion += 1000 }, "recent writes are missing"},
+		{"fewer calls than at its clean close", func(r *StateRecord) { r.Calls += 100 }, "call records"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyStore(t, pristine(t))
+			editState(t, dir, c.edit)
+			before := hashes(t, dir)
+			s, err := Open(dir, Options{})
+			if err == nil {
+				s.Close()
+				t.Fatal("Open accepted it")
+			}
+			if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Open: %v", err)
+			}
+			t.Logf("%v", err)
+			sameHashes(t, before, hashes(t, dir))
+			if r, _ := Check(dir); r.Intact() {
+				t.Fatal("Check found nothing wrong")
+			}
+		})
+	}
+}
+
+// Value-log GC deletes value-log files: after a crash following GC the
+// missing files are expected (the record says GC ran), not damage; without
+// that mark they would be. A clean close after GC records the new set.
+func TestValueLogGCThenCrash(t *testing.T) {
+	defer func(v int64) { vlogFileSize = v }(vlogFileSize)
+	vlogFileSize = 1 << 20
+	dir := filepath.Join(t.TempDir(), "store")
+	if err := populate(dir, populatedCalls, 0); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range populatedCalls - 20 {
+		if _, err := s.DeleteAudio(context.Background(), callID(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Each session flushes a table to L0; five make Badger compact them,
+	// and compactions count the garbage GC needs.
+	for range 5 {
+		if s, err = Open(dir, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		if s.db.Levels()[0].NumTables < 5 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	vlogsBefore := files(t, dir, ".vlog")
+	n := s.CollectGarbage()
+	vlogsAfter := files(t, dir, ".vlog")
+	if n == 0 || len(vlogsAfter) >= len(vlogsBefore) {
+		t.Fatalf("GC rewrote %d files: %d value logs before, %d after", n, len(vlogsBefore), len(vlogsAfter))
+	}
+	crashed := copyStore(t, dir) // what a SIGKILL now leaves: the page cache is the files
+	unmarked := copyStore(t, dir)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(crashed, Options{})
+	if err != nil {
+		t.Fatalf("Open after GC and a crash: %v", err)
+	}
+	verifyCalls(t, s, 20, populatedCalls-20)
+	s.Close()
+
+	editState(t, unmarked, func(r *StateRecord) { r.GCSince = nil })
+	if _, err := Open(unmarked, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("Open with value logs gone and no GC noted: %v", err)
+	}
+
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("clean reopen after GC: %v", err)
+	}
+	verifyCalls(t, s, 20, populatedCalls-20)
+	s.Close()
+	if r, err := Check(dir); err != nil || !r.Intact() {
+		t.Fatalf("check after GC: %v %v", err, r.Problems)
+	}
+}

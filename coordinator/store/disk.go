@@ -422,7 +422,7 @@ func (g *diskGuard) allowGC() error {
 	if !a.ok {
 		return nil
 	}
-	extra := int64(vlogFileSize) + batchCost(0, 0)
+	extra := vlogFileSize + batchCost(0, 0)
 	need := a.head + extra + g.metaReserve
 	if a.free < need {
 		return &DiskFullError{Dir: g.dir, What: "value-log GC", Free: uint64(a.free), Needed: uint64(need), Headroom: uint64(a.head), Batch: uint64(extra), Reserve: uint64(g.metaReserve)}

@@ -82,7 +82,7 @@ func TestDiskFullRefusesAudioThenMetadataAndRecovers(t *testing.T) {
 	ctx := context.Background()
 	d := s.Disk()
 	t.Logf("after open: %+v", d)
-	if d.AudioRefused || d.MetaRefused || d.Free == 0 || d.Headroom < vlogFileSize {
+	if d.AudioRefused || d.MetaRefused || d.Free == 0 || d.Headroom < uint64(vlogFileSize) {
 		t.Fatalf("fresh store: %+v", d)
 	}
 	if err := writeCalls(s, 20, 0); err != nil {

@@ -98,12 +98,16 @@ var ErrClosed = errors.New("store: closed")
 // Badger's geometry. The disk guard's headroom follows from it (disk.go).
 const (
 	memTableSize   = 32 << 20
-	vlogFileSize   = 64 << 20 // the guard keeps the rest of the current value log free: 64 MiB, not 128
-	valueThreshold = 64       // audio goes to the value log, not the LSM tree
+	valueThreshold = 64 // audio goes to the value log, not the LSM tree
 	// maxTxnVlog caps the value-log bytes of one Badger transaction, so an
 	// unsynced write (all a crash can tear) stays small (logscan.go).
 	maxTxnVlog = 4 << 20
 )
+
+// vlogFileSize is Badger's ValueLogFileSize: 64 MiB, not 128, as the disk
+// guard keeps the rest of the current value log free (tests lower it to
+// make several files quickly).
+var vlogFileSize int64 = 64 << 20
 
 // Options for Open.
 type Options struct {
