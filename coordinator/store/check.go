@@ -277,6 +277,9 @@ func Check(dir string) (*Report, error) {
 	defer unlock()
 	r := inspect(dir, true)
 	r.InUse = inUse
+	if inUse && !r.Intact() {
+		r.note("the store is in use: Badger may have changed a file during the check (a compaction deletes tables); stop the coordinator and check again before acting on this report")
+	}
 	switch {
 	case r.New:
 	case !r.Intact():
