@@ -755,3 +755,23 @@ func TestValueLogGCThenCrash(t *testing.T) {
 		t.Fatalf("check after GC: %v %v", err, r.Problems)
 	}
 }
+
+// store check on a store a process has open: in use, no false alarm.
+func TestCheckStoreInUse(t *testing.T) {
+	dir := copyStore(t, pristine(t))
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := writeCalls(s, 5, populatedCalls); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Check(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.InUse || !r.Intact() || r.Counts != nil || !strings.Contains(r.Verdict(), "in use") {
+		t.Fatalf("check of a store in use: %+v %v", r.Problems, r.Verdict())
+	}
+}

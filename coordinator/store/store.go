@@ -240,7 +240,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	rep := inspect(dir, false)
+	rep := inspect(dir, false, true)
 	for _, n := range rep.Notes {
 		log.Warn("store: "+n, "dir", dir)
 	}
