@@ -35,11 +35,12 @@ var commands = map[string]command{
 	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
 	"models":      {cmdModels, "install the pinned model files (checked by hash) or check them"},
 	"bench":       {cmdBench, "bench load: drive simulated consoles (QUIC or WHIP) against a running appliance"},
+	"store":       {cmdStore, "store check DIR: report read-only whether the coordinator's store is intact"},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "ca", "models", "bench", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "config", "ca", "models", "bench", "store", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

@@ -6,13 +6,18 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/proto"
@@ -92,6 +97,24 @@ type Frame struct {
 // ErrNotFound is returned for a missing call.
 var ErrNotFound = errors.New("store: not found")
 
+// ErrClosed is returned by writes to a closed store, and to writes still
+// queued when Close stopped the committer (they were not made durable).
+var ErrClosed = errors.New("store: closed")
+
+// Badger's geometry. The disk guard's headroom follows from it (disk.go).
+const (
+	memTableSize   = 32 << 20
+	valueThreshold = 64 // audio goes to the value log, not the LSM tree
+	// maxTxnVlog caps the value-log bytes of one Badger transaction, so an
+	// unsynced write (all a crash can tear) stays small (logscan.go).
+	maxTxnVlog = 4 << 20
+)
+
+// vlogFileSize is Badger's ValueLogFileSize: 64 MiB, not 128, as the disk
+// guard keeps the rest of the current value log free (tests lower it to
+// make several files quickly).
+var vlogFileSize int64 = 64 << 20
+
 // Options for Open.
 type Options struct {
 	// InMemory is for unit tests of callers only; the product never sets it.
@@ -102,60 +125,411 @@ type Options struct {
 	// value-log and WAL writes and their syncs). It runs on the committer:
 	// it must be quick.
 	OnCommit func(writes, bytes int, took time.Duration)
+	// DiskReserve is the free space kept beyond what Badger may still
+	// allocate before audio frames are refused with ErrDiskFull (0:
+	// DefaultDiskReserve; negative: none).
+	DiskReserve int64
+	// MetaReserve is the same for metadata (call records, finals, nodes,
+	// the outbox, deletes), so transcripts of audio already acknowledged
+	// can complete once audio is refused (0: DiskReserve/4; negative: none).
+	MetaReserve int64
 }
 
 // Store is the durable store.
 type Store struct {
 	db       *badger.DB
+	dir      string
 	onCommit func(writes, bytes int, took time.Duration)
 	log      *slog.Logger
-	reqs     chan *req
-	quit     chan struct{}
-	done     chan struct{}
+	guard    *diskGuard // nil in memory
+
+	stateMu  sync.Mutex
+	state    *StateRecord // as last written
+	gcMarked bool
+
+	closeMu   sync.RWMutex // writers hold it shared while they enqueue
+	closed    bool
+	closeOnce sync.Once
+	closeErr  error
+
+	reqs chan *req
+	quit chan struct{}
+	done chan struct{}
 }
 
-type entry struct{ key, val []byte }
+type entry struct {
+	key, val []byte
+	del      bool
+}
 
 type req struct {
-	entries []entry
-	done    chan error
+	entries   []entry
+	audio     bool  // refused first when the disk fills
+	vlog, wal int64 // what Badger writes for it to the value log and the WAL
+	done      chan error
+}
+
+func newReq(audio bool, es []entry) *req {
+	r := &req{entries: es, audio: audio, done: make(chan error, 1)}
+	for _, e := range es {
+		k := int64(len(e.key)) + 8 // Badger appends the version
+		if !e.del && len(e.val) >= valueThreshold {
+			r.vlog += maxEntryHeader + k + int64(len(e.val)) + 4
+			r.wal += maxEntryHeader + k + 12 + 4 // the value pointer
+		} else {
+			r.wal += maxEntryHeader + k + int64(len(e.val)) + 4
+		}
+	}
+	r.wal += 64 // the transaction's end marker
+	return r
+}
+
+// badgerOptions are the store's Badger options.
+func badgerOptions(dir string, log *slog.Logger) badger.Options {
+	o := badger.DefaultOptions(dir).
+		WithSyncWrites(true).
+		WithValueThreshold(valueThreshold).
+		WithCompression(0).
+		WithBlockCacheSize(0).
+		WithMemTableSize(memTableSize).
+		WithNumMemtables(3).
+		WithNumCompactors(2).
+		WithDetectConflicts(false).
+		WithValueLogFileSize(vlogFileSize).
+		// Every value read checks its entry's CRC: a damaged frame or
+		// record is an error naming its key, never silently wrong bytes.
+		WithVerifyValueChecksum(true)
+	if log != nil {
+		o = o.WithLogger(badgerLogger{log})
+	}
+	return o
 }
 
 // Open opens (creating if needed) the store in dir.
+//
+// Before Badger sees the files, Open checks them read-only (check.go) and
+// refuses, with an error wrapping ErrDamaged and nothing changed, a store
+// that Badger would "repair" by discarding data: a missing or cut MANIFEST,
+// tables missing or not listed, value logs or WALs damaged in the middle or
+// cut short, or files that do not match the state record beside the store
+// (StatePath). It refuses with ErrDiskFull a filesystem without room for
+// Badger to open. After Badger opens, the store's identity, newest version
+// and call records are checked against the record (read-only first, when
+// nothing needs replaying).
 func Open(dir string, o Options) (*Store, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	opts := badger.DefaultOptions(dir).
-		WithSyncWrites(true).
-		WithValueThreshold(64). // audio goes to the value log, not the LSM tree
-		WithCompression(0).
-		WithBlockCacheSize(0).
-		WithMemTableSize(32 << 20).
-		WithNumMemtables(3).
-		WithNumCompactors(2).
-		WithDetectConflicts(false).
-		WithValueLogFileSize(128 << 20).
-		WithLogger(badgerLogger{log}).
-		WithInMemory(o.InMemory)
 	if o.InMemory {
-		opts.Dir, opts.ValueDir = "", ""
+		opts := badgerOptions("", log).WithInMemory(true)
+		db, err := badger.Open(opts)
+		if err != nil {
+			return nil, fmt.Errorf("store: open in memory: %w", err)
+		}
+		s := newStore(db, "", o, log, nil)
+		go s.committer()
+		return s, nil
 	}
-	db, err := badger.Open(opts)
+	dir = filepath.Clean(dir)
+	audio, meta := o.DiskReserve, o.MetaReserve
+	if audio == 0 {
+		audio = DefaultDiskReserve
+	}
+	audio = max(audio, 0)
+	if meta == 0 {
+		meta = audio / 4
+	}
+	meta = max(meta, 0)
+
+	unlock, err := lockDir(dir, false)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, onCommit: o.OnCommit, log: log, reqs: make(chan *req, 4096), quit: make(chan struct{}), done: make(chan struct{})}
+	rep := inspect(dir, false, true)
+	for _, n := range rep.Notes {
+		log.Warn("store: "+n, "dir", dir)
+	}
+	if err := rep.Err(); err != nil {
+		unlock()
+		return nil, err
+	}
+	if err := checkOpenSpace(dir, meta); err != nil {
+		unlock()
+		return nil, err
+	}
+	unlock() // Badger takes the lock itself
+	rec := rep.State
+	verified := false
+	if rec != nil && !hasWAL(rep) {
+		// Nothing to replay: check the contents with Badger read-only, so a
+		// refusal leaves every byte as it was.
+		db, err := badger.Open(badgerOptions(dir, log).WithReadOnly(true))
+		if err != nil {
+			return nil, fmt.Errorf("store: open %s read-only: %w", dir, err)
+		}
+		err = verifyContents(db, dir, rec, log)
+		if cerr := db.Close(); err == nil && cerr != nil {
+			return nil, fmt.Errorf("store: open %s read-only: close: %w", dir, cerr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		verified = true
+	}
+	db, err := badger.Open(badgerOptions(dir, log))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
+	if !verified {
+		if err := verifyContents(db, dir, rec, log); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
+	s := newStore(db, dir, o, log, newDiskGuard(dir, audio, meta, log))
+	if err := s.stamp(rec); err != nil {
+		close(s.done) // no committer yet
+		s.closeOnce.Do(func() { s.closed = true })
+		_ = db.Close()
+		return nil, err
+	}
 	go s.committer()
 	return s, nil
 }
 
-// Close stops the committer and closes the database.
+func newStore(db *badger.DB, dir string, o Options, log *slog.Logger, g *diskGuard) *Store {
+	return &Store{db: db, dir: dir, onCommit: o.OnCommit, log: log, guard: g,
+		reqs: make(chan *req, 4096), quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// verifyContents checks what Badger opened against the state record: the
+// same store (m/identity), not behind it (newest version), and after a
+// clean close as many calls as it had; any of these is an error. It also
+// reads every call record, node and outbox entry: one that cannot be read
+// or decoded is logged (or, with log nil, returned as damage too), as it
+// costs that call, not the store.
+func verifyContents(db *badger.DB, dir string, rec *StateRecord, log *slog.Logger) error {
+	var probs, values []Problem
+	bad := func(file, format string, a ...any) {
+		probs = append(probs, Problem{File: file, What: fmt.Sprintf(format, a...)})
+	}
+	calls := 0
+	err := db.View(func(txn *badger.Txn) error {
+		var id identity
+		it, err := txn.Get(identityKey)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			if rec != nil {
+				bad("key m/identity", "missing, but the state record says this is store %s with %d calls: Badger opened it as a different or empty store", rec.UUID, rec.Calls)
+			}
+		case err != nil:
+			bad("key m/identity", "unreadable: %v", err)
+		default:
+			if err := it.Value(func(v []byte) error { return jsonDecode(v, &id) }); err != nil {
+				bad("key m/identity", "unreadable: %v", err)
+			} else if rec != nil && id.UUID != rec.UUID {
+				bad("key m/identity", "this is store %s, but the state record is for store %s", id.UUID, rec.UUID)
+			}
+		}
+		for _, prefix := range []string{"c/", "n/", "o/", "m/"} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
+			for it.Rewind(); it.Valid(); it.Next() {
+				item := it.Item()
+				if prefix == "c/" {
+					calls++
+				}
+				err := item.Value(func(v []byte) error {
+					if prefix == "m/" && !bytes.Equal(item.Key(), identityKey) {
+						return nil
+					}
+					var x json.RawMessage
+					return jsonDecode(v, &x)
+				})
+				if err != nil && len(values) < 100 {
+					values = append(values, Problem{File: fmt.Sprintf("key %q", item.Key()), What: "unreadable: " + err.Error()})
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: open %s: verify: %w", dir, err)
+	}
+	if rec != nil {
+		if v := db.MaxVersion(); v < rec.MaxVersion {
+			bad(dir, "its newest write is version %d, but the state record says it reached version %d (updated %s): recent writes are missing", v, rec.MaxVersion, rec.Updated.Format(time.RFC3339))
+		}
+		if rec.Clean && calls < rec.Calls {
+			bad(dir, "holds %d call records, but %d when it closed cleanly", calls, rec.Calls)
+		}
+	}
+	if log == nil {
+		probs = append(probs, values...)
+	}
+	for _, v := range values {
+		log.Error("store: a value is damaged; run `callscribe store check`", "dir", dir, "key", v.File, "err", v.What)
+	}
+	if len(probs) > 0 {
+		return &DamageError{Dir: dir, Problems: probs}
+	}
+	return nil
+}
+
+// stamp writes the identity (new or adopted store) and m/opened, then the
+// state record (not clean: the store is open).
+func (s *Store) stamp(rec *StateRecord) error {
+	now := time.Now().UTC()
+	var id identity
+	err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(identityKey)
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error { return jsonDecode(v, &id) })
+	})
+	var es []entry
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		id = identity{UUID: newUUID(), Created: now}
+		b, _ := json.Marshal(id)
+		es = append(es, entry{key: identityKey, val: b})
+		s.log.Info("store: new identity", "dir", s.dir, "uuid", id.UUID)
+	case err != nil:
+		return fmt.Errorf("store: open %s: identity: %w", s.dir, err)
+	}
+	if rec == nil && id.Created.Before(now.Add(-time.Minute)) {
+		s.log.Warn("store: the state record was missing; writing it again", "dir", s.dir, "path", StatePath(s.dir), "uuid", id.UUID)
+	}
+	es = append(es, entry{key: openedKey, val: []byte(now.Format(time.RFC3339Nano))})
+	r0 := newReq(false, es)
+	if err := s.guard.begin().admit(r0); err != nil {
+		return err
+	}
+	if err := s.commit([]*req{r0}); err != nil {
+		return fmt.Errorf("store: open %s: %w", s.dir, err)
+	}
+	r := &StateRecord{UUID: id.UUID, Created: id.Created}
+	if rec != nil {
+		r.Created = rec.Created
+	}
+	if err := s.fillState(r); err != nil {
+		return err
+	}
+	if err := writeState(s.dir, r); err != nil {
+		return fmt.Errorf("store: open %s: write state record: %w", s.dir, err)
+	}
+	s.state = r
+	return nil
+}
+
+// fillState records what the store holds now.
+func (s *Store) fillState(r *StateRecord) error {
+	r.MaxVersion = s.db.MaxVersion()
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store %s: count calls: %w", s.dir, err)
+	}
+	r.Calls = n
+	return fillFiles(s.dir, r, false)
+}
+
+// fillFiles records the MANIFEST's size and tables and the value logs.
+// closed: Badger has closed, every value log is final.
+func fillFiles(dir string, r *StateRecord, closed bool) error {
+	live, _, _, err := readManifest(filepath.Join(dir, badger.ManifestFilename))
+	if err != nil {
+		return fmt.Errorf("store %s: read MANIFEST: %w", dir, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, badger.ManifestFilename))
+	if err != nil {
+		return err
+	}
+	r.ManifestSize = fi.Size()
+	r.Tables = r.Tables[:0]
+	for id := range live {
+		r.Tables = append(r.Tables, id)
+	}
+	slices.Sort(r.Tables)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	r.Vlogs = r.Vlogs[:0]
+	for _, e := range es {
+		if kind, fid := fileKind(e.Name()); kind == "vlog" {
+			fi, err := e.Info()
+			if err != nil {
+				continue
+			}
+			r.Vlogs = append(r.Vlogs, VlogRecord{Fid: fid, Size: fi.Size(), Complete: true})
+		}
+	}
+	if !closed && len(r.Vlogs) > 0 {
+		r.Vlogs[len(r.Vlogs)-1].Complete = false // Badger writes to the newest
+	}
+	return nil
+}
+
+// Close stops the committer (writes still queued fail with ErrClosed),
+// closes Badger and records the clean close in the state record.
 func (s *Store) Close() error {
-	close(s.quit)
-	<-s.done
-	return s.db.Close()
+	s.closeOnce.Do(func() {
+		s.closeMu.Lock()
+		s.closed = true
+		s.closeMu.Unlock()
+		close(s.quit)
+		<-s.done
+		var r *StateRecord
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		if s.guard != nil && s.state != nil {
+			// A last write whose version is the store's newest: no
+			// compaction can drop it, so the record's version holds.
+			b := []byte(time.Now().UTC().Format(time.RFC3339Nano))
+			cl := newReq(false, []entry{{key: closedKey, val: b}})
+			if err := s.guard.begin().admit(cl); err == nil {
+				if err := s.commit([]*req{cl}); err != nil {
+					s.log.Warn("store: close: write m/closed", "err", err)
+				}
+			}
+			r = &StateRecord{UUID: s.state.UUID, Created: s.state.Created, Clean: true}
+			if err := s.fillState(r); err != nil {
+				s.log.Warn("store: close: state record not updated", "err", err)
+				r = nil
+			}
+		}
+		s.closeErr = s.db.Close()
+		if s.closeErr != nil || r == nil {
+			return
+		}
+		if err := fillFiles(s.dir, r, true); err != nil {
+			s.log.Warn("store: close: state record not updated", "err", err)
+			return
+		}
+		if err := writeState(s.dir, r); err != nil {
+			s.log.Warn("store: close: state record not updated", "err", err)
+		}
+	})
+	return s.closeErr
+}
+
+// Disk reports the store's disk: free space, what Badger may still need,
+// whether audio or metadata is refused, and the refusal counters.
+func (s *Store) Disk() DiskStatus {
+	if s.guard == nil {
+		return DiskStatus{Reason: "in memory", Checked: time.Now()}
+	}
+	return s.guard.status()
 }
 
 // maxBatch bounds one group commit.
@@ -166,8 +540,15 @@ func (s *Store) committer() {
 	for {
 		var first *req
 		select {
+		case <-s.quit:
+			s.drain()
+			return
+		default:
+		}
+		select {
 		case first = <-s.reqs:
 		case <-s.quit:
+			s.drain()
 			return
 		}
 		batch := []*req{first}
@@ -183,13 +564,47 @@ func (s *Store) committer() {
 			}
 		}
 		t0 := time.Now()
-		err := s.commit(batch)
+		ok := batch
+		if s.guard != nil {
+			ok = make([]*req, 0, len(batch))
+			a := s.guard.begin()
+			for _, r := range batch {
+				if err := a.admit(r); err != nil {
+					r.done <- err
+					continue
+				}
+				ok = append(ok, r)
+			}
+			a.done()
+		}
+		if len(ok) == 0 {
+			continue // all refused: nothing committed
+		}
+		if len(ok) < len(batch) {
+			size = 0
+			for _, r := range ok {
+				size += r.size()
+			}
+		}
+		err := s.commit(ok)
 		took := time.Since(t0)
-		for _, r := range batch {
+		for _, r := range ok {
 			r.done <- err
 		}
 		if s.onCommit != nil {
-			s.onCommit(len(batch), size, took)
+			s.onCommit(len(ok), size, took)
+		}
+	}
+}
+
+// drain fails the writes still queued when the store closes.
+func (s *Store) drain() {
+	for {
+		select {
+		case r := <-s.reqs:
+			r.done <- ErrClosed
+		default:
+			return
 		}
 	}
 }
@@ -205,19 +620,42 @@ func (r *req) size() int {
 func (s *Store) commit(batch []*req) error {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
+	var txnVlog int64
+	next := func() error {
+		if err := txn.Commit(); err != nil {
+			return fmt.Errorf("store: commit: %w", err)
+		}
+		txn, txnVlog = s.db.NewTransaction(true), 0
+		return nil
+	}
 	for _, r := range batch {
 		for _, e := range r.entries {
-			err := txn.Set(e.key, e.val)
-			if errors.Is(err, badger.ErrTxnTooBig) {
-				if err = txn.Commit(); err != nil {
-					return fmt.Errorf("store: commit: %w", err)
+			var ev int64
+			if !e.del && len(e.val) >= valueThreshold {
+				ev = int64(len(e.key) + len(e.val) + maxEntryHeader + 12)
+			}
+			if txnVlog > 0 && txnVlog+ev > maxTxnVlog {
+				if err := next(); err != nil {
+					return err
 				}
-				txn = s.db.NewTransaction(true)
-				err = txn.Set(e.key, e.val)
+			}
+			set := func() error {
+				if e.del {
+					return txn.Delete(e.key)
+				}
+				return txn.Set(e.key, e.val)
+			}
+			err := set()
+			if errors.Is(err, badger.ErrTxnTooBig) {
+				if err = next(); err != nil {
+					return err
+				}
+				err = set()
 			}
 			if err != nil {
 				return fmt.Errorf("store: set: %w", err)
 			}
+			txnVlog += ev
 		}
 	}
 	if err := txn.Commit(); err != nil {
@@ -226,19 +664,61 @@ func (s *Store) commit(batch []*req) error {
 	return nil
 }
 
-// write queues entries and waits until they are durable.
-func (s *Store) write(ctx context.Context, es ...entry) error {
-	r := &req{entries: es, done: make(chan error, 1)}
+// write queues entries and waits until they are durable. audio: refused
+// first when the disk fills.
+func (s *Store) write(ctx context.Context, audio bool, es ...entry) error {
+	r := newReq(audio, es)
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
 	select {
 	case s.reqs <- r:
+		s.closeMu.RUnlock()
 	case <-ctx.Done():
+		s.closeMu.RUnlock()
 		return ctx.Err()
-	case <-s.quit:
-		return errors.New("store: closed")
 	}
-	// Once queued, the write happens: wait for its outcome even if ctx ends,
-	// so a caller never acks or un-acks on a guess.
+	// Once queued, the write happens (or Close fails it): wait for its
+	// outcome even if ctx ends, so a caller never acks or un-acks on a guess.
 	return <-r.done
+}
+
+// valueErr names the store and the key of a value that cannot be read or
+// decoded.
+func (s *Store) valueErr(key []byte, what string, err error) error {
+	var de *DamageError
+	if errors.As(err, &de) {
+		return err
+	}
+	return &DamageError{Dir: s.name(), Problems: []Problem{{File: fmt.Sprintf("key %q", key), What: what + ": " + err.Error()}}, Err: err, Value: true}
+}
+
+func (s *Store) name() string {
+	if s.dir == "" {
+		return "(in memory)"
+	}
+	return s.dir
+}
+
+// jsonDecode is json.Unmarshal.
+func jsonDecode(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// readJSON reads the value of item into v, naming the key on failure.
+func (s *Store) readJSON(item *badger.Item, what string, v any) error {
+	var decErr error
+	err := item.Value(func(b []byte) error {
+		decErr = json.Unmarshal(b, v)
+		return nil
+	})
+	if err != nil {
+		return s.valueErr(item.KeyCopy(nil), what+" unreadable", err)
+	}
+	if decErr != nil {
+		return s.valueErr(item.KeyCopy(nil), what+" does not decode", decErr)
+	}
+	return nil
 }
 
 func frameKey(id proto.CallID, ch int, seq uint32) []byte {
@@ -271,9 +751,9 @@ func (s *Store) PutFrames(ctx context.Context, id proto.CallID, ch int, fs []Fra
 		v := make([]byte, 8+len(f.Payload))
 		binary.BigEndian.PutUint64(v, uint64(f.Capture))
 		copy(v[8:], f.Payload)
-		es[i] = entry{frameKey(id, ch, f.Seq), v}
+		es[i] = entry{key: frameKey(id, ch, f.Seq), val: v}
 	}
-	return s.write(ctx, es...)
+	return s.write(ctx, true, es...)
 }
 
 // PutCall makes a call record durable.
@@ -282,7 +762,7 @@ func (s *Store) PutCall(ctx context.Context, c *Call) error {
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, entry{callKey(c.ID), b})
+	return s.write(ctx, false, entry{key: callKey(c.ID), val: b})
 }
 
 // PutFinal makes a final (and optionally the updated call record) durable in
@@ -292,15 +772,15 @@ func (s *Store) PutFinal(ctx context.Context, id proto.CallID, f Final, c *Call)
 	if err != nil {
 		return err
 	}
-	es := []entry{{finalKey(id, f.Channel, f.Index), b}}
+	es := []entry{{key: finalKey(id, f.Channel, f.Index), val: b}}
 	if c != nil {
 		cb, err := json.Marshal(c)
 		if err != nil {
 			return err
 		}
-		es = append(es, entry{callKey(id), cb})
+		es = append(es, entry{key: callKey(id), val: cb})
 	}
-	return s.write(ctx, es...)
+	return s.write(ctx, false, es...)
 }
 
 // Call loads a call record.
@@ -314,7 +794,7 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 		if err != nil {
 			return err
 		}
-		return it.Value(func(v []byte) error { return json.Unmarshal(v, &c) })
+		return s.readJSON(it, "call record", &c)
 	})
 	if err != nil {
 		return nil, err
@@ -324,21 +804,21 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 
 // Calls returns every call record, newest first.
 func (s *Store) Calls() ([]*Call, error) {
-	out, err := scanJSON[*Call](s, "c/")
+	out, err := scanJSON[*Call](s, "c/", "call record")
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
 	return out, err
 }
 
 // scanJSON decodes every JSON value under prefix, in key order. T may be a
 // struct or a pointer to one.
-func scanJSON[T any](s *Store, prefix string) ([]T, error) {
+func scanJSON[T any](s *Store, prefix, what string) ([]T, error) {
 	var out []T
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var v T // for a pointer type, Unmarshal allocates the value
-			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &v) }); err != nil {
+			if err := s.readJSON(it.Item(), what, &v); err != nil {
 				return err
 			}
 			out = append(out, v)
@@ -391,14 +871,19 @@ func (s *Store) Frames(id proto.CallID, ch int, from uint32, limit int, fn func(
 		for it.Seek(frameKey(id, ch, from)); it.Valid(); it.Next() {
 			k := it.Item().Key()
 			seq := binary.BigEndian.Uint32(k[len(k)-4:])
+			var fnErr error
 			err := it.Item().Value(func(v []byte) error {
 				if len(v) < 8 {
-					return fmt.Errorf("store: frame %s/%d/%d is corrupt", id, ch, seq)
+					return s.valueErr(k, fmt.Sprintf("frame %s/%d/%d", id, ch, seq), fmt.Errorf("%d bytes, shorter than its 8-byte capture time", len(v)))
 				}
-				return fn(Frame{Seq: seq, Capture: int64(binary.BigEndian.Uint64(v)), Payload: v[8:]})
+				fnErr = fn(Frame{Seq: seq, Capture: int64(binary.BigEndian.Uint64(v)), Payload: v[8:]})
+				return nil
 			})
 			if err != nil {
-				return err
+				return s.valueErr(it.Item().KeyCopy(nil), fmt.Sprintf("frame %s/%d/%d unreadable", id, ch, seq), err)
+			}
+			if fnErr != nil {
+				return fnErr
 			}
 			if n++; limit > 0 && n >= limit {
 				return nil
@@ -416,7 +901,7 @@ func (s *Store) Finals(id proto.CallID, ch int, from uint32) ([]Final, error) {
 		defer it.Close()
 		for it.Seek(finalKey(id, ch, from)); it.Valid(); it.Next() {
 			var f Final
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &f) }); err != nil {
+			if err := s.readJSON(it.Item(), "final", &f); err != nil {
 				return err
 			}
 			out = append(out, f)
@@ -438,7 +923,7 @@ func (s *Store) LastFinal(id proto.CallID, ch int) (*Final, error) {
 			return nil
 		}
 		f = &Final{}
-		return it.Item().Value(func(v []byte) error { return json.Unmarshal(v, f) })
+		return s.readJSON(it.Item(), "final", f)
 	})
 	return f, err
 }
@@ -446,7 +931,7 @@ func (s *Store) LastFinal(id proto.CallID, ch int) (*Final, error) {
 // Probe writes and reads back a key: the store is writable.
 func (s *Store) Probe(ctx context.Context) error {
 	v := []byte(time.Now().UTC().Format(time.RFC3339Nano))
-	if err := s.write(ctx, entry{[]byte("m/probe"), v}); err != nil {
+	if err := s.write(ctx, false, entry{key: []byte("m/probe"), val: v}); err != nil {
 		return err
 	}
 	return s.db.View(func(txn *badger.Txn) error {
@@ -481,17 +966,18 @@ func (s *Store) PutNode(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, entry{nodeKey(n.ID), b})
+	return s.write(ctx, false, entry{key: nodeKey(n.ID), val: b})
 }
 
 // Nodes returns every node record.
 func (s *Store) Nodes() ([]Node, error) {
-	return scanJSON[Node](s, "n/")
+	return scanJSON[Node](s, "n/", "node record")
 }
 
 // deletePrefix deletes every key under prefix in batches of at most 1000
-// keys per transaction (never DropPrefix: it blocks writers) and returns
-// how many it deleted.
+// keys per write (never DropPrefix: it blocks writers) and returns how many
+// it deleted. Deletes are writes too (the WAL): they go through the
+// committer and its disk guard like metadata.
 func (s *Store) deletePrefix(ctx context.Context, prefix []byte) (int, error) {
 	total := 0
 	for ctx.Err() == nil {
@@ -507,15 +993,11 @@ func (s *Store) deletePrefix(ctx context.Context, prefix []byte) (int, error) {
 		if err != nil || len(keys) == 0 {
 			return total, err
 		}
-		err = s.db.Update(func(txn *badger.Txn) error {
-			for _, k := range keys {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		es := make([]entry, len(keys))
+		for i, k := range keys {
+			es[i] = entry{key: k, del: true}
+		}
+		if err := s.write(ctx, false, es...); err != nil {
 			return total, fmt.Errorf("store: delete: %w", err)
 		}
 		total += len(keys)
@@ -533,17 +1015,56 @@ func (s *Store) DeleteCall(ctx context.Context, id proto.CallID) error {
 	if _, err := s.deletePrefix(ctx, append(append([]byte("f/"), id...), '/')); err != nil {
 		return err
 	}
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(callKey(id)) })
+	return s.write(ctx, false, entry{key: callKey(id), del: true})
 }
 
 // CollectGarbage rewrites value-log files that are at least half garbage,
-// until none is left; it returns how many files were rewritten.
+// until none is left; it returns how many files were rewritten. A rewrite
+// needs room for the live part of a file before the file is deleted: GC
+// stops when the disk guard says there is none. GC deletes value-log
+// files, so the state record notes that it ran first.
 func (s *Store) CollectGarbage() int {
 	n := 0
-	for s.db.RunValueLogGC(0.5) == nil {
+	for {
+		if s.guard != nil {
+			if err := s.guard.allowGC(); err != nil {
+				s.log.Warn("store: value-log GC skipped", "err", err)
+				return n
+			}
+			if err := s.markGC(); err != nil {
+				s.log.Warn("store: value-log GC skipped: state record", "err", err)
+				return n
+			}
+		}
+		if s.db.RunValueLogGC(0.5) != nil {
+			return n
+		}
 		n++
 	}
-	return n
+}
+
+// markGC notes in the state record, once per session, that value-log GC
+// runs (it deletes value-log files the record lists).
+func (s *Store) markGC() error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.gcMarked || s.state == nil {
+		return nil
+	}
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	r := *s.state
+	now := time.Now().UTC()
+	r.GCSince, r.Clean = &now, false
+	if err := writeState(s.dir, &r); err != nil {
+		return err
+	}
+	s.state, s.gcMarked = &r, true
+	return nil
 }
 
 // OutboxEntry is a finalised call waiting to be exported.
@@ -564,12 +1085,12 @@ func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
 		return err
 	}
 	ob, _ := json.Marshal(OutboxEntry{CallID: c.ID, Enqueued: time.Now().UTC()})
-	return s.write(ctx, entry{callKey(c.ID), b}, entry{outboxKey(c.ID), ob})
+	return s.write(ctx, false, entry{key: callKey(c.ID), val: b}, entry{key: outboxKey(c.ID), val: ob})
 }
 
 // Outbox lists queued exports, oldest first.
 func (s *Store) Outbox() ([]OutboxEntry, error) {
-	out, err := scanJSON[OutboxEntry](s, "o/")
+	out, err := scanJSON[OutboxEntry](s, "o/", "outbox entry")
 	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
 	return out, err
 }
@@ -577,10 +1098,10 @@ func (s *Store) Outbox() ([]OutboxEntry, error) {
 // UpdateOutbox records a failed attempt.
 func (s *Store) UpdateOutbox(ctx context.Context, e OutboxEntry) error {
 	b, _ := json.Marshal(e)
-	return s.write(ctx, entry{outboxKey(e.CallID), b})
+	return s.write(ctx, false, entry{key: outboxKey(e.CallID), val: b})
 }
 
 // DoneOutbox removes an exported entry.
 func (s *Store) DoneOutbox(id proto.CallID) error {
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(outboxKey(id)) })
+	return s.write(context.Background(), false, entry{key: outboxKey(id), del: true})
 }

@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,4 +176,84 @@ func TestOnCommitCountsEveryWriteOnce(t *testing.T) {
 		t.Fatalf("%d commits for %d concurrent writes: no group commit", commits, writes)
 	}
 	t.Logf("%d writes in %d commits", writes, commits)
+}
+
+// Close fails the writes still queued (ErrClosed) instead of leaving their
+// writers waiting for ever, and later writes fail at once.
+func TestCloseFailsQueuedWrites(t *testing.T) {
+	s := open(t, t.TempDir())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	errs := map[string]int{}
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				err := s.PutFrames(context.Background(), proto.CallID(fmt.Sprint("c", w)), 0, []Frame{{Seq: uint32(i), Payload: make([]byte, 3200)}})
+				k := "ok"
+				if err != nil {
+					k = err.Error()
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("write: %v", err)
+					}
+				}
+				mu.Lock()
+				errs[k]++
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("writers still waiting after Close")
+	}
+	if errs[ErrClosed.Error()] == 0 {
+		t.Fatalf("no write saw ErrClosed: %v", errs)
+	}
+	if err := s.PutCall(context.Background(), &Call{ID: "late"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	t.Logf("%v", errs)
+}
+
+// A value that does not decode is an error naming the store and the key,
+// wrapping both ErrDamaged and the decoder's error.
+func TestUndecodableValueNamesStoreAndKey(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.write(ctx, false, entry{key: callKey("bad"), val: []byte(`{"id":"bad","console":"c","channels":["caller"],"state":"open","created":"2026-01-01T00:00:00Z","decoded":[0],"resumes":`)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.write(ctx, false, entry{key: finalKey("bad", 0, 3), val: []byte(`{"channel":0,"index":3,"text":"half a fin`)}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, err error, key string) {
+		t.Helper()
+		var se *json.SyntaxError
+		if err == nil || !errors.Is(err, ErrDamaged) || !errors.As(err, &se) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), key) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	_, err := s.Call("bad")
+	check("Call", err, `"c/bad"`)
+	_, err = s.Calls()
+	check("Calls", err, `"c/bad"`)
+	_, err = s.Finals("bad", 0, 0)
+	check("Finals", err, `f/bad`)
+	_, err = s.LastFinal("bad", 0)
+	check("LastFinal", err, `f/bad`)
 }
