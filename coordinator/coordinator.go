@@ -84,6 +84,9 @@ type Config struct {
 	// Limits bounds what set-up calls, idle channels and silent workers
 	// may cost (zero fields take their defaults).
 	Limits Limits
+	// DiskReserve is the free space the store keeps beyond what Badger may
+	// still need before it refuses audio (0: store.DefaultDiskReserve).
+	DiskReserve int64
 	Logger *slog.Logger
 }
 
@@ -233,7 +236,7 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
-	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit})
+	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve})
 	if err != nil {
 		return nil, err
 	}
@@ -718,7 +721,16 @@ func (c *Coordinator) Reload(r Reloadable) {
 }
 
 // Healthy reports whether the store accepts writes (the watchdog's check).
-func (c *Coordinator) Healthy(ctx context.Context) error { return c.probe(ctx) }
+// A full disk is not a fault of the process: the store refuses writes on
+// purpose and recovers by itself when space returns, so a restart would
+// only make things worse; it is reported by /readyz, metrics and the log.
+func (c *Coordinator) Healthy(ctx context.Context) error {
+	err := c.probe(ctx)
+	if errors.Is(err, store.ErrDiskFull) {
+		return nil
+	}
+	return err
+}
 
 // probe reports whether the store is writable, at most once a second.
 func (c *Coordinator) probe(ctx context.Context) error {

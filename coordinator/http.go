@@ -134,7 +134,9 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 // decode.
 func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
 	var why []string
-	if err := c.probe(r.Context()); err != nil {
+	if d := c.store.Disk(); d.AudioRefused || d.MetaRefused {
+		why = append(why, "store refusing audio: "+d.Reason)
+	} else if err := c.probe(r.Context()); err != nil {
 		why = append(why, "store not writable: "+err.Error())
 	}
 	if c.reg.readyWorkers() == 0 {

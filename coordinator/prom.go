@@ -100,10 +100,13 @@ var (
 	descGPUTemp = prometheus.NewDesc("callscribe_gpu_temperature_celsius", "GPU temperature.", []string{"node", "gpu"}, nil)
 	descGPUPow  = prometheus.NewDesc("callscribe_gpu_power_watts", "GPU power draw.", []string{"node", "gpu"}, nil)
 	descGPUOK   = prometheus.NewDesc("callscribe_gpu_healthy", "1 when the GPU is healthy.", []string{"node", "gpu"}, nil)
+	descDisk    = prometheus.NewDesc("callscribe_store_disk_bytes", "The data directory's filesystem: free, total, and what the store needs free to accept audio (audio_needed) and metadata (meta_needed).", []string{"kind"}, nil)
+	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
+	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descDisk, descRefuse, descRefused} {
 		ch <- d
 	}
 }
@@ -121,6 +124,20 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range states {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
+	d := c.store.Disk()
+	for kind, v := range map[string]uint64{"free": d.Free, "total": d.Total, "audio_needed": d.AudioNeeds, "meta_needed": d.MetaNeeds} {
+		ch <- prometheus.MustNewConstMetric(descDisk, prometheus.GaugeValue, float64(v), kind)
+	}
+	b2f := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(descRefuse, prometheus.GaugeValue, b2f(d.AudioRefused), "audio")
+	ch <- prometheus.MustNewConstMetric(descRefuse, prometheus.GaugeValue, b2f(d.MetaRefused), "meta")
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedAudio), "audio")
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedMeta), "meta")
 	c.reg.mu.Lock()
 	defer c.reg.mu.Unlock()
 	used, free := 0, 0

@@ -60,6 +60,7 @@ type coordinatorConfig struct {
 	WebRTCIdle    config.Duration `toml:"webrtc_idle_timeout" help:"close a WebRTC session with no audio this long"`
 	WebRTCPendIP  int             `toml:"webrtc_max_pending_per_remote" help:"most WebRTC sessions being set up per console address"`
 	WebRTCPending int             `toml:"webrtc_max_pending" help:"most WebRTC sessions being set up in all"`
+	DiskReserveMB int             `toml:"disk_reserve_mb" help:"free space (MiB) kept beyond what the store may still need; below it audio is refused (retryable), metadata goes on to a quarter of it"`
 	MaxSettingUp  int             `toml:"max_setting_up" help:"most calls opened without audio yet, in all (more get a retryable error)"`
 	MaxSetUpPer   int             `toml:"max_setting_up_per_console" help:"most calls opened without audio yet, per console"`
 	FirstAudio    config.Duration `toml:"first_audio_timeout" help:"close a new call's stream that sends no audio this long after the welcome"`
@@ -72,7 +73,7 @@ func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
 		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
-		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
+		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
 		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
 }
 
@@ -189,10 +190,13 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err := lim.Check(); err != nil {
 		return cfg, "", "", err
 	}
+	if f.DiskReserveMB < 1 {
+		return cfg, "", "", fmt.Errorf("disk_reserve_mb %d: must be at least 1 (MiB)", f.DiskReserveMB)
+	}
 	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
-		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim,
+		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20,
 		Logger: log.With("component", "coordinator")}
 	for _, line := range config.Effective(f, l.src) {
 		log.Info("config", "effective", line)
