@@ -87,7 +87,7 @@ type Config struct {
 	// DiskReserve is the free space the store keeps beyond what Badger may
 	// still need before it refuses audio (0: store.DefaultDiskReserve).
 	DiskReserve int64
-	Logger *slog.Logger
+	Logger      *slog.Logger
 }
 
 // Limits are the coordinator's admission and liveness bounds.

@@ -70,14 +70,8 @@ func (e *errLog) add(err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.n++
-	msg := err.Error()
-	for _, s := range e.seen {
-		if s == msg {
-			return
-		}
-	}
-	if len(e.seen) < 3 {
-		e.seen = append(e.seen, msg)
+	if len(e.seen) == 0 {
+		e.seen = append(e.seen, err.Error())
 	}
 }
 
@@ -87,7 +81,7 @@ func (e *errLog) String() string {
 	if e.n == 0 {
 		return "nothing: acks and transcript as usual"
 	}
-	return fmt.Sprintf("%d connection errors, e.g. %s", e.n, strings.Join(e.seen, " | "))
+	return fmt.Sprintf("%d connection errors (retried), the first: %s", e.n, e.seen[0])
 }
 
 // ackedLostIn stops nothing: it opens the (closed) store in dir and counts
