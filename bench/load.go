@@ -110,21 +110,44 @@ func (cfg LoadConfig) scrape(ctx context.Context) (cpu, rss float64, err error) 
 // /metrics writes them) from an appliance's /metrics at base, and fails if
 // one is missing.
 func ReadMetrics(ctx context.Context, client *http.Client, base string, names ...string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	text, err := MetricsText(ctx, client, base)
 	if err != nil {
 		return nil, err
 	}
+	m, err := Samples(text, names...)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %s/metrics: %w", base, err)
+	}
+	return m, nil
+}
+
+// MetricsText reads an appliance's /metrics at base.
+func MetricsText(ctx context.Context, client *http.Client, base string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
 	res, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
+	if res.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("bench: %s/metrics: %s", base, res.Status)
+	}
+	return string(b), nil
+}
+
+// Samples reads the named samples (a metric name with its labels, as
+// /metrics writes them) from the text of a /metrics, and fails if one is
+// missing.
+func Samples(text string, names ...string) (map[string]float64, error) {
 	m := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(text, "\n") {
 		for _, n := range names {
 			if v, ok := strings.CutPrefix(l, n+" "); ok {
 				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
@@ -135,7 +158,7 @@ func ReadMetrics(ctx context.Context, client *http.Client, base string, names ..
 	}
 	for _, n := range names {
 		if _, ok := m[n]; !ok {
-			return nil, fmt.Errorf("bench: %s/metrics lacks %s", base, n)
+			return nil, fmt.Errorf("lacks %s", n)
 		}
 	}
 	return m, nil

@@ -34,7 +34,30 @@ func main() {
 	bin := flag.String("bin", "bin/callscribe", "the callscribe binary (its bench load drives the WebRTC consoles)")
 	enginesOnly := flag.Bool("engines-only", false, "measure only the engines (accuracy, live channels) and print the section")
 	vocabOnly := flag.Bool("vocabulary-only", false, "measure only the vocabulary pass and print its table")
+	slowOnly := flag.Bool("slow-disk-only", false, "measure only the slow disk (needs root, cgroup v1 blkio and loop devices; skips otherwise) and print the section")
+	probeDir := flag.String("fsync-probe", "", "(internal) run the fdatasync probe in this directory and print its result as JSON")
+	probeDur := flag.Duration("probe-for", 2*time.Second, "(internal) how long the fdatasync probe runs")
 	flag.Parse()
+	if *probeDir != "" {
+		if err := fsyncProbe(*probeDir, *probeDur); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *slowOnly {
+		var b strings.Builder
+		w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
+		log := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+		_ = os.MkdirAll(*work, 0o700)
+		err := slowDiskSection(context.Background(), w, log, *work, *bin)
+		fmt.Print(b.String())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *enginesOnly || *vocabOnly {
 		var b strings.Builder
 		w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
@@ -191,6 +214,12 @@ func run(out, dir, bin string, dur time.Duration) error {
 		log("pipeline %d calls: ack p50 %s p99 %s; to worker p99 %.2f; final→console p99 %.2f", calls, bench.MS(r.Ack.P50), bench.MS(r.Ack.P99), r.Stats.ToWorker.P99MS, r.Stats.ToConsole.P99MS)
 		w("| %d | %d | %d | %d/%d | %s | %s | %.2f / %.2f | %.2f / %.2f |\n", calls, r.Frames, r.FramesLost, r.Finalised, calls, bench.MS(r.Ack.P50), bench.MS(r.Ack.P99),
 			r.Stats.ToWorker.P50MS, r.Stats.ToWorker.P99MS, r.Stats.ToConsole.P50MS, r.Stats.ToConsole.P99MS)
+	}
+
+	// 3b. The same pipeline on a slow disk: acks slow down, the transcript
+	// must not.
+	if err := slowDiskSection(ctx, w, log, dir, bin); err != nil {
+		return err
 	}
 
 	// 4. Capacity: QUIC consoles from a separate load generator.
