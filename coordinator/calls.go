@@ -51,6 +51,7 @@ type channel struct {
 	queued     []queuedFrame
 	queuedNext uint32
 	writing    bool
+	more       chan struct{} // wakes the writer: frames were queued
 	// fed is one past the last frame sent to a worker (this process's
 	// life): a channel released for lack of audio is reassigned only when
 	// audio beyond it arrives.
@@ -383,7 +384,7 @@ func (c *Coordinator) buildCall(rec *store.Call) *call {
 		rec.Complete = append(rec.Complete, false)
 	}
 	for i, l := range rec.Channels {
-		cl.chans = append(cl.chans, &channel{idx: i, label: l, notify: make(chan struct{}, 1), recvAt: map[uint32]time.Time{},
+		cl.chans = append(cl.chans, &channel{idx: i, label: l, notify: make(chan struct{}, 1), more: make(chan struct{}, 1), recvAt: map[uint32]time.Time{},
 			decoded: rec.Decoded[i], complete: rec.Complete[i]})
 	}
 	if rec.State == store.StateFinalised {
@@ -520,6 +521,10 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 	start := !ch.writing
 	ch.writing = true
 	cl.mu.Unlock()
+	select {
+	case ch.more <- struct{}{}:
+	default:
+	}
 	if start {
 		s.c.wg.Add(1)
 		go func() {
@@ -529,73 +534,120 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 	}
 }
 
-// writeFrames makes a channel's queued frames durable, one store write at a
-// time, until none are queued. A failed write fails every frame queued
-// behind it too (they follow it, and must never be stored across a gap):
-// the console resends them from the next welcome.
+// writeFrames makes a channel's queued frames durable until none are
+// queued. Two writes of a channel may be on their way at once — one in the
+// group commit under way, the next queued for the commit after it — so a
+// channel has frames in every commit however slow the disk. The second
+// follows the first (store.SubmitFrames' after): if the first fails, so
+// does the second, unwritten, and so does every frame queued behind them:
+// nothing is stored across a gap, and the console resends them all from
+// the next welcome.
 func (c *Coordinator) writeFrames(cl *call, ch *channel) {
+	type flight struct {
+		batch []queuedFrame
+		p     *store.Pending
+		err   error // a write that could not even be queued
+	}
+	var inflight []flight
 	for {
 		cl.mu.Lock()
-		batch := ch.queued
-		ch.queued = nil
-		if len(batch) == 0 {
+		var batch []queuedFrame
+		if len(inflight) < 2 {
+			batch, ch.queued = ch.queued, nil
+		}
+		if len(batch) == 0 && len(inflight) == 0 {
 			ch.writing = false
 			cl.idle.Broadcast()
 			cl.mu.Unlock()
 			return
 		}
 		cl.mu.Unlock()
-		fs := make([]store.Frame, len(batch))
-		for i, q := range batch {
-			fs[i] = store.Frame{Seq: q.a.Seq, Capture: q.a.Capture, Payload: q.a.Payload}
-		}
-		err := c.store.PutFrames(c.runCtx, cl.id, ch.idx, fs)
-		now := time.Now()
-		cl.mu.Lock()
-		var rec store.Call
-		first := false
-		if err != nil {
-			batch = append(batch, ch.queued...)
-			ch.queued = nil
-			ch.queuedNext = ch.nextSeq
-		} else {
-			ch.nextSeq = batch[len(batch)-1].a.Seq + 1
-			for _, q := range batch {
-				ch.recvAt[q.a.Seq] = q.at
-				if len(q.a.Payload) == 0 {
-					ch.concealed++
-					c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
-				}
+		if len(batch) > 0 {
+			fs := make([]store.Frame, len(batch))
+			for i, q := range batch {
+				fs[i] = store.Frame{Seq: q.a.Seq, Capture: q.a.Capture, Payload: q.a.Payload}
 			}
-			if first = cl.rec.State == store.StateOpen; first {
-				cl.rec.State = store.StateStreaming
-				rec = *cl.rec
+			var after *store.Pending
+			if n := len(inflight); n > 0 {
+				after = inflight[n-1].p
 			}
-		}
-		cl.mu.Unlock()
-		if err != nil {
-			c.log.Error("frames not stored", "call", cl.id, "channel", ch.idx, "from", batch[0].a.Seq, "frames", len(batch), "err", err)
-			c.metrics.storeErrors.Add(1)
-			code := proto.CodeStorage
-			msg := fmt.Sprintf("frames from %d not stored: %v", batch[0].a.Seq, err)
-			if errors.Is(err, context.Canceled) {
-				code, msg = proto.CodeUnavailable, "coordinator shutting down"
-			}
-			for _, q := range batch {
-				c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
-				q.done(proto.Ack{}, &proto.Error{Code: code, Message: msg})
-			}
+			p, err := c.store.SubmitFrames(c.runCtx, cl.id, ch.idx, fs, after)
+			inflight = append(inflight, flight{batch: batch, p: p, err: err})
 			continue
 		}
-		ch.signal()
-		for _, q := range batch {
-			c.metrics.observeAck(now.Sub(q.at))
-			q.done(proto.Ack{Channel: q.a.Channel, NextSeq: q.a.Seq + 1}, nil)
-		}
-		if first { // open → streaming is durable too
-			if err := c.store.PutCall(c.runCtx, &rec); err != nil {
-				c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
+		// Wait for the oldest write, or for more frames while there is room
+		// for another write.
+		f := inflight[0]
+		err := f.err
+		if err == nil {
+			var more <-chan struct{}
+			if len(inflight) < 2 {
+				more = ch.more
 			}
+			select {
+			case err = <-f.p.Done():
+			case <-more:
+				continue
+			}
+		}
+		inflight = inflight[1:]
+		c.framesWritten(cl, ch, f.batch, err)
+	}
+}
+
+// framesWritten settles one write of a channel's frames: acks on success;
+// on failure the frames, and every frame queued behind them, are refused.
+func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, err error) {
+	now := time.Now()
+	cl.mu.Lock()
+	var rec store.Call
+	first := false
+	if err != nil {
+		batch = append(batch, ch.queued...)
+		ch.queued = nil
+		ch.queuedNext = ch.nextSeq
+	} else {
+		ch.nextSeq = batch[len(batch)-1].a.Seq + 1
+		for _, q := range batch {
+			ch.recvAt[q.a.Seq] = q.at
+			if len(q.a.Payload) == 0 {
+				ch.concealed++
+				c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
+			}
+		}
+		if first = cl.rec.State == store.StateOpen; first {
+			cl.rec.State = store.StateStreaming
+			rec = *cl.rec
+		}
+	}
+	cl.mu.Unlock()
+	if err != nil {
+		if len(batch) == 0 {
+			return
+		}
+		if !errors.Is(err, store.ErrPredecessor) {
+			c.log.Error("frames not stored", "call", cl.id, "channel", ch.idx, "from", batch[0].a.Seq, "frames", len(batch), "err", err)
+			c.metrics.storeErrors.Add(1)
+		}
+		code := proto.CodeStorage
+		msg := fmt.Sprintf("frames from %d not stored: %v", batch[0].a.Seq, err)
+		if errors.Is(err, context.Canceled) || errors.Is(err, store.ErrClosed) {
+			code, msg = proto.CodeUnavailable, "coordinator shutting down"
+		}
+		for _, q := range batch {
+			c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
+			q.done(proto.Ack{}, &proto.Error{Code: code, Message: msg})
+		}
+		return
+	}
+	ch.signal()
+	for _, q := range batch {
+		c.metrics.observeAck(now.Sub(q.at))
+		q.done(proto.Ack{Channel: q.a.Channel, NextSeq: q.a.Seq + 1}, nil)
+	}
+	if first { // open → streaming is durable too
+		if err := c.store.PutCall(c.runCtx, &rec); err != nil {
+			c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
 		}
 	}
 }

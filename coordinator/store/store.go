@@ -167,6 +167,17 @@ type req struct {
 	audio     bool  // refused first when the disk fills
 	vlog, wal int64 // what Badger writes for it to the value log and the WAL
 	done      chan error
+	// after is a write this one follows: if it failed, this one fails
+	// too, unwritten. err is the outcome, set by the committer (the only
+	// goroutine that reads it) before done is signalled.
+	after *req
+	err   error
+}
+
+// finish records a write's outcome and wakes its writer.
+func (r *req) finish(err error) {
+	r.err = err
+	r.done <- err
 }
 
 func newReq(audio bool, es []entry) *req {
@@ -569,8 +580,12 @@ func (s *Store) committer() {
 			ok = make([]*req, 0, len(batch))
 			a := s.guard.begin()
 			for _, r := range batch {
+				if r.after != nil && r.after.err != nil {
+					r.finish(fmt.Errorf("%w: the write it follows failed: %w", ErrPredecessor, r.after.err))
+					continue
+				}
 				if err := a.admit(r); err != nil {
-					r.done <- err
+					r.finish(err)
 					continue
 				}
 				ok = append(ok, r)
@@ -589,7 +604,7 @@ func (s *Store) committer() {
 		err := s.commit(ok)
 		took := time.Since(t0)
 		for _, r := range ok {
-			r.done <- err
+			r.finish(err)
 		}
 		if s.onCommit != nil {
 			s.onCommit(len(ok), size, took)
@@ -602,7 +617,7 @@ func (s *Store) drain() {
 	for {
 		select {
 		case r := <-s.reqs:
-			r.done <- ErrClosed
+			r.finish(ErrClosed)
 		default:
 			return
 		}
@@ -667,23 +682,46 @@ func (s *Store) commit(batch []*req) error {
 // write queues entries and waits until they are durable. audio: refused
 // first when the disk fills.
 func (s *Store) write(ctx context.Context, audio bool, es ...entry) error {
-	r := newReq(audio, es)
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		return ErrClosed
-	}
-	select {
-	case s.reqs <- r:
-		s.closeMu.RUnlock()
-	case <-ctx.Done():
-		s.closeMu.RUnlock()
-		return ctx.Err()
+	p, err := s.submit(ctx, audio, nil, es)
+	if err != nil {
+		return err
 	}
 	// Once queued, the write happens (or Close fails it): wait for its
 	// outcome even if ctx ends, so a caller never acks or un-acks on a guess.
-	return <-r.done
+	return p.Wait()
 }
+
+// submit queues a write without waiting for it.
+func (s *Store) submit(ctx context.Context, audio bool, after *Pending, es []entry) (*Pending, error) {
+	r := newReq(audio, es)
+	if after != nil {
+		r.after = after.r
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	select {
+	case s.reqs <- r:
+		return &Pending{r: r}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Pending is a write queued by SubmitFrames.
+type Pending struct{ r *req }
+
+// Wait returns the write's outcome once it is known: nil once durable.
+func (p *Pending) Wait() error { return <-p.r.done }
+
+// Done delivers the write's outcome once (instead of Wait).
+func (p *Pending) Done() <-chan error { return p.r.done }
+
+// ErrPredecessor fails a write whose predecessor (SubmitFrames' after)
+// failed: it is not written, so nothing is ever stored past a gap.
+var ErrPredecessor = errors.New("store: an earlier write failed")
 
 // valueErr names the store and the key of a value that cannot be read or
 // decoded.
@@ -746,6 +784,18 @@ func callKey(id proto.CallID) []byte { return append([]byte("c/"), id...) }
 
 // PutFrames makes frames of one channel durable.
 func (s *Store) PutFrames(ctx context.Context, id proto.CallID, ch int, fs []Frame) error {
+	return s.write(ctx, true, frameEntries(id, ch, fs)...)
+}
+
+// SubmitFrames queues frames of one channel without waiting: Wait on the
+// result. With after set (the channel's previous, earlier frames), the
+// frames are written only if those were: a channel can have a write in
+// every group commit without ever being stored across a gap.
+func (s *Store) SubmitFrames(ctx context.Context, id proto.CallID, ch int, fs []Frame, after *Pending) (*Pending, error) {
+	return s.submit(ctx, true, after, frameEntries(id, ch, fs))
+}
+
+func frameEntries(id proto.CallID, ch int, fs []Frame) []entry {
 	es := make([]entry, len(fs))
 	for i, f := range fs {
 		v := make([]byte, 8+len(f.Payload))
@@ -753,7 +803,7 @@ func (s *Store) PutFrames(ctx context.Context, id proto.CallID, ch int, fs []Fra
 		copy(v[8:], f.Payload)
 		es[i] = entry{key: frameKey(id, ch, f.Seq), val: v}
 	}
-	return s.write(ctx, true, es...)
+	return es
 }
 
 // PutCall makes a call record durable.

@@ -257,3 +257,44 @@ func TestUndecodableValueNamesStoreAndKey(t *testing.T) {
 	_, err = s.LastFinal("bad", 0)
 	check("LastFinal", err, `f/bad`)
 }
+
+// A write submitted after another is written only if that one was: a
+// channel's frames are never stored across a gap.
+func TestSubmitFramesFollowsItsPredecessor(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	frames := func(from uint32) []Frame {
+		return []Frame{{Seq: from, Payload: make([]byte, 320)}, {Seq: from + 1, Payload: make([]byte, 320)}}
+	}
+	ok, err := s.SubmitFrames(ctx, "c", 0, frames(0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := s.SubmitFrames(ctx, "c", 0, frames(2), ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ok.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Wait(); err != nil {
+		t.Fatalf("a write after a good one: %v", err)
+	}
+	// A predecessor that failed (as a refused or failed commit leaves it).
+	failed := &Pending{r: newReq(true, nil)}
+	failed.r.err = ErrDiskFull
+	after, err := s.SubmitFrames(ctx, "c", 0, frames(5), failed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := after.Wait(); !errors.Is(err, ErrPredecessor) || !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("a write after a failed one: %v", err)
+	}
+	if n, _ := s.CountFrames("c", 0); n != 4 {
+		t.Fatalf("%d frames stored, want 4 (none after the failed write)", n)
+	}
+}
