@@ -34,6 +34,9 @@ type call struct {
 	gone chan struct{}
 	// idle is broadcast (with mu) when a channel's store write completes.
 	idle *sync.Cond
+	// finalising is set once one goroutine has taken on finalising the
+	// call (its channels may complete at the same moment).
+	finalising bool
 }
 
 // channel is one audio channel of a call.
@@ -680,36 +683,38 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 	return nil
 }
 
-// endCall marks a call ended at the frames it has stored (durably first);
-// the dispatchers then finish its channels. why is recorded when the
-// coordinator, not the console, ends it.
+// endCall marks a call ended at the frames it has stored. The end is
+// queued for the store first, then the dispatchers are told at once — their
+// workers finish decoding while it is being made durable, and the record
+// that finalises the call, queued later, is written after it. why is
+// recorded when the coordinator, not the console, ends it.
 func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 	cl.mu.Lock()
-	if cl.rec.State == store.StateEnded || cl.rec.State == store.StateFinalised {
+	if cl.rec.State == store.StateEnded || cl.rec.State == store.StateFinalised || cl.finalising {
 		cl.mu.Unlock()
 		return nil
 	}
 	now := time.Now().UTC()
-	rec := *cl.rec
-	rec.State, rec.Ended, rec.EndReason = store.StateEnded, &now, why
-	rec.EndFrames = make([]uint32, len(cl.chans))
-	rec.Received = make([]uint64, len(cl.chans))
-	rec.Concealed = make([]uint64, len(cl.chans))
+	cl.rec.State, cl.rec.Ended, cl.rec.EndReason = store.StateEnded, &now, why
+	cl.rec.EndFrames = make([]uint32, len(cl.chans))
+	cl.rec.Received = make([]uint64, len(cl.chans))
+	cl.rec.Concealed = make([]uint64, len(cl.chans))
 	for i, ch := range cl.chans {
-		rec.EndFrames[i], rec.Received[i], rec.Concealed[i] = ch.nextSeq, ch.received, ch.concealed
+		cl.rec.EndFrames[i], cl.rec.Received[i], cl.rec.Concealed[i] = ch.nextSeq, ch.received, ch.concealed
 	}
+	rec := *cl.rec
 	cl.mu.Unlock()
-	if err := c.store.PutCall(ctx, &rec); err != nil {
-		return err
-	}
+	p, err := c.store.SubmitCall(ctx, &rec)
 	cl.mu.Lock()
-	cl.rec.State, cl.rec.Ended, cl.rec.EndFrames, cl.rec.EndReason, cl.rec.Received, cl.rec.Concealed = rec.State, rec.Ended, rec.EndFrames, rec.EndReason, rec.Received, rec.Concealed
 	for _, ch := range cl.chans {
 		ch.ended = true
 		ch.signal()
 	}
 	cl.mu.Unlock()
-	return nil
+	if err != nil {
+		return err
+	}
+	return p.Wait()
 }
 
 // janitor ends calls whose console has been gone, with no audio, for

@@ -398,24 +398,42 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 	return nil
 }
 
+// persistComplete records that a channel is decoded to its end. When it
+// is the call's last channel, the same write finalises the call (one
+// commit less at the end of every call).
 func (c *Coordinator) persistComplete(ctx context.Context, cl *call, ch *channel, decoded uint32) error {
 	cl.mu.Lock()
 	rec := *cl.rec
 	rec.Decoded = append([]uint32(nil), rec.Decoded...)
 	rec.Complete = append([]bool(nil), rec.Complete...)
 	rec.Decoded[ch.idx], rec.Complete[ch.idx] = decoded, true
+	last := cl.rec.State != store.StateFinalised && !cl.finalising
+	for _, o := range cl.chans {
+		last = last && (o == ch || o.complete)
+	}
+	if last {
+		cl.finalising = true
+	}
 	cl.mu.Unlock()
+	settle := func() {
+		ch.complete, ch.decoded = true, decoded
+		cl.rec.Decoded[ch.idx], cl.rec.Complete[ch.idx] = decoded, true
+	}
+	if last {
+		c.finalise(cl, &rec, settle)
+		return nil
+	}
 	if err := c.store.PutCall(ctx, &rec); err != nil {
 		return fmt.Errorf("persist completion: %w", err)
 	}
 	cl.mu.Lock()
-	ch.complete, ch.decoded = true, decoded
-	cl.rec.Decoded[ch.idx], cl.rec.Complete[ch.idx] = decoded, true
+	settle()
 	cl.mu.Unlock()
 	return nil
 }
 
-// channelComplete finalises the call when its last channel completes.
+// channelComplete finalises the call when its last channel completes (if
+// that channel's completion did not already).
 func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 	cl.mu.Lock()
 	for _, ch := range cl.chans {
@@ -424,21 +442,30 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 			return
 		}
 	}
-	if cl.rec.State == store.StateFinalised {
+	if cl.rec.State == store.StateFinalised || cl.finalising {
 		cl.mu.Unlock()
 		return
 	}
-	now := time.Now().UTC()
+	cl.finalising = true
 	rec := *cl.rec
-	rec.State, rec.Finalised = store.StateFinalised, &now
 	cl.mu.Unlock()
-	// Retry: a finalisation must not be lost to a passing storage error.
+	c.finalise(cl, &rec, func() {})
+}
+
+// finalise makes rec, the call's record, durable as finalised (queued for
+// export in the same commit when export is on), then settles memory (with
+// cl.mu held, settle first) and tells every session. It retries: a
+// finalisation must not be lost to a passing storage error. The caller has
+// set cl.finalising, so only one finalise runs per call.
+func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
+	now := time.Now().UTC()
+	rec.State, rec.Finalised = store.StateFinalised, &now
 	for attempt := 0; ; attempt++ {
 		put := c.store.PutCall
 		if c.cfg.Export.URL != "" {
 			put = c.store.PutCallExport // queued for export in the same commit
 		}
-		err := put(context.Background(), &rec)
+		err := put(context.Background(), rec)
 		if err == nil {
 			select {
 			case c.exportKick <- struct{}{}:
@@ -455,6 +482,7 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 		time.Sleep(time.Second)
 	}
 	cl.mu.Lock()
+	settle()
 	cl.rec.State, cl.rec.Finalised = rec.State, rec.Finalised
 	cl.eachLocked(func(s *session) { s.finalisedLocked(cl) })
 	close(cl.done)

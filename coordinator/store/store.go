@@ -815,6 +815,16 @@ func (s *Store) PutCall(ctx context.Context, c *Call) error {
 	return s.write(ctx, false, entry{key: callKey(c.ID), val: b})
 }
 
+// SubmitCall queues a call record without waiting for it: it is written
+// before any write queued after it (Wait for the outcome).
+func (s *Store) SubmitCall(ctx context.Context, c *Call) (*Pending, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	return s.submit(ctx, false, nil, []entry{{key: callKey(c.ID), val: b}})
+}
+
 // PutFinal makes a final (and optionally the updated call record) durable in
 // one commit.
 func (s *Store) PutFinal(ctx context.Context, id proto.CallID, f Final, c *Call) error {
