@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -160,23 +159,6 @@ func (a *localAppliance) stop() {
 	os.RemoveAll(a.dir)
 }
 
-func freeAddr(network string) (string, error) {
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		return c.LocalAddr().String(), nil
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // startLocalAppliance starts this binary as an appliance on loopback: the
 // fake engine (`bench appliance`) or the real one (`dev` with enough
 // PocketSphinx workers for the calls), and waits until it is ready.
@@ -189,8 +171,8 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 	if err != nil {
 		return nil, err
 	}
-	q, err1 := freeAddr("udp")
-	h, err2 := freeAddr("tcp")
+	q, err1 := bench.FreeAddr("udp")
+	h, err2 := bench.FreeAddr("tcp")
 	if err1 != nil || err2 != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: no free port: %v %v", err1, err2)
