@@ -97,6 +97,18 @@ uninstall: ## remove what install put in place
 check-units: build ## systemd-analyze verify and security for the units, installed into a scratch DESTDIR
 	@scripts/check-units.sh
 
+# The Debian 12 package: `make deb VERSION=1.2.3` to choose its version
+# (default: git describe, mapped by packaging/version.sh).
+DEB_VERSION  ?= $(shell packaging/version.sh $(VERSION))
+DEB_COMPRESS ?= gzip
+DEB_FILE      = bin/callscribe_$(DEB_VERSION)_amd64.deb
+
+.PHONY: deps-deb deb
+deps-deb:
+	@scripts/deps.sh deb
+deb: deps-deb build ## build bin/callscribe_VERSION_amd64.deb for Debian 12 (VERSION=… to choose)
+	@packaging/build-deb.sh --version $(DEB_VERSION) --compress $(DEB_COMPRESS) --out bin
+
 .PHONY: clean
 clean: ## remove build output and demo data
 	rm -rf bin $(RUN_DATA)

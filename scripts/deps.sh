@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the Debian packages callscribe needs, only if some are missing.
-# Usage: scripts/deps.sh run|test|bench
+# Usage: scripts/deps.sh run|test|bench|deb
 set -eu
 need="gcc pkg-config curl libpocketsphinx-dev pocketsphinx-en-us libopus-dev"
 case "${1:-run}" in
@@ -12,6 +12,8 @@ case "${1:-run}" in
   bench) # RabbitMQ from Debian for the side-by-side durable hand-off (NATS
          # JetStream is built by the benchmark with go install).
          need="$need pocketsphinx-testdata espeak-ng rabbitmq-server" ;;
+  deb)   # make deb: dpkg-deb and dpkg-shlibdeps (dpkg-dev), strip, patchelf.
+         need="$need dpkg-dev binutils patchelf" ;;
 esac
 # npm fetches the pinned model tarballs (callscribe models install).
 command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
