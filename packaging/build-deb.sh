@@ -114,21 +114,24 @@ doc=$pkg/usr/share/doc/callscribe
 install -D -m 0644 "$top/README.md" "$doc/README.md"
 gomods=$(go version -m "$bin/callscribe" | awk '$1 == "dep" {print $2, $3}')
 modlist=$(cd "$top" && go list -m -f '{{.Path}} {{.Version}} {{.Dir}}' all 2>/dev/null || true)
-golines=""
+golines=" the Go standard library and runtime $(go version -m "$bin/callscribe" | awk 'NR == 1 {print $2}'): BSD-3-Clause"$'\n'
 while read -r path ver; do
   [ -n "$path" ] || continue
   dir=$(awk -v p="$path" -v v="$ver" '$1 == p && $2 == v {print $3}' <<<"$modlist")
-  lic=unknown
+  lic=""
   lf=$(ls "$dir"/LICENSE* "$dir"/LICENCE* "$dir"/COPYING* 2>/dev/null | head -1 || true)
   if [ -n "$lf" ]; then
-    if grep -q "Apache License" "$lf"; then lic=Apache-2.0
-    elif grep -q "Mozilla Public License" "$lf"; then lic=MPL-2.0
-    elif grep -q "Redistribution and use in source and binary forms" "$lf"; then
-      if grep -q "Neither the name" "$lf"; then lic=BSD-3-Clause; else lic=BSD-2-Clause; fi
-    elif grep -q "Permission is hereby granted, free of charge" "$lf"; then lic=Expat
-    elif grep -q "Permission to use, copy, modify, and/or distribute" "$lf"; then lic=ISC
+    # Every licence the file holds (some modules carry several).
+    grep -q "Apache License" "$lf" && lic+=" and Apache-2.0"
+    grep -q "Mozilla Public License" "$lf" && lic+=" and MPL-2.0"
+    if grep -q "Redistribution and use in source and binary forms" "$lf"; then
+      if grep -q "Neither the name" "$lf"; then lic+=" and BSD-3-Clause"; else lic+=" and BSD-2-Clause"; fi
     fi
+    grep -q "Permission is hereby granted, free of charge" "$lf" && lic+=" and Expat"
+    grep -q "Permission to use, copy, modify, and/or distribute" "$lf" && lic+=" and ISC"
   fi
+  lic=${lic# and }
+  lic=${lic:-see its licence file}
   golines+=" $path $ver: $lic"$'\n'
 done <<<"$gomods"
 awk -v mods="$golines" '{ if ($0 == "@GO_MODULES@") printf "%s", mods; else print }' "$here/deb/copyright" >"$doc/copyright"
