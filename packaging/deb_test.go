@@ -128,7 +128,7 @@ func TestDebInChroot(t *testing.T) {
 		i="apt-get install -y --no-install-recommends /tmp/`+filepath.Base(deb)+`"
 		$i || { apt-get update -qq && $i; }`)
 	copyDebs(t, r.path("/var/cache/apt/archives"), archives)
-	if strings.Contains(out, "Setting up callscribe") == false {
+	if !strings.Contains(out, "Setting up callscribe") {
 		t.Fatalf("apt did not set up callscribe:\n%s", out)
 	}
 	must("installed as expected", `
@@ -140,7 +140,7 @@ func TestDebInChroot(t *testing.T) {
 		test ! -e /etc/systemd/system/multi-user.target.wants/callscribe-agent.service
 		grep -qx 'ExecStart=/usr/bin/callscribe coordinator --config /etc/callscribe/coordinator.toml' /lib/systemd/system/callscribe-coordinator.service
 		grep -qx 'ExecStart=/usr/bin/callscribe agent --config /etc/callscribe/agent.toml' /lib/systemd/system/callscribe-agent.service
-		! grep -rq /usr/local /lib/systemd/system/callscribe-*.service /etc/callscribe
+		if grep -r /usr/local /lib/systemd/system/callscribe-*.service /etc/callscribe; then exit 1; fi
 		test -s /usr/share/man/man1/callscribe.1.gz && test -s /usr/share/man/man1/callscribe-coordinator.1.gz
 		test -s /usr/share/callscribe/monitoring/grafana/callscribe-dashboard.json
 		test -s /usr/share/callscribe/monitoring/prometheus/callscribe-rules.yml
@@ -226,10 +226,10 @@ func TestDebInChroot(t *testing.T) {
 	must("after purge", `
 		test ! -e /etc/callscribe
 		test ! -e /var/lib/callscribe
-		! getent passwd callscribe
-		! getent group callscribe
-		! dpkg-query -W -f='${Status}' callscribe 2>/dev/null | grep -q installed
-		test -z "$(find /etc/systemd/system -name 'callscribe*')"
+		if getent passwd callscribe || getent group callscribe; then exit 1; fi
+		if dpkg-query -W -f='${Status}\n' callscribe 2>/dev/null | grep -v '^unknown ok not-installed$'; then exit 1; fi
+		left=$(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked -name '*callscribe*' 2>/dev/null || true)
+		if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
 		test ! -e /usr/share/callscribe
 	`)
 }
