@@ -103,12 +103,14 @@ check-units: build ## systemd-analyze verify and security for the units, install
 DEB_VERSION  ?= $(shell packaging/version.sh $(VERSION))
 DEB_COMPRESS ?= gzip
 DEB_FILE      = bin/callscribe_$(DEB_VERSION)_amd64.deb
-TEST_CACHE   ?= /var/cache/callscribe-test
+# Cached Debian root, apt archives and promtool for test-deb (outside the tree).
+TEST_CACHE   ?= $(if $(filter 0,$(shell id -u)),/var/cache/callscribe-test,$(HOME)/.cache/callscribe-test)
 
 .PHONY: deps-deb deb test-deb
 deps-deb:
 	@scripts/deps.sh deb
 deb: deps-deb build ## build bin/callscribe_VERSION_amd64.deb for Debian 12 (VERSION=… to choose)
+	@rm -f bin/callscribe_*_amd64.deb
 	@packaging/build-deb.sh --version $(DEB_VERSION) --compress $(DEB_COMPRESS) --out bin
 test-deb: deb ## lintian, promtool, and install/upgrade/purge the .deb in a debootstrapped Debian 12 (as root; make test runs it)
 	@CALLSCRIBE_TEST_CACHE=$(TEST_CACHE) scripts/deps.sh deb-test
