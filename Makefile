@@ -52,6 +52,7 @@ test: deps-test build ## run every test with -race (installs what it needs)
 	$(GO) vet ./...
 	CALLSCRIBE_REQUIRE_WEBRTC=1 CALLSCRIBE_REQUIRE_MODELS=1 $(GO) test $(TEST_FLAGS) ./...
 	@if command -v systemd-analyze >/dev/null; then scripts/check-units.sh; else echo "systemd-analyze not installed: unit checks skipped"; fi
+	@$(MAKE) --no-print-directory test-deb
 
 .PHONY: bench
 bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
@@ -100,6 +101,25 @@ uninstall: ## remove what install put in place
 .PHONY: check-units
 check-units: build ## systemd-analyze verify and security for the units, installed into a scratch DESTDIR
 	@scripts/check-units.sh
+
+# The Debian 12 package: `make deb VERSION=1.2.3` to choose its version
+# (default: git describe, mapped by packaging/version.sh).
+DEB_VERSION  ?= $(shell packaging/version.sh $(VERSION))
+DEB_COMPRESS ?= gzip
+DEB_FILE      = bin/callscribe_$(DEB_VERSION)_amd64.deb
+# Cached Debian root, apt archives and promtool for test-deb (outside the tree).
+TEST_CACHE   ?= $(if $(filter 0,$(shell id -u)),/var/cache/callscribe-test,$(HOME)/.cache/callscribe-test)
+
+.PHONY: deps-deb deb test-deb
+deps-deb:
+	@scripts/deps.sh deb
+deb: deps-deb build ## build bin/callscribe_VERSION_amd64.deb for Debian 12 (VERSION=… to choose)
+	@rm -f bin/callscribe_*_amd64.deb
+	@packaging/build-deb.sh --version $(DEB_VERSION) --compress $(DEB_COMPRESS) --out bin
+test-deb: deb ## lintian, promtool, and install/upgrade/purge the .deb in a debootstrapped Debian 12 (as root; make test runs it)
+	@CALLSCRIBE_TEST_CACHE=$(TEST_CACHE) scripts/deps.sh deb-test
+	CALLSCRIBE_DEB=$(CURDIR)/$(DEB_FILE) CALLSCRIBE_TEST_CACHE=$(TEST_CACHE) CALLSCRIBE_PROMTOOL=$(TEST_CACHE)/promtool/usr/bin/promtool \
+	  $(GO) test -count=1 -timeout 15m -v -run '^Test(Deb|RulesPromtool)' ./packaging
 
 .PHONY: clean
 clean: ## remove build output and demo data
