@@ -100,13 +100,17 @@ var (
 	descGPUTemp = prometheus.NewDesc("callscribe_gpu_temperature_celsius", "GPU temperature.", []string{"node", "gpu"}, nil)
 	descGPUPow  = prometheus.NewDesc("callscribe_gpu_power_watts", "GPU power draw.", []string{"node", "gpu"}, nil)
 	descGPUOK   = prometheus.NewDesc("callscribe_gpu_healthy", "1 when the GPU is healthy.", []string{"node", "gpu"}, nil)
-	descDisk    = prometheus.NewDesc("callscribe_store_disk_bytes", "The data directory's filesystem: free, total, and what the store needs free to accept audio (audio_needed) and metadata (meta_needed).", []string{"kind"}, nil)
+	descFree    = prometheus.NewDesc("callscribe_data_disk_free_bytes", "Bytes available to the coordinator on the filesystem holding its data directory.", nil, nil)
+	descSize    = prometheus.NewDesc("callscribe_data_disk_size_bytes", "Size of the filesystem holding the coordinator's data directory.", nil, nil)
+	descNeed    = prometheus.NewDesc("callscribe_store_disk_needed_bytes", "Free bytes the store needs to accept writes of a kind (audio, meta): what Badger may still allocate plus the reserve; below it they are refused.", []string{"kind"}, nil)
+	descComply  = prometheus.NewDesc("callscribe_gpu_compliant", "1 when the GPU complies with its node-class profile, 0 when it is excluded from placement.", []string{"node", "gpu"}, nil)
+	descOutbox  = prometheus.NewDesc("callscribe_export_outbox_calls", "Finalised calls waiting in the durable export outbox (0 when export is off).", nil, nil)
 	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descDisk, descRefuse, descRefused} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused} {
 		ch <- d
 	}
 }
@@ -125,8 +129,12 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
 	d := c.store.Disk()
-	for kind, v := range map[string]uint64{"free": d.Free, "total": d.Total, "audio_needed": d.AudioNeeds, "meta_needed": d.MetaNeeds} {
-		ch <- prometheus.MustNewConstMetric(descDisk, prometheus.GaugeValue, float64(v), kind)
+	ch <- prometheus.MustNewConstMetric(descFree, prometheus.GaugeValue, float64(d.Free))
+	ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(d.Total))
+	ch <- prometheus.MustNewConstMetric(descNeed, prometheus.GaugeValue, float64(d.AudioNeeds), "audio")
+	ch <- prometheus.MustNewConstMetric(descNeed, prometheus.GaugeValue, float64(d.MetaNeeds), "meta")
+	if ob, err := c.store.Outbox(); err == nil {
+		ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(len(ob)))
 	}
 	b2f := func(b bool) float64 {
 		if b {
@@ -183,6 +191,11 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ok = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descGPUOK, prometheus.GaugeValue, ok, node, g.UUID)
+			comply := 1.0
+			if g.Excluded != "" {
+				comply = 0
+			}
+			ch <- prometheus.MustNewConstMetric(descComply, prometheus.GaugeValue, comply, node, g.UUID)
 		}
 	}
 }
