@@ -11,9 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/pki"
-	"github.com/callscribe/callscribe/proto"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,35 +94,12 @@ func (c *sentCall) resumedAfter(fault time.Time) time.Duration {
 	return worst
 }
 
-// lostFrames stops the coordinator and counts sent frames missing from the
-// store or differing from what was sent, and frames acked but missing.
-func (r *chaosRack) lostFrames(t *testing.T, id string, c *sentCall) (missing, acked int) {
+// ackedLost stops the coordinator and counts frames the console had
+// acknowledged that are missing from the store or differ from what was sent.
+func (r *chaosRack) ackedLost(t *testing.T, id string, c *sentCall) int {
 	t.Helper()
 	r.coord.kill(syscall.SIGTERM)
-	st, err := store.Open(filepath.Join(r.dir, "store"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ack := c.call.Acked()
-	for ch := range c.frames {
-		have := map[uint32]bool{}
-		_ = st.Frames(proto.CallID(id), ch, 0, 0, func(f store.Frame) error {
-			if int(f.Seq) < len(c.frames[ch]) && string(f.Payload) == string(c.frames[ch][f.Seq]) {
-				have[f.Seq] = true
-			}
-			return nil
-		})
-		for seq := range uint32(len(c.frames[ch])) {
-			if !have[seq] {
-				missing++
-				if seq < ack[ch] {
-					acked++
-				}
-			}
-		}
-	}
-	return missing, acked
+	return ackedLostIn(t, r.dir, id, c)
 }
 
 type chaosResult struct {
@@ -201,7 +176,7 @@ func TestChaos(t *testing.T) {
 			}
 			got := c.texts()
 			res.identical = reflect.DeepEqual(got, want)
-			_, res.ackedLost = r.lostFrames(t, id, c)
+			res.ackedLost = r.ackedLost(t, id, c)
 			if res.resumed == 0 {
 				res.note = "no channel needed to move"
 			}
