@@ -90,7 +90,7 @@ func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots
 		// Load tests start every console at once from one address: set-up
 		// limits sized for that, not for a call centre.
 		WebRTC: coordinator.WebRTCConfig{MaxSessions: 5000, MaxPending: 5000, MaxPendingPerRemote: 5000},
-		Limits: coordinator.Limits{MaxSettingUp: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Limits: coordinator.Limits{MaxSettingUp: 5000, MaxSettingUpPerRemote: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -24,6 +25,8 @@ type call struct {
 	watchers map[*session]struct{}
 	// lastActive is when a console last attached or sent audio.
 	lastActive time.Time
+	// remote is the address the call was opened from (set-up limits).
+	remote netip.Addr
 	// recovered is set for a call reloaded from the store after a restart:
 	// its channels resume rather than start.
 	recovered bool
@@ -131,7 +134,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		resumed = err == nil
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			if err := c.admit(h.ConsoleID); err != nil {
+			if err := c.admit(h.ConsoleID, h.Remote); err != nil {
 				return nil, nil, err
 			}
 			if cl, err = c.newCall(ctx, h, m.Name); err != nil {
@@ -217,12 +220,13 @@ func (cl *call) settingUpLocked() bool {
 }
 
 // admit refuses a new call when too many calls are being set up (opened,
-// no audio yet), in all or from this console: a flood of hellos or offers
-// that never send audio cannot crowd out real calls. Calls already
+// no audio yet), in all, from this console or from this address: a flood of
+// hellos or offers that never send audio cannot crowd out real calls (the
+// address bound holds whatever console ids a flood claims). Calls already
 // carrying audio, and resumes, are never refused here.
-func (c *Coordinator) admit(console proto.ConsoleID) error {
+func (c *Coordinator) admit(console proto.ConsoleID, remote netip.Addr) error {
 	lim := c.limits()
-	total, mine := 0, 0
+	total, mine, here := 0, 0, 0
 	c.mu.Lock()
 	for _, cl := range c.calls {
 		cl.mu.Lock()
@@ -230,6 +234,9 @@ func (c *Coordinator) admit(console proto.ConsoleID) error {
 			total++
 			if cl.rec.Console == console {
 				mine++
+			}
+			if remote.IsValid() && cl.remote == remote {
+				here++
 			}
 		}
 		cl.mu.Unlock()
@@ -242,6 +249,9 @@ func (c *Coordinator) admit(console proto.ConsoleID) error {
 	case lim.MaxSettingUpPerConsole > 0 && mine >= lim.MaxSettingUpPerConsole:
 		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("console_limit").Inc() })
 		return perr(proto.CodeUnavailable, "console %s has %d calls being set up (the limit): retry shortly", console, mine)
+	case lim.MaxSettingUpPerRemote > 0 && here >= lim.MaxSettingUpPerRemote:
+		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("remote_limit").Inc() })
+		return perr(proto.CodeUnavailable, "%d calls from %s are being set up (the limit): retry shortly", here, remote)
 	}
 	return nil
 }
@@ -364,6 +374,7 @@ func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string)
 	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model, Vocabulary: *c.vocabulary.Load(),
 		State: store.StateOpen, Created: time.Now().UTC(), Decoded: make([]uint32, len(h.Channels)), Complete: make([]bool, len(h.Channels))}
 	cl := c.buildCall(rec)
+	cl.remote = h.Remote
 	c.calls[h.CallID] = cl
 	c.mu.Unlock()
 	if err := c.store.PutCall(ctx, rec); err != nil {

@@ -98,6 +98,9 @@ type Limits struct {
 	// gets a retryable "unavailable" (WHIP: 503 with Retry-After). Calls
 	// with audio, and resumes, are never refused by these limits.
 	MaxSettingUp, MaxSettingUpPerConsole int
+	// MaxSettingUpPerRemote bounds the same per address the calls come
+	// from (default 16), whatever console ids they claim.
+	MaxSettingUpPerRemote int
 	// FirstAudio closes a console stream of a call without audio that has
 	// sent nothing within it (default 10 s); the call, never started, is
 	// dropped.
@@ -124,6 +127,9 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxSettingUpPerConsole == 0 {
 		l.MaxSettingUpPerConsole = 8
 	}
+	if l.MaxSettingUpPerRemote == 0 {
+		l.MaxSettingUpPerRemote = 16
+	}
 	def(&l.FirstAudio, 10*time.Second)
 	def(&l.IdleRelease, 5*time.Second)
 	def(&l.WorkerPing, 100*time.Millisecond)
@@ -134,8 +140,8 @@ func (l Limits) withDefaults() Limits {
 // Check reports limits that cannot work.
 func (l Limits) Check() error {
 	switch {
-	case l.MaxSettingUp < 0 || l.MaxSettingUpPerConsole < 0:
-		return fmt.Errorf("max_setting_up %d / max_setting_up_per_console %d: must not be negative", l.MaxSettingUp, l.MaxSettingUpPerConsole)
+	case l.MaxSettingUp < 0 || l.MaxSettingUpPerConsole < 0 || l.MaxSettingUpPerRemote < 0:
+		return fmt.Errorf("max_setting_up %d / max_setting_up_per_console %d / max_setting_up_per_remote %d: must not be negative", l.MaxSettingUp, l.MaxSettingUpPerConsole, l.MaxSettingUpPerRemote)
 	case l.FirstAudio < 0 || l.IdleRelease < 0 || l.WorkerPing < 0 || l.WorkerTimeout < 0:
 		return errors.New("first_audio_timeout, idle_release, worker_ping and worker_timeout must not be negative")
 	case l.WorkerPing > 0 && l.WorkerTimeout > 0 && l.WorkerTimeout < 3*l.WorkerPing:

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -248,5 +249,26 @@ func TestWorkerSlotFollowsAudio(t *testing.T) {
 	as, _, _ := fw.state()
 	if as[1].FromSeq != 0 || as[1].CallID != "slot-call" {
 		t.Fatalf("second assignment %+v", as[1])
+	}
+}
+
+// Calls being set up are bounded per address too, whatever console ids a
+// flood claims.
+func TestSetUpCallsAreBoundedPerAddress(t *testing.T) {
+	tc := startCoordinatorWith(t, func(c *Config) { c.Limits = Limits{MaxSettingUpPerRemote: 2} })
+	for i, console := range []string{"c1", "c2"} {
+		h := hello(fmt.Sprint("per-remote-", i))
+		h.ConsoleID = proto.ConsoleID(console)
+		tc.stream(t).open(h)
+	}
+	s := tc.stream(t)
+	h := hello("per-remote-2")
+	h.ConsoleID = "c3"
+	if err := s.w.WriteJSON(proto.THello, h); err != nil {
+		t.Fatal(err)
+	}
+	s.expectError(proto.CodeUnavailable)
+	if !strings.Contains(tc.logs.String(), "calls from 127.0.0.1 are being set up") {
+		t.Fatal("the refusal does not name the address")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -91,7 +92,7 @@ func (s *Server) ServeConn(ctx context.Context, conn *quic.Conn) {
 			}
 			return
 		}
-		go s.ServeStream(ctx, st, log)
+		go s.ServeStream(ctx, st, remoteAddr(conn.RemoteAddr()), log)
 	}
 }
 
@@ -106,7 +107,7 @@ type Stream interface {
 var _ Stream = (*quic.Stream)(nil)
 
 // ServeStream serves one call on one stream.
-func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
+func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, log *slog.Logger) {
 	r, w := proto.NewReader(st), proto.NewWriter(st)
 	fail := func(e *proto.Error) {
 		e.Fatal = true
@@ -126,6 +127,7 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
+	h.Remote = remote
 	log = log.With("call", h.CallID, "console", h.ConsoleID)
 	if h.Version < proto.MinVersion || h.Version > proto.Version {
 		log.Warn("console stream: unsupported protocol version", "version", h.Version)
@@ -253,6 +255,16 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, log *slog.Logger) {
 			return
 		}
 	}
+}
+
+// remoteAddr is the IP address of a connection's peer (the zero Addr when
+// it is not an IP address).
+func remoteAddr(a net.Addr) netip.Addr {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ua.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
 }
 
 // AsProtoError turns any error into the error a console is sent.

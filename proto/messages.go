@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"regexp"
 )
 
@@ -70,6 +71,9 @@ type Hello struct {
 	// NextFinal is, per channel, the index of the first final the console
 	// has not yet got (0 for a new call). The coordinator resends from there.
 	NextFinal []uint32 `json:"next_final,omitempty"`
+	// Remote is the address the hello came from, set by the transport that
+	// received it (never on the wire).
+	Remote netip.Addr `json:"-"`
 }
 
 // Welcome answers Hello.

@@ -191,7 +191,7 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 		// Every simulated console comes from 127.0.0.1 and they all start
 		// at once: the set-up limits are sized to the load.
 		args = []string{"dev", "--data", dir, "--quic", q, "--http", h, "--workers", fmt.Sprint(max(1, (calls+per-1)/per)),
-			"--max-setting-up", fmt.Sprint(calls + 64), "--webrtc-max-pending", fmt.Sprint(calls + 64), "--webrtc-max-pending-per-remote", fmt.Sprint(calls + 64)}
+			"--max-setting-up", fmt.Sprint(calls + 64), "--max-setting-up-per-remote", fmt.Sprint(calls + 64), "--webrtc-max-pending", fmt.Sprint(calls + 64), "--webrtc-max-pending-per-remote", fmt.Sprint(calls + 64)}
 	default:
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: engine %q (fake or real)", engine)

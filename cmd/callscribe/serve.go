@@ -63,6 +63,7 @@ type coordinatorConfig struct {
 	DiskReserveMB int             `toml:"disk_reserve_mb" help:"free space (MiB) kept beyond what the store may still need; below it audio is refused (retryable), metadata goes on to a quarter of it"`
 	MaxSettingUp  int             `toml:"max_setting_up" help:"most calls opened without audio yet, in all (more get a retryable error)"`
 	MaxSetUpPer   int             `toml:"max_setting_up_per_console" help:"most calls opened without audio yet, per console"`
+	MaxSetUpIP    int             `toml:"max_setting_up_per_remote" help:"most calls opened without audio yet, per console address"`
 	FirstAudio    config.Duration `toml:"first_audio_timeout" help:"close a new call's stream that sends no audio this long after the welcome"`
 	IdleRelease   config.Duration `toml:"idle_release" help:"give a channel's worker slot back after this long without new audio"`
 	WorkerPing    config.Duration `toml:"worker_ping" help:"how often workers send a liveness ping"`
@@ -73,7 +74,7 @@ func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
 		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
-		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, FirstAudio: config.Duration{Duration: 10 * time.Second},
+		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, MaxSetUpIP: 16, FirstAudio: config.Duration{Duration: 10 * time.Second},
 		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
 }
 
@@ -185,7 +186,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err != nil {
 		return cfg, "", "", err
 	}
-	lim := coordinator.Limits{MaxSettingUp: f.MaxSettingUp, MaxSettingUpPerConsole: f.MaxSetUpPer, FirstAudio: f.FirstAudio.Duration,
+	lim := coordinator.Limits{MaxSettingUp: f.MaxSettingUp, MaxSettingUpPerConsole: f.MaxSetUpPer, MaxSettingUpPerRemote: f.MaxSetUpIP, FirstAudio: f.FirstAudio.Duration,
 		IdleRelease: f.IdleRelease.Duration, WorkerPing: f.WorkerPing.Duration, WorkerTimeout: f.WorkerTimeout.Duration}
 	if err := lim.Check(); err != nil {
 		return cfg, "", "", err

@@ -362,7 +362,7 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		console = "whip"
 	}
 	h := &proto.Hello{Version: proto.Version, Token: bearer(r), CallID: callID, ConsoleID: proto.ConsoleID(console),
-		Channels: labels, Codec: off.codec, Model: param(r, "Model")}
+		Channels: labels, Codec: off.codec, Model: param(r, "Model"), Remote: ip}
 	for _, v := range strings.Split(param(r, "Next-Final"), ",") {
 		var n uint32
 		if _, err := fmt.Sscan(v, &n); err == nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -275,7 +276,7 @@ func junkOffer(t *testing.T) string {
 // The real call must get its workers and its transcript as usual, and the
 // junk must be gone within seconds.
 func junkFloodFault(t *testing.T) faultResult {
-	res := faultResult{name: "junk flood", fault: "300 WHIP offers (trickle ICE, no candidate ever sent) in ~2 s from 6 clients and 24 half-open QUIC calls, a real call started during it"}
+	res := faultResult{name: "junk flood", fault: "from another address (127.0.0.2): 300 WHIP offers (trickle ICE, no candidate ever sent) in ~2 s from 6 clients and 24 half-open QUIC calls; a real call started during it"}
 	want := transcribeChannels(t, demoCall)
 	a := newAppliance(t)
 	dev := a.dev(t, 2)
@@ -285,12 +286,17 @@ func junkFloodFault(t *testing.T) faultResult {
 	statuses := map[int]int{}
 	var wg sync.WaitGroup
 	start := time.Now()
+	// The junk comes from another host (127.0.0.2), the real call from this
+	// one: the coordinator bounds set-up per address, whatever console ids
+	// the junk claims.
+	junkHost := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}
 	// WHIP: 300 offers over ~2 s from 6 clients, each request bounded.
 	for g := range 6 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := &http.Client{Timeout: 10 * time.Second}
+			dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: junkHost.IP}, Timeout: 5 * time.Second}
+			cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext}}
 			for i := range 50 {
 				req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://%s/v1/whip/junk-%d-%d", a.http, g, i), strings.NewReader(offer))
 				req.Header.Set("Authorization", "Bearer "+tok)
@@ -313,10 +319,20 @@ func junkFloodFault(t *testing.T) faultResult {
 	if err != nil {
 		t.Fatal(err)
 	}
+	udp, err := net.ListenUDP("udp", junkHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { qt.Close() })
+	server, err := net.ResolveUDPAddr("udp", a.quic)
+	if err != nil {
+		t.Fatal(err)
+	}
 	refused := 0
 	for i := range 24 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		conn, err := quic.DialAddr(ctx, a.quic, tlsFor(pool), nil)
+		conn, err := qt.Dial(ctx, server, tlsFor(pool), nil)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
