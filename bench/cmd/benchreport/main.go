@@ -7,8 +7,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"os/exec"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/engine"
@@ -84,6 +87,11 @@ func main() {
 func fresh(dir, name string) (string, error) {
 	p := filepath.Join(dir, name)
 	if err := os.RemoveAll(p); err != nil {
+		return "", err
+	}
+	// A store opened at p keeps its state record beside it: a new store
+	// there must not be taken for the old one, damaged.
+	if err := os.Remove(store.StatePath(p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
 	return p, os.MkdirAll(p, 0o700)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/coordinator/store"
 )
 
 // The report explains Badger's commit time from a syscall profile of an
@@ -95,5 +96,27 @@ func TestOwnFramesKeepsOursOnly(t *testing.T) {
 	}
 	if ownFrames("flat flat%\n", 5) != "" {
 		t.Error("a listing with none of our frames should give nothing")
+	}
+}
+
+// fresh gives a clean place for a new store: the state record an earlier
+// store left beside it goes too, or the new store is refused as damaged.
+func TestFreshForgetsTheOldStore(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 2 {
+		p, err := fresh(dir, "badger")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := store.Open(p, store.Options{})
+		if err != nil {
+			t.Fatalf("store %d in a fresh directory: %v", i, err)
+		}
+		if err := st.PutCall(context.Background(), &store.Call{ID: "c"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
