@@ -593,25 +593,10 @@ func inspect(dir string, full, tables bool) *Report {
 			r.Logs = append(r.Logs, LogReport{Name: v.name, Kind: "vlog", Fid: v.fid, Size: v.size, FirstBad: -1, ValidAfter: -1, LastValidEnd: -1})
 			continue
 		}
-		l := scanLog(path, "vlog", v.fid)
-		open := i == len(vlogs)-1 && !r.Clean && stillWritten(v.size)
-		if p, n := l.classify(open); p != "" {
-			r.problem(path, "%s", p)
-		} else if n != "" {
-			r.note("%s", n)
-		}
-		r.Logs = append(r.Logs, l)
+		r.scanLog(path, "vlog", v.fid, i == len(vlogs)-1 && stillWritten(v.size))
 	}
 	for i, m := range mems {
-		path := filepath.Join(dir, m.name)
-		l := scanLog(path, "wal", m.fid)
-		open := i == len(mems)-1 && !r.Clean && stillWritten(m.size)
-		if p, n := l.classify(open); p != "" {
-			r.problem(path, "%s", p)
-		} else if n != "" {
-			r.note("%s", n)
-		}
-		r.Logs = append(r.Logs, l)
+		r.scanLog(filepath.Join(dir, m.name), "wal", m.fid, i == len(mems)-1 && stillWritten(m.size))
 	}
 	return r
 }
@@ -803,4 +788,17 @@ func countReadOnly(dir string, rec *StateRecord) (*Counts, error) {
 		return nil
 	})
 	return c, err
+}
+
+// scanLog reads one value log or WAL entry by entry and reports what it
+// finds; newest says it is the log still being written (a torn tail is
+// expected there after a crash).
+func (r *Report) scanLog(path, kind string, fid uint64, newest bool) {
+	l := scanLog(path, kind, fid)
+	if p, n := l.classify(newest && !r.Clean); p != "" {
+		r.problem(path, "%s", p)
+	} else if n != "" {
+		r.note("%s", n)
+	}
+	r.Logs = append(r.Logs, l)
 }
