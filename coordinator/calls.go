@@ -10,6 +10,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -99,7 +100,7 @@ func (ch *channel) signal() {
 type session struct {
 	c         *Coordinator
 	call      *call
-	console   proto.ConsoleID
+	principal auth.Principal // who opened it (revocation ends it)
 	events    chan ingest.Event
 	nextFinal []uint32 // guarded by call.mu
 	closed    bool     // guarded by call.mu
@@ -114,6 +115,12 @@ func perr(code, format string, a ...any) *proto.Error {
 
 // Open implements ingest.Sink: it opens a new call or resumes an existing one.
 func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *proto.Welcome, error) {
+	// The call belongs to the console the credential names, whatever the
+	// hello claims.
+	if h.Principal.Role != auth.Console {
+		return nil, nil, perr(proto.CodeForbidden, "only a console credential may stream a call")
+	}
+	h.ConsoleID = proto.ConsoleID(h.Principal.Name)
 	if !proto.ValidID(string(h.CallID)) || !proto.ValidID(string(h.ConsoleID)) {
 		return nil, nil, perr(proto.CodeBadRequest, "call_id and console_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
 	}
@@ -157,7 +164,8 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	}
 	rec := cl.rec
 	if rec.Console != h.ConsoleID {
-		return nil, nil, perr(proto.CodeCallInUse, "call %s belongs to console %s", h.CallID, rec.Console)
+		c.log.Warn("call refused: it belongs to another console", "call", h.CallID, "console", h.ConsoleID, "owner", rec.Console, "remote", h.Remote)
+		return nil, nil, perr(proto.CodeForbidden, "call %s belongs to another console: only the console that opened it (or one a supervisor transferred it to) may stream to it, resume it or end it", h.CallID)
 	}
 	if resumed && (rec.Codec != h.Codec || len(rec.Channels) != len(h.Channels)) {
 		return nil, nil, perr(proto.CodeBadRequest, "call %s was opened with codec %s and %d channels", h.CallID, rec.Codec, len(rec.Channels))
@@ -166,7 +174,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		c.log.Info("console reconnected: replacing its previous stream", "call", h.CallID)
 		cl.sess.closeLocked()
 	}
-	s := c.newSessionLocked(cl, h.ConsoleID, h.NextFinal)
+	s := c.newSessionLocked(cl, h.Principal, h.NextFinal)
 	cl.sess = s
 	cl.lastActive = time.Now()
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
@@ -281,14 +289,16 @@ func (c *Coordinator) dropIfUnstarted(cl *call) {
 // Watch follows a call's transcript read-only, as a supervisor does: the
 // finals from nextFinal on (per channel) first, then partials and finals
 // live, then the Finalised event. It does not disturb the console's session.
-func (c *Coordinator) Watch(id proto.CallID, nextFinal []uint32) (ingest.Watcher, error) {
+// Watch follows a call's transcript for p (the caller checked p may read
+// it); revoking p's credential ends it.
+func (c *Coordinator) Watch(p auth.Principal, id proto.CallID, nextFinal []uint32) (ingest.Watcher, error) {
 	cl, err := c.callByID(id)
 	if err != nil {
 		return nil, err
 	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	s := c.newSessionLocked(cl, "", nextFinal)
+	s := c.newSessionLocked(cl, p, nextFinal)
 	s.watch = true
 	if cl.watchers == nil {
 		cl.watchers = map[*session]struct{}{}
@@ -324,8 +334,8 @@ func (c *Coordinator) callByID(id proto.CallID) (*call, error) {
 	return cl, nil
 }
 
-func (c *Coordinator) newSessionLocked(cl *call, console proto.ConsoleID, nextFinal []uint32) *session {
-	s := &session{c: c, call: cl, console: console, events: make(chan ingest.Event, 4096), nextFinal: make([]uint32, len(cl.chans))}
+func (c *Coordinator) newSessionLocked(cl *call, p auth.Principal, nextFinal []uint32) *session {
+	s := &session{c: c, call: cl, principal: p, events: make(chan ingest.Event, 4096), nextFinal: make([]uint32, len(cl.chans))}
 	copy(s.nextFinal, nextFinal)
 	return s
 }

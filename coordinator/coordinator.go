@@ -27,6 +27,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
@@ -40,10 +41,23 @@ type Config struct {
 	HTTPAddr string
 	// HTTPTLS serves the HTTP API over TLS with the serving certificate.
 	// Plain HTTP is allowed on loopback addresses only.
-	HTTPTLS       bool
-	TLS           *tls.Config // serving certificate
+	HTTPTLS bool
+	TLS     *tls.Config // serving certificate
+	// ConsoleTokens are tokens of the console named "console" (dev's
+	// DATA/console.token and bare console_tokens).
 	ConsoleTokens []string
-	NodeTokens    []string
+	// Credentials are further tokens from files and the configuration,
+	// each naming a principal and its role (DATA/operator.token,
+	// console_tokens = ["NAME:TOKEN"]). Tokens made by `callscribe token
+	// add` live in the store.
+	Credentials []auth.Static
+	// AuthFailuresPerMinute is how many failed authentications one address
+	// may make in a minute before it is refused for a while (default 10).
+	AuthFailuresPerMinute int
+	// MetricsOpen serves /metrics without a credential (default: operators
+	// only), for a Prometheus on a trusted network.
+	MetricsOpen bool
+	NodeTokens  []string
 	// NodeCAs, when set, makes the node plane mutual TLS: agents and
 	// workers must present a client certificate of kind "node" from these
 	// CAs (a certificate from any other CA fails the handshake).
@@ -187,8 +201,8 @@ type Coordinator struct {
 	// responses (server-sent events).
 	closing chan struct{}
 
-	consoleTokens atomic.Pointer[[]string]
-	vocabulary    atomic.Pointer[[]proto.Word]
+	auth       *auth.Registry
+	vocabulary atomic.Pointer[[]proto.Word]
 
 	exportKick chan struct{}
 
@@ -248,13 +262,17 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	c.store = st
 	c.runCtx, c.stop = context.WithCancel(context.Background())
-	toks := append([]string(nil), cfg.ConsoleTokens...)
-	c.consoleTokens.Store(&toks)
+	c.auth, err = auth.NewRegistry(st, staticCredentials(cfg.ConsoleTokens, cfg.Credentials), auth.Options{
+		FailuresPerMinute: cfg.AuthFailuresPerMinute, Logger: cfg.Logger.With("component", "auth"), OnRevoke: c.revoked})
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	vocab := slices.Clone(cfg.Vocabulary)
 	c.vocabulary.Store(&vocab)
-	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.consoleAuth, FirstAudio: cfg.Limits.FirstAudio}
+	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.Authenticate, FirstAudio: cfg.Limits.FirstAudio}
 	c.closing = make(chan struct{})
-	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.consoleAuth, Log: cfg.Logger.With("component", "whip"),
+	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.Authenticate, Log: cfg.Logger.With("component", "whip"),
 		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true,
 		AllowedNetworks: cfg.WebRTC.AllowedNetworks, AllowMDNS: cfg.WebRTC.AllowMDNS, MaxCandidates: cfg.WebRTC.MaxCandidates,
 		ConnectTimeout: cfg.WebRTC.ConnectTimeout, IdleTimeout: cfg.WebRTC.IdleTimeout,
@@ -264,11 +282,6 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return c, nil
-}
-
-// consoleAuth checks a console token (QUIC, WHIP and the transcript API).
-func (c *Coordinator) consoleAuth(token string) bool {
-	return pki.TokenEqual(token, *c.consoleTokens.Load())
 }
 
 // Store returns the coordinator's store (for tests and tools in-process).
@@ -324,6 +337,11 @@ func (c *Coordinator) Listen() error {
 	if c.cfg.HTTPTLS {
 		htc := c.cfg.TLS.Clone()
 		htc.MinVersion, htc.NextProtos = tls.VersionTLS12, []string{"h2", "http/1.1"}
+		if c.cfg.NodeCAs != nil {
+			// Consoles may present a console certificate instead of a
+			// token (WHIP and the transcript API).
+			htc.ClientAuth, htc.ClientCAs = tls.VerifyClientCertIfGiven, c.cfg.NodeCAs
+		}
 		hl = tls.NewListener(hl, htc)
 	}
 	c.ql, c.httpLn = ql, hl
@@ -702,7 +720,10 @@ func (c *Coordinator) withdrawWorker(id proto.WorkerID, node proto.NodeID, why s
 // Reloadable is the part of the configuration that changes without a
 // restart (SIGHUP).
 type Reloadable struct {
+	// ConsoleTokens and Credentials replace those of Config (tokens made
+	// by `token add` are not affected).
 	ConsoleTokens []string
+	Credentials   []auth.Static
 	Scaling       map[string]scaling.Policy
 	AbandonAfter  time.Duration
 	// Vocabulary replaces the extra words for calls opened from now on.
@@ -711,8 +732,9 @@ type Reloadable struct {
 
 // Reload applies a new reloadable configuration.
 func (c *Coordinator) Reload(r Reloadable) {
-	toks := append([]string(nil), r.ConsoleTokens...)
-	c.consoleTokens.Store(&toks)
+	if err := c.auth.SetStatic(staticCredentials(r.ConsoleTokens, r.Credentials)); err != nil {
+		c.log.Error("reload: credentials not changed", "err", err)
+	}
 	vocab := slices.Clone(r.Vocabulary)
 	c.vocabulary.Store(&vocab)
 	c.reg.mu.Lock()

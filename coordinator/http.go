@@ -5,68 +5,59 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
-	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Who may do what. /healthz and /readyz are open (probes carry no
+// credential); everything else names its roles. The matrix test in
+// access_test.go walks every route with every role.
 func (c *Coordinator) routes() http.Handler {
+	const (
+		console    = auth.Console
+		supervisor = auth.Supervisor
+		operator   = auth.Operator
+	)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", c.handleReady)
-	mux.HandleFunc("GET /v1/calls", c.handleCalls)
-	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
-	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.authorised(c.handleTranscript))
-	mux.HandleFunc("GET /v1/calls/{id}/events", c.authorised(c.handleEvents))
+	// Calls: a console its own, a supervisor any.
+	mux.HandleFunc("GET /v1/calls", c.require(c.handleCalls, console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}", c.require(c.handleCall, console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.require(c.handleTranscript, console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}/events", c.guarded(guard{roles: []auth.Role{console, supervisor}, ticket: true}, c.handleEvents))
+	mux.HandleFunc("POST /v1/calls/{id}/transfer", c.require(c.handleTransfer, supervisor))
+	// Streaming (WHIP) checks its console credential itself.
 	c.whip.Register(mux)
 	mux.Handle("GET /console/", whip.ConsoleHandler("/console/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
-	mux.HandleFunc("GET /v1/status", c.handleStatus)
-	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.handleDrain(true))
-	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.handleDrain(false))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
-	return mux
-}
-
-// require admits a request whose credential has one of roles, with the
-// principal in its context (auth.FromContext).
-// TODO(#13): credentials with roles; today any console token passes.
-func (c *Coordinator) require(h http.HandlerFunc, roles ...auth.Role) http.HandlerFunc {
-	return c.authorised(func(w http.ResponseWriter, r *http.Request) {
-		p := auth.Principal{Name: "console", Role: auth.Console}
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			p.Remote = ap.Addr().Unmap()
-		}
-		h(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
-	})
-}
-
-// authorised requires a console token (Authorization: Bearer, or a token
-// query parameter for browsers' EventSource) before a transcript is served.
-func (c *Coordinator) authorised(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if tok == "" {
-			tok = r.URL.Query().Get("token")
-		}
-		if !c.consoleAuth(strings.TrimSpace(tok)) {
-			c.log.Warn("transcript API: request without a valid console token", "path", r.URL.Path, "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="callscribe"`)
-			httpError(w, http.StatusUnauthorized, "a valid console token is required (Authorization: Bearer TOKEN)")
-			return
-		}
-		h(w, r)
+	// Operations.
+	mux.HandleFunc("GET /v1/status", c.require(c.handleStatus, operator))
+	mux.HandleFunc("GET /v1/stats", c.require(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) }, operator))
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.require(c.handleDrain(true), operator))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.require(c.handleDrain(false), operator))
+	mux.HandleFunc("GET /v1/tokens", c.require(c.handleTokenList, operator))
+	mux.HandleFunc("POST /v1/tokens", c.require(c.handleTokenAdd, operator))
+	mux.HandleFunc("DELETE /v1/tokens/{name}", c.require(c.handleTokenRevoke, operator))
+	metrics := promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{})
+	if c.cfg.MetricsOpen {
+		mux.Handle("GET /metrics", metrics)
+	} else {
+		mux.HandleFunc("GET /metrics", c.require(metrics.ServeHTTP, operator))
 	}
+	// Any credential.
+	mux.HandleFunc("POST /v1/tickets", c.require(c.handleTicket, console, supervisor, operator))
+	mux.HandleFunc("GET /v1/whoami", c.require(c.handleWhoami, console, supervisor, operator))
+	return mux
 }
 
 // handleEvents streams a call's transcript as server-sent events: the
@@ -89,7 +80,11 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 			from = append(from, uint32(n))
 		}
 	}
-	wt, err := c.Watch(proto.CallID(id), from)
+	p, _ := auth.FromContext(r.Context())
+	if c.readable(w, r, proto.CallID(id)) == nil {
+		return
+	}
+	wt, err := c.Watch(p, proto.CallID(id), from)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		httpError(w, http.StatusNotFound, "no such call")
@@ -225,7 +220,10 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 	return v, nil
 }
 
+// handleCalls lists calls: every call for a supervisor, its own for a
+// console.
 func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
+	p, _ := auth.FromContext(r.Context())
 	recs, err := c.store.Calls()
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
@@ -233,6 +231,9 @@ func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]CallView, 0, len(recs))
 	for _, rec := range recs {
+		if !mayRead(p, rec) {
+			continue
+		}
 		v, err := c.view(rec)
 		if err != nil {
 			httpError(w, http.StatusInternalServerError, err.Error())
@@ -243,19 +244,32 @@ func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// lookup returns the call a request names, if its principal may read it.
 func (c *Coordinator) lookup(w http.ResponseWriter, r *http.Request) *store.Call {
 	id := r.PathValue("id")
 	if !proto.ValidID(id) {
 		httpError(w, http.StatusBadRequest, "invalid call id")
 		return nil
 	}
-	rec, err := c.store.Call(proto.CallID(id))
+	return c.readable(w, r, proto.CallID(id))
+}
+
+// readable returns call id's record if the request's principal may read
+// it, or answers the request.
+func (c *Coordinator) readable(w http.ResponseWriter, r *http.Request, id proto.CallID) *store.Call {
+	rec, err := c.store.Call(id)
 	if errors.Is(err, store.ErrNotFound) {
 		httpError(w, http.StatusNotFound, "no such call")
 		return nil
 	}
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
+		return nil
+	}
+	if p, _ := auth.FromContext(r.Context()); !mayRead(p, rec) {
+		c.log.Warn("API request refused: another console's call", "path", r.URL.Path, "name", p.Name, "call", id, "remote", r.RemoteAddr)
+		c.denied(r.Context(), p, r.Method+" "+r.URL.Path, "another console's call")
+		httpError(w, http.StatusForbidden, fmt.Sprintf("call %s belongs to another console", id))
 		return nil
 	}
 	return rec
@@ -359,10 +373,18 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 			httpError(w, http.StatusBadRequest, "invalid node id")
 			return
 		}
+		p, _ := auth.FromContext(r.Context())
+		action := map[bool]string{true: "node.drain", false: "node.undrain"}[drain]
 		if err := c.SetDraining(r.Context(), id, drain); err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
+			c.auditAs(r.Context(), p, action, string(id), "error: "+err.Error(), "")
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrUnknownNode) {
+				code = http.StatusNotFound
+			}
+			httpError(w, code, err.Error())
 			return
 		}
+		c.auditAs(r.Context(), p, action, string(id), "ok", "")
 		writeJSON(w, http.StatusOK, map[string]any{"node": id, "draining": drain})
 	}
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -309,12 +310,24 @@ func (c *Coordinator) send(cmds []nodeCommand) {
 	}
 }
 
+// ErrUnknownNode is returned for a node the coordinator has never seen.
+var ErrUnknownNode = errors.New("unknown node")
+
 // SetDraining drains (or undrains) a node: no new calls go to it, its
 // workers stop, and their calls move to other nodes and resume. The state
 // survives a coordinator restart.
 func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
 	if !proto.ValidID(string(node)) {
 		return fmt.Errorf("invalid node id %q", node)
+	}
+	c.reg.mu.Lock()
+	_, known := c.reg.nodes[node]
+	known = known || c.reg.draining[node]
+	c.reg.mu.Unlock()
+	if !known {
+		// A node that has never connected is not drained on a guess: a
+		// typo would otherwise be stored as a node.
+		return fmt.Errorf("%w: %q (connected nodes and drained ones are known; see callscribe status)", ErrUnknownNode, node)
 	}
 	if err := c.store.PutNode(ctx, storeNode(node, drain)); err != nil {
 		return err

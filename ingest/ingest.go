@@ -8,6 +8,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -65,8 +67,11 @@ type Event struct {
 	Error      *proto.Error
 }
 
-// Authenticator checks a console credential.
-type Authenticator func(token string) bool
+// Authenticator names who presents a credential: a bearer token, or, when
+// token is empty, the connection's verified client certificate (peer may
+// be nil). Its errors are auth's (ErrNoCredential, ErrInvalid,
+// *ThrottledError).
+type Authenticator func(token string, peer *tls.ConnectionState, remote netip.Addr) (auth.Principal, error)
 
 // Server serves console connections.
 type Server struct {
@@ -92,7 +97,8 @@ func (s *Server) ServeConn(ctx context.Context, conn *quic.Conn) {
 			}
 			return
 		}
-		go s.ServeStream(ctx, st, remoteAddr(conn.RemoteAddr()), log)
+		cs := conn.ConnectionState().TLS
+		go s.ServeStream(ctx, st, remoteAddr(conn.RemoteAddr()), &cs, log)
 	}
 }
 
@@ -106,8 +112,9 @@ type Stream interface {
 
 var _ Stream = (*quic.Stream)(nil)
 
-// ServeStream serves one call on one stream.
-func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, log *slog.Logger) {
+// ServeStream serves one call on one stream; peer is its connection's TLS
+// state (client certificates).
+func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, peer *tls.ConnectionState, log *slog.Logger) {
 	r, w := proto.NewReader(st), proto.NewWriter(st)
 	fail := func(e *proto.Error) {
 		e.Fatal = true
@@ -128,17 +135,32 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	h.Remote = remote
-	log = log.With("call", h.CallID, "console", h.ConsoleID)
+	log = log.With("call", h.CallID)
 	if h.Version < proto.MinVersion || h.Version > proto.Version {
 		log.Warn("console stream: unsupported protocol version", "version", h.Version)
 		fail(&proto.Error{Code: proto.CodeBadVersion, Message: fmt.Sprintf("protocol version %d not supported (want %d..%d)", h.Version, proto.MinVersion, proto.Version)})
 		return
 	}
-	if s.Auth == nil || !s.Auth(h.Token) {
-		log.Warn("console stream: invalid token")
-		fail(&proto.Error{Code: proto.CodeUnauthorized, Message: "invalid console token"})
+	if s.Auth == nil {
+		fail(&proto.Error{Code: proto.CodeUnauthorized, Message: "no credentials are accepted"})
 		return
 	}
+	p, err := s.Auth(h.Token, peer, remote)
+	if err != nil {
+		log.Warn("console stream: not authenticated", "err", err)
+		fail(AuthError(err))
+		return
+	}
+	if p.Role != auth.Console {
+		log.Warn("console stream: credential is not a console's", "name", p.Name, "role", p.Role)
+		fail(&proto.Error{Code: proto.CodeForbidden, Message: fmt.Sprintf("credential %q is a %s: only consoles stream calls", p.Name, p.Role)})
+		return
+	}
+	if h.ConsoleID != "" && h.ConsoleID != proto.ConsoleID(p.Name) {
+		log.Debug("console stream: claimed console id ignored: the credential names the console", "claimed", h.ConsoleID, "console", p.Name)
+	}
+	h.Principal, h.ConsoleID = p, proto.ConsoleID(p.Name)
+	h.Token = ""
 	sess, wel, err := s.Sink.Open(ctx, &h)
 	if err != nil {
 		log.Warn("console stream: call refused", "err", err)
@@ -267,6 +289,18 @@ func remoteAddr(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// AuthError is the error a client is sent for a failed authentication.
+func AuthError(err error) *proto.Error {
+	var te *auth.ThrottledError
+	switch {
+	case errors.As(err, &te):
+		return &proto.Error{Code: proto.CodeThrottled, Message: te.Error(), RetryAfterMS: te.RetryAfter.Milliseconds()}
+	case errors.Is(err, auth.ErrForbidden):
+		return &proto.Error{Code: proto.CodeForbidden, Message: err.Error()}
+	}
+	return &proto.Error{Code: proto.CodeUnauthorized, Message: err.Error()}
+}
+
 // AsProtoError turns any error into the error a console is sent.
 func AsProtoError(err error) *proto.Error {
 	var pe *proto.Error
@@ -315,6 +349,10 @@ func HTTPStatus(e *proto.Error) int {
 	switch e.Code {
 	case proto.CodeUnauthorized:
 		return 401
+	case proto.CodeForbidden:
+		return 403
+	case proto.CodeThrottled:
+		return 429
 	case proto.CodeCallInUse:
 		return 409
 	case proto.CodeTooLarge:

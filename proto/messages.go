@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+
+	"github.com/callscribe/callscribe/internal/auth"
 )
 
 // CallID names a call; consoles choose it.
@@ -64,7 +66,7 @@ type Hello struct {
 	Version   int       `json:"version"`
 	Token     string    `json:"token"`
 	CallID    CallID    `json:"call_id"`
-	ConsoleID ConsoleID `json:"console_id"`
+	ConsoleID ConsoleID `json:"console_id"` // ignored: the credential names the console
 	Channels  []string  `json:"channels"`
 	Codec     Codec     `json:"codec"`
 	Model     string    `json:"model,omitempty"`
@@ -74,6 +76,10 @@ type Hello struct {
 	// Remote is the address the hello came from, set by the transport that
 	// received it (never on the wire).
 	Remote netip.Addr `json:"-"`
+	// Principal is who the credential names, set by the transport once
+	// it authenticated the hello (never on the wire). ConsoleID is set
+	// from it: what a client claims there is ignored.
+	Principal auth.Principal `json:"-"`
 }
 
 // Welcome answers Hello.
@@ -192,6 +198,14 @@ const (
 	CodeStorage      = "storage"
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal"
+	// CodeForbidden: the credential is valid but may not do this (another
+	// console's call, or a role that does not stream).
+	CodeForbidden = "forbidden"
+	// CodeThrottled: too many failed authentications from this address;
+	// retry_after_ms says when to try again.
+	CodeThrottled = "throttled"
+	// CodeTransferred: a supervisor handed the call to another console.
+	CodeTransferred = "transferred"
 )
 
 // Error is sent before a stream is closed because of a problem. Fatal
@@ -200,6 +214,8 @@ type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Fatal   bool   `json:"fatal"`
+	// RetryAfterMS is set with CodeThrottled.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }

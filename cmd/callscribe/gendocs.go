@@ -97,9 +97,14 @@ var docSpecs = map[string]docSpec{
 		"A worker checks its model files' hashes and proves its engine with a test decode before it registers."},
 	"stream":     {synopsis: []string{"stream --server ADDR --ca FILE --token T --call ID [options] FILE.wav"}, desc: "Behaves as a console: streams FILE.wav paced in real time, prints partials on standard error and finals on standard output, and exits 0 when the call is finalised. With --transport whip it streams over WebRTC."},
 	"transcribe": {synopsis: []string{"transcribe [--model NAME] [--accept-truncated] FILE.wav"}, desc: "Decodes a WAV file directly with the default engine, with the same chunking as the live path, and prints one final per line."},
-	"status":     {synopsis: []string{"status [--server URL] [--ca FILE] [--json]"}, desc: "Shows the coordinator's nodes, GPUs, workers and live calls."},
-	"node": {synopsis: []string{"node drain NODE [--server URL] [--ca FILE]", "node undrain NODE [--server URL] [--ca FILE]"}, desc: "Takes a node out of service (drain): its workers stop, their calls move to other nodes and resume, and no new work goes there. Undrain returns it to service.",
+	"status":     {synopsis: []string{"status [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE] [--json]"}, desc: "Shows the coordinator's nodes, GPUs, workers and live calls. Needs an operator credential (default: /var/lib/callscribe/operator.token when readable)."},
+	"node": {synopsis: []string{"node drain NODE [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE]", "node undrain NODE [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE]"}, desc: "Takes a node out of service (drain): its workers stop, their calls move to other nodes and resume, and no new work goes there. Undrain returns it to service. Needs an operator credential.",
 		subs: [][]string{{"drain", "NODE", "-h"}}},
+	"token": {synopsis: []string{"token add --role console|supervisor|operator --name NAME [--server URL] [--ca FILE] [--token OPERATOR_TOKEN]", "token list [--json] [--server URL] [--token OPERATOR_TOKEN]", "token revoke --name NAME [--server URL] [--token OPERATOR_TOKEN]"},
+		desc: "Manages credentials on a running coordinator (operator role). add prints a new token on stdout, usable at once and shown only this once (the coordinator keeps its SHA-256). " +
+			"list shows every credential, active and revoked, without secrets. revoke refuses every token of that name, and console certificates with that common name, and ends their live sessions (console streams, WebRTC sessions, transcript streams) at once. " +
+			"Without --token the credential comes from $CALLSCRIBE_TOKEN, --token-file, $CALLSCRIBE_TOKEN_FILE or " + defaultOperatorToken + ".",
+		subs: [][]string{{"add", "-h"}, {"list", "-h"}, {"revoke", "-h"}}},
 	"config": {synopsis: []string{"config check FILE"}, desc: "Validates a configuration file (coordinator.toml, agent.toml) or a node-class profile from /usr/share/callscribe/firmware-configs, and prints the effective configuration. Nothing is started.",
 		subs: [][]string{}},
 	"ca": {synopsis: []string{"ca init --dir DIR", "ca issue --dir DIR --kind node|console --name NAME --out PREFIX"}, desc: "Creates the local CA (init) or issues a node or console certificate from it (issue), writing PREFIX.pem and PREFIX-key.pem.",

@@ -31,6 +31,7 @@ var commands = map[string]command{
 	"worker":      {cmdWorker, "run one ASR worker (started by an agent)"},
 	"status":      {cmdStatus, "show nodes, GPUs, workers and calls (--json)"},
 	"node":        {cmdNode, "drain or undrain a node"},
+	"token":       {cmdToken, "add, list or revoke credentials on a running coordinator (operator)"},
 	"config":      {cmdConfig, "check a configuration file or node profile"},
 	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
 	"models":      {cmdModels, "install the pinned model files (checked by hash) or check them"},

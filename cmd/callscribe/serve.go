@@ -22,6 +22,7 @@ import (
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/coordinator/scaling"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/config"
 	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/internal/pki"
@@ -43,7 +44,9 @@ type coordinatorConfig struct {
 	CheckInterval config.Duration `toml:"check_interval" help:"how often the scaling policy runs"`
 	AbandonAfter  config.Duration `toml:"abandon_after" help:"end a call whose console has been gone this long (reloadable)"`
 	Models        string          `toml:"models" help:"directory of extra model manifests"`
-	ConsoleTokens []string        `toml:"console_tokens" help:"console tokens accepted besides DATA/console.token (reloadable)"`
+	ConsoleTokens []string        `toml:"console_tokens" help:"console credentials besides DATA/console.token: NAME:TOKEN names the console; a bare TOKEN is the console named console (reloadable)"`
+	AuthFailures  int             `toml:"auth_failures_per_minute" help:"failed authentications one address may make in a minute before it is refused for a while"`
+	MetricsOpen   bool            `toml:"metrics_open" help:"serve /metrics without a credential (default: operators only)"`
 	AudioRet      config.Duration `toml:"audio_retention" help:"delete a call's audio this long after it is finalised (0: keep)"`
 	TranscriptRet config.Duration `toml:"transcript_retention" help:"delete a whole call this long after it is finalised (0: keep)"`
 	ExportURL     string          `toml:"export_url" help:"HTTPS endpoint that receives every finalised transcript (empty: no export)"`
@@ -74,7 +77,7 @@ func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
 		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
-		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, MaxSetUpIP: 16, FirstAudio: config.Duration{Duration: 10 * time.Second},
+		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, MaxSetUpIP: 16, AuthFailures: 10, FirstAudio: config.Duration{Duration: 10 * time.Second},
 		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
 }
 
@@ -138,6 +141,18 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if err != nil {
 		return cfg, "", "", err
 	}
+	otoken, err := pki.EnsureToken(filepath.Join(f.Data, pki.OperatorToken))
+	if err != nil {
+		return cfg, "", "", err
+	}
+	bare, creds, err := consoleCredentials(f.ConsoleTokens)
+	if err != nil {
+		return cfg, "", "", err
+	}
+	creds = append(creds, auth.Static{Name: "operator", Role: auth.Operator, Token: otoken, Source: "file"})
+	if f.AuthFailures < 1 {
+		return cfg, "", "", fmt.Errorf("auth_failures_per_minute %d: must be at least 1", f.AuthFailures)
+	}
 	cat, err := models.Load(f.Models)
 	if err != nil {
 		return cfg, "", "", err
@@ -195,7 +210,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		return cfg, "", "", fmt.Errorf("disk_reserve_mb %d: must be at least 1 (MiB)", f.DiskReserveMB)
 	}
 	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: append([]string{ctoken}, f.ConsoleTokens...), NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
+		ConsoleTokens: append([]string{ctoken}, bare...), Credentials: creds, AuthFailuresPerMinute: f.AuthFailures, MetricsOpen: f.MetricsOpen, NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20,
 		Logger: log.With("component", "coordinator")}
@@ -203,6 +218,29 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		log.Info("config", "effective", line)
 	}
 	return cfg, ctoken, ntoken, nil
+}
+
+// consoleCredentials reads console_tokens: "NAME:TOKEN" is the console
+// NAME's token; a bare token is the console named "console" (as
+// DATA/console.token).
+func consoleCredentials(list []string) (bare []string, named []auth.Static, err error) {
+	for _, t := range list {
+		name, tok, ok := strings.Cut(t, ":")
+		if !ok {
+			bare = append(bare, t)
+			continue
+		}
+		if !proto.ValidID(name) || len(tok) < 16 {
+			return nil, nil, fmt.Errorf("console_tokens: %q: want NAME:TOKEN with a console id and a token of at least 16 characters", name+":…")
+		}
+		named = append(named, auth.Static{Name: name, Role: auth.Console, Token: tok, Source: "config"})
+	}
+	for _, t := range bare {
+		if len(t) < 16 {
+			return nil, nil, errors.New("console_tokens: a token is shorter than 16 characters")
+		}
+	}
+	return bare, named, nil
 }
 
 // reloadOnHUP re-reads the configuration on SIGHUP and applies what can
@@ -229,8 +267,21 @@ func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, cto
 			_ = sdnotify.Notify("READY=1\nSTATUS=reload failed: " + err.Error())
 			continue
 		}
+		bare, creds, err := consoleCredentials(nc.ConsoleTokens)
+		if err == nil {
+			var otoken string
+			if otoken, err = pki.ReadToken(filepath.Join(nc.Data, pki.OperatorToken)); err == nil {
+				creds = append(creds, auth.Static{Name: "operator", Role: auth.Operator, Token: otoken, Source: "file"})
+			}
+		}
+		if err != nil {
+			log.Error("reload refused: configuration kept as it was", "err", err)
+			_ = sdnotify.Notify("READY=1\nSTATUS=reload failed: " + err.Error())
+			continue
+		}
 		c.Reload(coordinator.Reloadable{
-			ConsoleTokens: append([]string{ctoken}, nc.ConsoleTokens...),
+			ConsoleTokens: append([]string{ctoken}, bare...),
+			Credentials:   creds,
 			Scaling:       map[string]scaling.Policy{models.Default: {TargetIdle: nc.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: nc.Workers}},
 			AbandonAfter:  nc.AbandonAfter.Duration,
 			Vocabulary:    vocab,
@@ -292,6 +343,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stdout, "token: %s\n", ctoken)
+	fmt.Fprintf(stdout, "operator token: %s\n", filepath.Join(l.cfg.Data, pki.OperatorToken))
 	c, err := coordinator.New(cfg)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,13 +22,12 @@ import (
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)")
-	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
+	api := addAPIFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	body, err := callAPI(ctx, *server, *caFile, http.MethodGet, "/v1/status")
+	body, err := api.call(ctx, http.MethodGet, "/v1/status", nil)
 	if err != nil {
 		return err
 	}
@@ -100,17 +101,16 @@ func short(s string) string {
 func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address")
-	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
+	api := addAPIFlags(fs)
 	if len(args) < 2 || (args[0] != "drain" && args[0] != "undrain") {
-		fmt.Fprintln(stderr, "usage: callscribe node drain|undrain NODE [--server URL]")
+		fmt.Fprintln(stderr, "usage: callscribe node drain|undrain NODE [--server URL] [--token TOKEN | --token-file FILE]")
 		return errUsage
 	}
 	op, node := args[0], args[1]
 	if err := fs.Parse(args[2:]); err != nil {
 		return errUsage
 	}
-	if _, err := callAPI(ctx, *server, *caFile, http.MethodPost, "/v1/nodes/"+node+"/"+op); err != nil {
+	if _, err := api.call(ctx, http.MethodPost, "/v1/nodes/"+node+"/"+op, nil); err != nil {
 		return fmt.Errorf("%s %s: %w", op, node, err)
 	}
 	if op == "drain" {
@@ -121,9 +121,61 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// apiFlags are the flags of every subcommand that talks to a coordinator's
+// HTTP API, and the credential it sends.
+type apiFlags struct {
+	server, ca, token, tokenFile *string
+}
+
+// defaultOperatorToken is where the packaged service keeps its operator
+// token (dev: DIR/operator.token).
+const defaultOperatorToken = "/var/lib/callscribe/operator.token"
+
+func addAPIFlags(fs *flag.FlagSet) *apiFlags {
+	return &apiFlags{
+		server:    fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)"),
+		ca:        fs.String("ca", "", "CA to trust for an https:// coordinator"),
+		token:     fs.String("token", "", "credential to send (default: $CALLSCRIBE_TOKEN, else --token-file)"),
+		tokenFile: fs.String("token-file", "", "file holding the credential (default: $CALLSCRIBE_TOKEN_FILE, else "+defaultOperatorToken+" when readable)"),
+	}
+}
+
+// credential is the token to send: --token, $CALLSCRIBE_TOKEN, --token-file,
+// $CALLSCRIBE_TOKEN_FILE, then the packaged operator token.
+func (a *apiFlags) credential() (string, error) {
+	if *a.token != "" {
+		return *a.token, nil
+	}
+	if t := os.Getenv("CALLSCRIBE_TOKEN"); t != "" {
+		return t, nil
+	}
+	file := *a.tokenFile
+	if file == "" {
+		file = os.Getenv("CALLSCRIBE_TOKEN_FILE")
+	}
+	if file == "" {
+		if _, err := os.Stat(defaultOperatorToken); err != nil {
+			return "", nil
+		}
+		file = defaultOperatorToken
+	}
+	return pki.ReadToken(file)
+}
+
+// call sends one request (body, when not nil, as JSON) and returns the body
+// of a 2xx answer.
+func (a *apiFlags) call(ctx context.Context, method, path string, body any) ([]byte, error) {
+	tok, err := a.credential()
+	if err != nil {
+		return nil, err
+	}
+	return callAPI(ctx, *a.server, *a.ca, tok, method, path, body)
+}
+
 // callAPI sends one request to the coordinator's HTTP API (trusting caFile
-// for https://) and returns the body of a 200 answer.
-func callAPI(ctx context.Context, server, caFile, method, path string) ([]byte, error) {
+// for https://, with token as bearer credential) and returns the body of a
+// 2xx answer.
+func callAPI(ctx context.Context, server, caFile, token, method, path string, body any) ([]byte, error) {
 	client := http.DefaultClient
 	if caFile != "" {
 		pool, err := pki.CertPool(caFile)
@@ -138,21 +190,45 @@ func callAPI(ctx context.Context, server, caFile, method, path string) ([]byte, 
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, method, base+path, nil)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(rctx, method, base+path, rd)
 	if err != nil {
 		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator at %s: %w", base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	out, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	if resp.StatusCode/100 != 2 {
+		msg := strings.TrimSpace(string(out))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(out, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		if resp.StatusCode == http.StatusUnauthorized && token == "" {
+			msg += " (no credential sent: use --token, --token-file or CALLSCRIBE_TOKEN)"
+		}
+		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, msg)
 	}
-	return body, nil
+	return out, nil
 }

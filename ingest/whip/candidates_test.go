@@ -1,6 +1,7 @@
 package whip
 
 import (
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/callscribe/callscribe/internal/auth"
 )
 
 func TestParseCandidate(t *testing.T) {
@@ -216,7 +219,9 @@ func TestFilterSDP(t *testing.T) {
 // The server reads the interfaces again once its filter is older than
 // filterTTL.
 func TestCandidateFilterIsRefreshed(t *testing.T) {
-	srv, err := New(Config{Sink: newFakeSink(), Auth: func(string) bool { return true }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := New(Config{Sink: newFakeSink(), Auth: func(string, *tls.ConnectionState, netip.Addr) (auth.Principal, error) {
+		return auth.Principal{Name: "c1", Role: auth.Console}, nil
+	}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -277,9 +278,32 @@ func param(r *http.Request, name string) string {
 	return r.URL.Query().Get(strings.ToLower(name))
 }
 
+// authenticate names the console a request comes from, or answers it with
+// the refusal.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, bool) {
+	if r.URL.Query().Has("token") {
+		s.fail(w, r, http.StatusBadRequest, auth.ErrTokenInURL.Error())
+		return auth.Principal{}, false
+	}
+	p, err := s.cfg.Auth(bearer(r), r.TLS, remoteIP(r))
+	if err != nil {
+		pe := ingest.AuthError(err)
+		if pe.RetryAfterMS > 0 {
+			w.Header().Set("Retry-After", fmt.Sprint((pe.RetryAfterMS+999)/1000))
+		}
+		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message)
+		return auth.Principal{}, false
+	}
+	if p.Role != auth.Console {
+		s.fail(w, r, http.StatusForbidden, fmt.Sprintf("credential %q is a %s: only consoles stream calls", p.Name, p.Role))
+		return auth.Principal{}, false
+	}
+	return p, true
+}
+
 func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
-	if !s.cfg.Auth(bearer(r)) {
-		s.fail(w, r, http.StatusUnauthorized, "a valid console token is required (Authorization: Bearer TOKEN)")
+	p, ok := s.authenticate(w, r)
+	if !ok {
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/sdp") {
@@ -357,12 +381,10 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, msg, "call", callID)
 		return
 	}
-	console := param(r, "Console")
-	if console == "" {
-		console = "whip"
-	}
-	h := &proto.Hello{Version: proto.Version, Token: bearer(r), CallID: callID, ConsoleID: proto.ConsoleID(console),
-		Channels: labels, Codec: off.codec, Model: param(r, "Model"), Remote: ip}
+	// The console is the one the credential names, whatever the request
+	// claims (X-Callscribe-Console is ignored).
+	h := &proto.Hello{Version: proto.Version, CallID: callID, ConsoleID: proto.ConsoleID(p.Name),
+		Channels: labels, Codec: off.codec, Model: param(r, "Model"), Remote: ip, Principal: p}
 	for _, v := range strings.Split(param(r, "Next-Final"), ",") {
 		var n uint32
 		if _, err := fmt.Sscan(v, &n); err == nil {
@@ -502,7 +524,7 @@ func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest
 	}
 	id := newID()
 	x := &session{srv: s, id: id, call: h.CallID, codec: off.codec, pc: pc, sess: sess, log: s.log.With("call", h.CallID, "whip_session", id),
-		opened: time.Now(), done: make(chan struct{}), remote: remote, seen: seen, dropped: dropped}
+		opened: time.Now(), done: make(chan struct{}), remote: remote, seen: seen, dropped: dropped, principal: h.Principal}
 	for i, mid := range off.mids {
 		x.chans = append(x.chans, &channel{idx: uint8(i), mid: mid, base: wel.NextSeq[i], seq: newSequencer(25, 150*time.Millisecond)})
 	}
@@ -562,9 +584,11 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
+// session is the WHIP session a request names, if the request comes from
+// the console that opened it.
 func (s *Server) session(w http.ResponseWriter, r *http.Request) *session {
-	if !s.cfg.Auth(bearer(r)) {
-		s.fail(w, r, http.StatusUnauthorized, "a valid console token is required (Authorization: Bearer TOKEN)")
+	p, ok := s.authenticate(w, r)
+	if !ok {
 		return nil
 	}
 	s.mu.Lock()
@@ -572,6 +596,11 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) *session {
 	s.mu.Unlock()
 	if x == nil {
 		s.fail(w, r, http.StatusNotFound, "no such WHIP session")
+		return nil
+	}
+	if x.principal.Name != p.Name {
+		s.fail(w, r, http.StatusForbidden, "this WHIP session belongs to another console", "session", x.id)
+		return nil
 	}
 	return x
 }
@@ -733,6 +762,9 @@ type session struct {
 	opened time.Time
 	chans  []*channel
 	remote netip.Addr // where the offer came from
+	// principal is the console that opened the session: only it may
+	// change or end it. Set before the session is published.
+	principal auth.Principal
 
 	pending     bool         // counted as pending by the server (guarded by srv.mu)
 	connectedAt atomic.Int64 // unix ns when ICE and DTLS were first up; 0 until then

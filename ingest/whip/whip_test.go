@@ -2,18 +2,21 @@ package whip
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/pion/rtp"
 )
@@ -89,7 +92,7 @@ const token = "console-token"
 func newTestServer(t *testing.T, sink *fakeSink, tweak func(*Config)) (*Server, string) {
 	t.Helper()
 	// Tests use loopback only: no candidate elsewhere reaches pion.
-	cfg := Config{Sink: sink, Auth: func(t string) bool { return t == token }, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Loopback: true, EndQuiet: 50 * time.Millisecond,
+	cfg := Config{Sink: sink, Auth: testAuth(token), Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Loopback: true, EndQuiet: 50 * time.Millisecond,
 		AllowedNetworks: loopbackNetworks, gatherIP: net.IP.IsLoopback}
 	if tweak != nil {
 		tweak(&cfg)
@@ -189,7 +192,7 @@ func TestPacketsBecomeOrderedFramesWithLossMarkers(t *testing.T) {
 			}
 		}
 	}
-	if h := sink.hellos[0]; h.Codec != proto.CodecPCMU || fmt.Sprint(h.Channels) != "[caller call-taker]" || h.ConsoleID != "c1" || h.Token != token {
+	if h := sink.hellos[0]; h.Codec != proto.CodecPCMU || fmt.Sprint(h.Channels) != "[caller call-taker]" || h.ConsoleID != "c1" || h.Principal.Name != "c1" {
 		t.Errorf("hello %+v", h)
 	}
 }
@@ -393,5 +396,15 @@ func TestPatchRestartsICE(t *testing.T) {
 	}
 	if res, body := patch(t, url, loc, "", "a=candidate:garbage\r\n"); res.StatusCode != http.StatusBadRequest {
 		t.Fatalf("bad candidate: %d %q", res.StatusCode, body)
+	}
+}
+
+// testAuth accepts one console token, as console "c1".
+func testAuth(token string) ingest.Authenticator {
+	return func(t string, _ *tls.ConnectionState, remote netip.Addr) (auth.Principal, error) {
+		if t != token {
+			return auth.Principal{}, auth.ErrInvalid
+		}
+		return auth.Principal{Name: "c1", Role: auth.Console, Remote: remote}, nil
 	}
 }

@@ -30,9 +30,12 @@ const (
 	CertFile     = "server.pem"
 	KeyFile      = "server-key.pem"
 	ConsoleToken = "console.token"
-	NodeToken    = "node.token"
-	NodeCert     = "node.pem"
-	NodeKey      = "node-key.pem"
+	// OperatorToken is the operator credential dev and the service create
+	// beside the console token.
+	OperatorToken = "operator.token"
+	NodeToken     = "node.token"
+	NodeCert      = "node.pem"
+	NodeKey       = "node-key.pem"
 )
 
 // Kinds of client certificate, carried in the subject's OrganizationalUnit.

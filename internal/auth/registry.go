@@ -1,0 +1,442 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Credential is a credential the coordinator knows. Tokens are never kept:
+// only their SHA-256.
+type Credential struct {
+	// ID names the credential in logs and the audit trail (a prefix of its
+	// hash, or "cert:NAME" for a client certificate name).
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Role Role   `json:"role"`
+	// Hash is the hex SHA-256 of the token (empty for certificate names).
+	Hash string `json:"hash,omitempty"`
+	// Source says where it came from: "api" (token add), "file"
+	// (DATA/console.token, DATA/operator.token), "config" (console_tokens)
+	// or "certificate" (a revoked client certificate name).
+	Source  string     `json:"source"`
+	Created time.Time  `json:"created"`
+	Revoked *time.Time `json:"revoked,omitempty"`
+}
+
+// Static is a credential from a file or the configuration: not stored,
+// but revocable (the revocation is stored).
+type Static struct {
+	Name, Token, Source string
+	Role                Role
+}
+
+// Persister keeps credentials durable (the coordinator's store).
+type Persister interface {
+	PutCredential(ctx context.Context, c Credential) error
+	Credentials() ([]Credential, error)
+}
+
+// Errors of authentication. The messages are what a client is told.
+var (
+	ErrNoCredential = errors.New("a credential is required (Authorization: Bearer TOKEN, or a console certificate)")
+	ErrInvalid      = errors.New("invalid or revoked credential")
+	ErrForbidden    = errors.New("forbidden")
+	ErrTokenInURL   = errors.New("tokens are not accepted in URLs: send Authorization: Bearer TOKEN (browsers: exchange it for a ticket at POST /v1/tickets)")
+	ErrExists       = errors.New("credential name already used")
+)
+
+// ThrottledError refuses an address that failed to authenticate too often.
+type ThrottledError struct{ RetryAfter time.Duration }
+
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("too many failed authentications from this address: retry in %s", e.RetryAfter.Round(time.Second))
+}
+
+// Options tune a Registry.
+type Options struct {
+	// FailuresPerMinute is how many failed authentications one address may
+	// make in a minute before it is refused until the oldest ages out
+	// (default 10).
+	FailuresPerMinute int
+	// TicketTTL is how long a browser ticket may wait to be redeemed
+	// (default 30 s).
+	TicketTTL time.Duration
+	Logger    *slog.Logger
+	// OnRevoke is told of every revoked credential: the sessions it opened
+	// end.
+	OnRevoke func(Credential)
+}
+
+// Registry authenticates tokens, client certificates and tickets, and
+// manages the credentials.
+type Registry struct {
+	o       Options
+	persist Persister
+	limit   *limiter
+
+	mu     sync.Mutex   // serialises changes
+	stored []Credential // every persisted record, revoked ones included
+	static []Static
+	// active is what authenticates: immutable snapshots.
+	active atomic.Pointer[[]Credential]
+	// revokedCerts are client certificate names that no longer pass.
+	revokedCerts atomic.Pointer[map[string]bool]
+
+	tmu     sync.Mutex
+	tickets map[string]ticket
+}
+
+type ticket struct {
+	p       Principal
+	expires time.Time
+}
+
+// NewRegistry loads the persisted credentials and adds the static ones.
+func NewRegistry(p Persister, static []Static, o Options) (*Registry, error) {
+	if o.FailuresPerMinute <= 0 {
+		o.FailuresPerMinute = 10
+	}
+	if o.TicketTTL <= 0 {
+		o.TicketTTL = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	stored, err := p.Credentials()
+	if err != nil {
+		return nil, fmt.Errorf("auth: load credentials: %w", err)
+	}
+	r := &Registry{o: o, persist: p, stored: stored, limit: newLimiter(o.FailuresPerMinute, time.Minute), tickets: map[string]ticket{}}
+	if err := r.SetStatic(static); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// HashToken is the hex SHA-256 of a token.
+func HashToken(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+func idOf(hash string) string { return hash[:16] }
+
+// SetStatic replaces the credentials from files and configuration (at
+// start and on reload). A static token that was revoked stays revoked.
+func (r *Registry) SetStatic(static []Static) error {
+	for _, s := range static {
+		if !s.Role.Valid() {
+			return fmt.Errorf("auth: credential %q: unknown role %q", s.Name, s.Role)
+		}
+		if len(s.Token) < 16 {
+			return fmt.Errorf("auth: credential %q: token shorter than 16 characters", s.Name)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.static = slices.Clone(static)
+	r.rebuildLocked()
+	return nil
+}
+
+// rebuildLocked recomputes the active set. Caller holds r.mu.
+func (r *Registry) rebuildLocked() {
+	revoked := map[string]bool{}
+	certs := map[string]bool{}
+	var act []Credential
+	for _, c := range r.stored {
+		switch {
+		case c.Revoked != nil && c.Hash != "":
+			revoked[c.Hash] = true
+		case c.Revoked != nil && c.Source == "certificate":
+			certs[c.Name] = true
+		case c.Revoked == nil && c.Hash != "":
+			act = append(act, c)
+		}
+	}
+	act = slices.DeleteFunc(act, func(c Credential) bool { return revoked[c.Hash] })
+	for _, s := range r.static {
+		h := HashToken(s.Token)
+		if revoked[h] {
+			continue
+		}
+		act = append(act, Credential{ID: idOf(h), Name: s.Name, Role: s.Role, Hash: h, Source: s.Source})
+	}
+	r.active.Store(&act)
+	r.revokedCerts.Store(&certs)
+}
+
+// Token authenticates a bearer token from remote.
+func (r *Registry) Token(token string, remote netip.Addr) (Principal, error) {
+	if token == "" {
+		return Principal{}, ErrNoCredential
+	}
+	if wait := r.limit.blocked(remote); wait > 0 {
+		return Principal{}, &ThrottledError{RetryAfter: wait}
+	}
+	sum := sha256.Sum256([]byte(token))
+	var found *Credential
+	act := *r.active.Load()
+	for i := range act {
+		want, err := hex.DecodeString(act[i].Hash)
+		// Every credential is compared, in constant time: how long this
+		// takes says nothing of which one matched.
+		if err == nil && subtle.ConstantTimeCompare(sum[:], want) == 1 {
+			found = &act[i]
+		}
+	}
+	if found == nil {
+		r.limit.fail(remote)
+		r.o.Logger.Warn("authentication failed: invalid or revoked token", "remote", remote)
+		return Principal{}, ErrInvalid
+	}
+	return Principal{Name: found.Name, Role: found.Role, Cred: found.ID, Remote: remote}, nil
+}
+
+// Certificate authenticates a verified client certificate chain of kind
+// console (the caller checked kind and chain); its common name is the
+// console's name.
+func (r *Registry) Certificate(chains [][]*x509.Certificate, remote netip.Addr) (Principal, error) {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return Principal{}, ErrNoCredential
+	}
+	name := chains[0][0].Subject.CommonName
+	if name == "" {
+		return Principal{}, ErrInvalid
+	}
+	if (*r.revokedCerts.Load())[name] {
+		r.o.Logger.Warn("authentication failed: revoked certificate name", "name", name, "remote", remote)
+		return Principal{}, ErrInvalid
+	}
+	return Principal{Name: name, Role: Console, Cred: "cert:" + name, Remote: remote}, nil
+}
+
+// Active reports whether the credential p was authenticated with still
+// passes (tickets and long-lived sessions check it).
+func (r *Registry) Active(p Principal) bool {
+	if name, ok := cutPrefix(p.Cred, "cert:"); ok {
+		return !(*r.revokedCerts.Load())[name]
+	}
+	for _, c := range *r.active.Load() {
+		if c.ID == p.Cred {
+			return true
+		}
+	}
+	return false
+}
+
+func cutPrefix(s, p string) (string, bool) {
+	if len(s) >= len(p) && s[:len(p)] == p {
+		return s[len(p):], true
+	}
+	return s, false
+}
+
+// NewToken returns a random token (32 bytes, URL-safe base64).
+func NewToken() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// Add creates a credential and returns its token, usable at once. A name
+// may hold several tokens, all of one role.
+func (r *Registry) Add(ctx context.Context, name string, role Role) (string, Credential, error) {
+	if !role.Valid() {
+		return "", Credential{}, fmt.Errorf("unknown role %q (console, supervisor or operator)", role)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range *r.active.Load() {
+		if c.Name == name && c.Role != role {
+			return "", Credential{}, fmt.Errorf("%w: %q is a %s", ErrExists, name, c.Role)
+		}
+	}
+	tok := NewToken()
+	h := HashToken(tok)
+	c := Credential{ID: idOf(h), Name: name, Role: role, Hash: h, Source: "api", Created: time.Now().UTC()}
+	if err := r.persist.PutCredential(ctx, c); err != nil {
+		return "", Credential{}, fmt.Errorf("auth: store credential: %w", err)
+	}
+	r.stored = append(r.stored, c)
+	r.rebuildLocked()
+	r.o.Logger.Info("credential added", "name", name, "role", role, "id", c.ID)
+	return tok, c, nil
+}
+
+// Revoke revokes every credential named name (tokens of any source, and
+// client certificates with that common name) and ends their sessions. It
+// returns what it revoked.
+func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error) {
+	r.mu.Lock()
+	now := time.Now().UTC()
+	var out []Credential
+	for _, c := range *r.active.Load() {
+		if c.Name != name {
+			continue
+		}
+		c.Revoked = &now
+		if c.Created.IsZero() {
+			c.Created = now
+		}
+		out = append(out, c)
+	}
+	certs := *r.revokedCerts.Load()
+	// Client certificates are not registered when issued: revoking a
+	// console name also refuses certificates with that common name.
+	var cert *Credential
+	if !certs[name] && (len(out) == 0 || out[0].Role == Console) {
+		cert = &Credential{ID: "cert:" + name, Name: name, Role: Console, Source: "certificate", Created: now, Revoked: &now}
+	}
+	if cert != nil {
+		out = append(out, *cert)
+	}
+	for _, c := range out {
+		if err := r.persist.PutCredential(ctx, c); err != nil {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("auth: store revocation: %w", err)
+		}
+	}
+	for _, c := range out {
+		r.stored = slices.DeleteFunc(r.stored, func(s Credential) bool { return s.ID == c.ID })
+		r.stored = append(r.stored, c)
+	}
+	r.rebuildLocked()
+	r.mu.Unlock()
+	r.tmu.Lock()
+	for k, t := range r.tickets {
+		if t.p.Name == name {
+			delete(r.tickets, k)
+		}
+	}
+	r.tmu.Unlock()
+	for _, c := range out {
+		r.o.Logger.Info("credential revoked", "name", name, "role", c.Role, "id", c.ID, "source", c.Source)
+		if r.o.OnRevoke != nil {
+			r.o.OnRevoke(c)
+		}
+	}
+	return out, nil
+}
+
+// List returns the active credentials, then the revoked ones, without
+// hashes.
+func (r *Registry) List() []Credential {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Credential
+	for _, c := range *r.active.Load() {
+		c.Hash = ""
+		out = append(out, c)
+	}
+	for _, c := range r.stored {
+		if c.Revoked != nil {
+			c.Hash = ""
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Ticket issues a single-use ticket standing for p, for a browser's
+// EventSource (which cannot send headers): valid for TicketTTL.
+func (r *Registry) Ticket(p Principal) (string, time.Duration) {
+	t := NewToken()
+	now := time.Now()
+	r.tmu.Lock()
+	defer r.tmu.Unlock()
+	for k, v := range r.tickets {
+		if now.After(v.expires) {
+			delete(r.tickets, k)
+		}
+	}
+	if len(r.tickets) >= 10000 { // bounded: a flood of tickets pushes out none but itself
+		return "", 0
+	}
+	r.tickets[HashToken(t)] = ticket{p: p, expires: now.Add(r.o.TicketTTL)}
+	return t, r.o.TicketTTL
+}
+
+// Redeem exchanges a ticket for the principal it stands for, once.
+func (r *Registry) Redeem(t string, remote netip.Addr) (Principal, error) {
+	if wait := r.limit.blocked(remote); wait > 0 {
+		return Principal{}, &ThrottledError{RetryAfter: wait}
+	}
+	h := HashToken(t)
+	r.tmu.Lock()
+	tk, ok := r.tickets[h]
+	delete(r.tickets, h)
+	r.tmu.Unlock()
+	if !ok || time.Now().After(tk.expires) || !r.Active(tk.p) {
+		r.limit.fail(remote)
+		return Principal{}, fmt.Errorf("%w: unknown, used or expired ticket", ErrInvalid)
+	}
+	tk.p.Remote = remote
+	return tk.p, nil
+}
+
+// limiter counts failed authentications per address over a window.
+type limiter struct {
+	mu     sync.Mutex
+	max    int
+	window time.Duration
+	fails  map[netip.Addr][]time.Time
+}
+
+func newLimiter(max int, window time.Duration) *limiter {
+	return &limiter{max: max, window: window, fails: map[netip.Addr][]time.Time{}}
+}
+
+// blocked returns how long remote must wait (0: it may try).
+func (l *limiter) blocked(remote netip.Addr) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.prune(remote, time.Now())
+	if len(f) < l.max {
+		return 0
+	}
+	return time.Until(f[0].Add(l.window))
+}
+
+func (l *limiter) fail(remote netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if len(l.fails) >= 100000 { // bounded memory under a spray of addresses
+		for a := range l.fails {
+			l.prune(a, now)
+		}
+	}
+	l.fails[remote] = append(l.prune(remote, now), now)
+}
+
+// prune drops failures older than the window. Caller holds l.mu.
+func (l *limiter) prune(remote netip.Addr, now time.Time) []time.Time {
+	f := l.fails[remote]
+	i := 0
+	for i < len(f) && now.Sub(f[i]) >= l.window {
+		i++
+	}
+	f = f[i:]
+	if len(f) == 0 {
+		delete(l.fails, remote)
+		return nil
+	}
+	l.fails[remote] = f
+	return f
+}
