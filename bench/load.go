@@ -35,8 +35,10 @@ type LoadConfig struct {
 	RootCAs    *x509.CertPool
 	ServerName string
 	Token      string
-	Calls      int
-	Duration   time.Duration
+	// OperatorToken reads /v1/stats (the appliance's own figures).
+	OperatorToken string
+	Calls         int
+	Duration      time.Duration
 	// Prefix makes call ids unique across runs.
 	Prefix string
 	// Audio is 16 kHz mono PCM every console loops, each call from its own
@@ -167,11 +169,15 @@ func Samples(text string, names ...string) (map[string]float64, error) {
 func (cfg LoadConfig) stats(ctx context.Context) (coordinator.Stats, error) {
 	var st coordinator.Stats
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/stats", nil)
+	req.Header.Set("Authorization", "Bearer "+cfg.OperatorToken)
 	res, err := cfg.client.Do(req)
 	if err != nil {
 		return st, err
 	}
 	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("bench: %s/v1/stats: %s (an operator token is needed)", cfg.HTTP, res.Status)
+	}
 	return st, json.NewDecoder(res.Body).Decode(&st)
 }
 
@@ -501,6 +507,7 @@ func (cfg LoadConfig) whipCall(ctx context.Context, i int, pkts [][]byte, rec *r
 // storedFrames asks the coordinator how many frames of a call are durable.
 func (cfg LoadConfig) storedFrames(ctx context.Context, id proto.CallID) (int, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.HTTP+"/v1/calls/"+string(id), nil)
+	req.Header.Set("Authorization", "Bearer "+cfg.Token)
 	res, err := cfg.client.Do(req)
 	if err != nil {
 		return 0, err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
@@ -33,7 +34,11 @@ type PipelineResult struct {
 // call includes its QUIC handshake.
 const warmupFrames = 10
 
-const benchToken = "bench-console-token-0123456789"
+const (
+	benchToken = "bench-console-token-0123456789"
+	// OperatorToken is the bench appliance's operator credential (its /v1/stats).
+	OperatorToken = "bench-operator-token-0123456789"
+)
 const benchNode = "bench-node-token-0123456789"
 
 // Pipeline runs calls consoles over QUIC against an in-process coordinator
@@ -47,7 +52,7 @@ func Pipeline(ctx context.Context, dir string, calls int, d time.Duration) (Pipe
 	defer app.Stop()
 	c := app.Coordinator
 	r, err := Load(ctx, LoadConfig{Transport: "quic", QUIC: c.QUICAddr().String(), HTTP: "http://" + c.HTTPAddr().String(), RootCAs: app.Pool,
-		ServerName: "localhost", Token: app.Token, Calls: calls, Duration: d, Prefix: "load"})
+		ServerName: "localhost", Token: app.Token, OperatorToken: OperatorToken, Calls: calls, Duration: d, Prefix: "load"})
 	if err != nil {
 		return PipelineResult{}, err
 	}
@@ -77,6 +82,9 @@ func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots
 	if err := os.WriteFile(filepath.Join(dir, pki.ConsoleToken), []byte(benchToken+"\n"), 0o600); err != nil {
 		return nil, err
 	}
+	if err := os.WriteFile(filepath.Join(dir, pki.OperatorToken), []byte(OperatorToken+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	ca, key, err := pki.EnsureCA(dir)
 	if err != nil {
 		return nil, err
@@ -87,10 +95,12 @@ func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots
 	}
 	c, err := coordinator.New(coordinator.Config{DataDir: dir, QUICAddr: quicAddr, HTTPAddr: httpAddr,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ConsoleTokens: []string{benchToken}, NodeTokens: []string{benchNode},
-		// Load tests start every console at once from one address: set-up
-		// limits sized for that, not for a call centre.
+		Credentials: []auth.Static{{Name: "operator", Role: auth.Operator, Token: OperatorToken, Source: "file"}}, MetricsOpen: true,
+		// Load tests start every console at once from one address and one
+		// console credential: set-up limits sized for that, not for a
+		// call centre.
 		WebRTC: coordinator.WebRTCConfig{MaxSessions: 5000, MaxPending: 5000, MaxPendingPerRemote: 5000},
-		Limits: coordinator.Limits{MaxSettingUp: 5000, MaxSettingUpPerRemote: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Limits: coordinator.Limits{MaxSettingUp: 5000, MaxSettingUpPerRemote: 5000, MaxSettingUpPerConsole: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	caFile := fs.String("ca", "", "CA certificate of the coordinator")
 	serverName := fs.String("server-name", "localhost", "coordinator certificate name")
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
+	opToken := fs.String("operator-token", os.Getenv("CALLSCRIBE_OPERATOR_TOKEN"), "operator token, to read the appliance's /v1/stats (or CALLSCRIBE_OPERATOR_TOKEN)")
 	prefix := fs.String("prefix", fmt.Sprintf("load-%d", time.Now().Unix()), "call id prefix")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	audioFile := fs.String("audio", "", "16 kHz WAV every console loops (its first channel), each call from its own offset; default noise (enough for the fake engine, not for the real one)")
@@ -67,7 +68,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer app.stop()
-		*quicAddr, *httpURL, *caFile, *token = app.quic, "http://"+app.http, filepath.Join(app.dir, pki.CAFile), app.token
+		*quicAddr, *httpURL, *caFile, *token, *opToken = app.quic, "http://"+app.http, filepath.Join(app.dir, pki.CAFile), app.token, app.operator
 		treePID = app.cmd.Process.Pid
 	}
 	if *token == "" || *calls < 1 || (*transport == "quic" && *caFile == "") {
@@ -82,7 +83,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	res, err := bench.Load(ctx, bench.LoadConfig{Transport: *transport, QUIC: *quicAddr, HTTP: *httpURL, RootCAs: pool, ServerName: *serverName,
-		Token: *token, Calls: *calls, Duration: *dur, Prefix: *prefix, Audio: pcm, TreePID: treePID})
+		Token: *token, OperatorToken: *opToken, Calls: *calls, Duration: *dur, Prefix: *prefix, Audio: pcm, TreePID: treePID})
 	if err != nil {
 		return err
 	}
@@ -142,8 +143,8 @@ func cmdBenchAppliance(ctx context.Context, args []string, stdout, stderr io.Wri
 
 // localAppliance is an appliance process bench load started for itself.
 type localAppliance struct {
-	dir, quic, http, token string
-	cmd                    *exec.Cmd
+	dir, quic, http, token, operator string
+	cmd                              *exec.Cmd
 }
 
 func (a *localAppliance) stop() {
@@ -191,7 +192,7 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 		// Every simulated console comes from 127.0.0.1 and they all start
 		// at once: the set-up limits are sized to the load.
 		args = []string{"dev", "--data", dir, "--quic", q, "--http", h, "--workers", fmt.Sprint(max(1, (calls+per-1)/per)),
-			"--max-setting-up", fmt.Sprint(calls + 64), "--max-setting-up-per-remote", fmt.Sprint(calls + 64), "--webrtc-max-pending", fmt.Sprint(calls + 64), "--webrtc-max-pending-per-remote", fmt.Sprint(calls + 64)}
+			"--max-setting-up", fmt.Sprint(calls + 64), "--max-setting-up-per-remote", fmt.Sprint(calls + 64), "--max-setting-up-per-console", fmt.Sprint(calls + 64), "--metrics-open", "--webrtc-max-pending", fmt.Sprint(calls + 64), "--webrtc-max-pending-per-remote", fmt.Sprint(calls + 64)}
 	default:
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: engine %q (fake or real)", engine)
@@ -219,6 +220,10 @@ func startLocalAppliance(ctx context.Context, engine string, calls int, stderr i
 		time.Sleep(100 * time.Millisecond)
 	}
 	if a.token, err = pki.ReadToken(filepath.Join(dir, pki.ConsoleToken)); err != nil {
+		a.stop()
+		return nil, err
+	}
+	if a.operator, err = pki.ReadToken(filepath.Join(dir, pki.OperatorToken)); err != nil {
 		a.stop()
 		return nil, err
 	}

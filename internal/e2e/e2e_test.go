@@ -184,7 +184,7 @@ func TestDrainMovesCallsToAnotherNode(t *testing.T) {
 	if busy == other {
 		other = "node-b"
 	}
-	out := run(t, "node", "drain", string(busy), "--server", a.http)
+	out := run(t, "node", "drain", string(busy), "--server", a.http, "--token-file", filepath.Join(a.dir, pki.OperatorToken))
 	if !strings.Contains(out, "draining") {
 		t.Fatalf("node drain printed %q", out)
 	}

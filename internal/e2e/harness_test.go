@@ -214,9 +214,25 @@ func (a *appliance) token(t *testing.T) string {
 	return tok
 }
 
+// operatorToken is the appliance's operator credential (status, drain).
+func (a *appliance) operatorToken(t *testing.T) string {
+	t.Helper()
+	tok, err := pki.ReadToken(filepath.Join(a.dir, pki.OperatorToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// getJSON reads the API with the credential its path needs: the operator's
+// for status and stats, the console's for its calls.
 func (a *appliance) getJSON(t *testing.T, path string, v any) {
 	t.Helper()
-	a.getJSONWith(t, path, "", v)
+	tok := a.token(t)
+	if strings.HasPrefix(path, "/v1/status") || strings.HasPrefix(path, "/v1/stats") {
+		tok = a.operatorToken(t)
+	}
+	a.getJSONWith(t, path, tok, v)
 }
 
 // getJSONAuth is getJSON with the console token (the transcript API).

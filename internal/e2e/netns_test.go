@@ -17,6 +17,9 @@ import (
 // caFor maps a coordinator's HTTP address to its CA file.
 var caFor = map[string]string{}
 
+// tokFor maps a coordinator's HTTP address to its operator token file.
+var tokFor = map[string]string{}
+
 // pair is two network namespaces made by the test, joined by a veth pair.
 // Addresses exist only inside them.
 type pair struct {
@@ -67,7 +70,7 @@ func newPair(t *testing.T) *pair {
 // statusIn reads the coordinator's status over HTTPS from inside ns (off
 // loopback the API is HTTPS only), trusting the CA recorded in caFor.
 func statusIn(t *testing.T, ns, http string) (coordinator.Status, bool) {
-	out, err := exec.Command("ip", "netns", "exec", ns, binPath, "status", "--json", "--server", "https://"+http, "--ca", caFor[http]).Output()
+	out, err := exec.Command("ip", "netns", "exec", ns, binPath, "status", "--json", "--server", "https://"+http, "--ca", caFor[http], "--token-file", tokFor[http]).Output()
 	var st coordinator.Status
 	if err != nil || json.Unmarshal(out, &st) != nil {
 		return st, false
@@ -84,6 +87,7 @@ func TestAgentPartitionedMidCall(t *testing.T) {
 	dir := t.TempDir()
 	http, quic := p.ipA+":8080", p.ipA+":4433"
 	caFor[http] = filepath.Join(dir, pki.CAFile)
+	tokFor[http] = filepath.Join(dir, pki.OperatorToken)
 	start(t, "netns-exec", p.a, "coordinator", "--data", dir, "--http", http, "--http-tls", "--quic", quic, "--hosts", "localhost,"+p.ipA, "--workers", "2")
 	waitUntil(t, "coordinator up", 60*time.Second, func() bool { _, ok := statusIn(t, p.a, http); return ok })
 	token := filepath.Join(dir, pki.NodeToken)

@@ -112,8 +112,8 @@ func TestSupervisorWatchesACallLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.Body.Close()
-		if r.StatusCode != 401 {
-			t.Errorf("GET %s with a wrong token: %d, want 401", p, r.StatusCode)
+		if r.StatusCode != 400 {
+			t.Errorf("GET %s with a token in the URL: %d, want 400 (tokens travel in headers only)", p, r.StatusCode)
 		}
 	}
 }

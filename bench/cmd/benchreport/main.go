@@ -280,7 +280,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 		}
 		r, loadErr := benchLoad(ctx, bin, "--transport", "quic", "--calls", fmt.Sprint(n), "--duration", dur.String(),
 			"--server", app.Coordinator.QUICAddr().String(), "--http", "http://"+app.Coordinator.HTTPAddr().String(), "--ca", filepath.Join(p, "ca.pem"),
-			"--token", app.Token, "--prefix", fmt.Sprintf("cap%d", n))
+			"--token", app.Token, "--operator-token", bench.OperatorToken, "--prefix", fmt.Sprintf("cap%d", n))
 		if prof != nil {
 			pprof.StopCPUProfile()
 			prof.Close()
@@ -630,7 +630,7 @@ func whipSection(ctx context.Context, w, log func(string, ...any), dir, bin stri
 		}
 		c0, t0 := cpuTime(), time.Now()
 		r, loadErr := benchLoad(ctx, bin, "--transport", "whip", "--calls", fmt.Sprint(n), "--duration", dur.String(),
-			"--http", "http://"+app.Coordinator.HTTPAddr().String(), "--token", app.Token, "--prefix", fmt.Sprintf("whip%d", n))
+			"--http", "http://"+app.Coordinator.HTTPAddr().String(), "--token", app.Token, "--operator-token", bench.OperatorToken, "--prefix", fmt.Sprintf("whip%d", n))
 		cpu, wall := cpuTime()-c0, time.Since(t0)
 		st := app.Coordinator.Stats()
 		app.Stop()

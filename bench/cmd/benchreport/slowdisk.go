@@ -191,7 +191,7 @@ func slowDiskRow(ctx context.Context, log func(string, ...any), d *bench.SlowDis
 	lctx, cancel := context.WithTimeout(ctx, slowDuration+2*time.Minute)
 	defer cancel()
 	r.load, err = benchLoad(lctx, bin, "--transport", "quic", "--calls", fmt.Sprint(slowCalls), "--duration", slowDuration.String(),
-		"--server", app.QUIC, "--http", app.HTTP, "--ca", app.CA, "--token", app.Token, "--prefix", fmt.Sprintf("slow%d", limit))
+		"--server", app.QUIC, "--http", app.HTTP, "--ca", app.CA, "--token", app.Token, "--operator-token", bench.OperatorToken, "--prefix", fmt.Sprintf("slow%d", limit))
 	if err != nil {
 		return nil, fmt.Errorf("bench load: %w", err)
 	}
