@@ -19,12 +19,34 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
 
-const testToken = "console-token-0123456789"
+// The test coordinator's credentials: consoles a, b and c, a supervisor
+// and an operator (testToken is console-a's).
+const (
+	testToken      = "console-token-0123456789"
+	testTokenB     = "console-b-token-0123456789"
+	testTokenC     = "console-c-token-0123456789"
+	testSupervisor = "supervisor-token-0123456789"
+	testOperator   = "operator-token-0123456789"
+)
+
+// consoleToken is the token of a test console (console-a, -b or -c).
+var consoleToken = map[string]string{"console-a": testToken, "console-b": testTokenB, "console-c": testTokenC}
+
+func testCredentials() []auth.Static {
+	return []auth.Static{
+		{Name: "console-a", Role: auth.Console, Token: testToken, Source: "config"},
+		{Name: "console-b", Role: auth.Console, Token: testTokenB, Source: "config"},
+		{Name: "console-c", Role: auth.Console, Token: testTokenC, Source: "config"},
+		{Name: "sup", Role: auth.Supervisor, Token: testSupervisor, Source: "config"},
+		{Name: "op", Role: auth.Operator, Token: testOperator, Source: "config"},
+	}
+}
 
 type logBuf struct {
 	mu sync.Mutex
@@ -61,7 +83,7 @@ func startCoordinatorWith(t *testing.T, tweak func(*Config)) *testCoord {
 	}
 	logs := &logBuf{}
 	cfg := Config{DataDir: dir, QUICAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		ConsoleTokens: []string{testToken}, NodeTokens: []string{"node-token-0123456789"}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+		Credentials: testCredentials(), NodeTokens: []string{"node-token-0123456789"}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	tweak(&cfg)
 	c, err := New(cfg)
 	if err != nil {
@@ -258,9 +280,9 @@ func TestBadInputIsConfinedToItsStream(t *testing.T) {
 			s.expectAck(1)
 			s.w.WriteJSON(proto.TEnd, proto.End{Frames: []uint32{5}})
 		}},
-		{"second console claims a live call", proto.CodeCallInUse, func(s *rawStream) {
+		{"second console claims a live call", proto.CodeForbidden, func(s *rawStream) {
 			h := hello("good-call")
-			h.ConsoleID = "console-b"
+			h.Token = testTokenB
 			s.w.WriteJSON(proto.THello, h)
 		}},
 	}
@@ -375,7 +397,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	s.audio(0, 2) // a resend
 	s.expectAck(4)
-	resp, err := http.Get("http://" + tc.c.HTTPAddr().String() + "/metrics")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+tc.c.HTTPAddr().String()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testOperator)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +540,7 @@ func TestWHIPConsole(t *testing.T) {
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if res.StatusCode != http.StatusUnauthorized || res.Header.Get("WWW-Authenticate") == "" || !strings.Contains(string(b), "console token") {
+		if res.StatusCode != http.StatusUnauthorized || res.Header.Get("WWW-Authenticate") == "" || !strings.Contains(string(b), "credential") {
 			t.Errorf("token %q: %d %q, want 401 with a reason", tok, res.StatusCode, b)
 		}
 	}
@@ -548,7 +572,7 @@ func TestWHIPConsole(t *testing.T) {
 		rec, err = tc.c.Store().Call("whip-call")
 		return err == nil && rec.State == store.StateEnded
 	})
-	if rec.EndFrames[0] != 30 || rec.Concealed[0] != 3 || rec.Console != "browser" || rec.Codec != proto.CodecPCMU {
+	if rec.EndFrames[0] != 30 || rec.Concealed[0] != 3 || rec.Console != "console-a" || rec.Codec != proto.CodecPCMU {
 		t.Fatalf("call %+v: want 30 frames, 3 concealed", rec)
 	}
 	var fs []store.Frame

@@ -147,7 +147,7 @@ func TestSetUpCallsAreBoundedAndExpire(t *testing.T) {
 	})
 	as := func(id, console string) proto.Hello {
 		h := hello(id)
-		h.ConsoleID = proto.ConsoleID(console)
+		h.Token = consoleToken[console]
 		return h
 	}
 	a1, a2 := tc.stream(t), tc.stream(t)
@@ -256,14 +256,14 @@ func TestWorkerSlotFollowsAudio(t *testing.T) {
 // flood claims.
 func TestSetUpCallsAreBoundedPerAddress(t *testing.T) {
 	tc := startCoordinatorWith(t, func(c *Config) { c.Limits = Limits{MaxSettingUpPerRemote: 2} })
-	for i, console := range []string{"c1", "c2"} {
+	for i, console := range []string{"console-a", "console-b"} {
 		h := hello(fmt.Sprint("per-remote-", i))
-		h.ConsoleID = proto.ConsoleID(console)
+		h.Token = consoleToken[console]
 		tc.stream(t).open(h)
 	}
 	s := tc.stream(t)
 	h := hello("per-remote-2")
-	h.ConsoleID = "c3"
+	h.Token = testTokenC
 	if err := s.w.WriteJSON(proto.THello, h); err != nil {
 		t.Fatal(err)
 	}

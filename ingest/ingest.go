@@ -153,7 +153,7 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 	}
 	if p.Role != auth.Console {
 		log.Warn("console stream: credential is not a console's", "name", p.Name, "role", p.Role)
-		fail(&proto.Error{Code: proto.CodeForbidden, Message: fmt.Sprintf("credential %q is a %s: only consoles stream calls", p.Name, p.Role)})
+		fail(&proto.Error{Code: proto.CodeForbidden, Message: fmt.Sprintf("credential %q has the role %s: only consoles stream calls", p.Name, p.Role)})
 		return
 	}
 	if h.ConsoleID != "" && h.ConsoleID != proto.ConsoleID(p.Name) {

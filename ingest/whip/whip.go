@@ -295,7 +295,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 		return auth.Principal{}, false
 	}
 	if p.Role != auth.Console {
-		s.fail(w, r, http.StatusForbidden, fmt.Sprintf("credential %q is a %s: only consoles stream calls", p.Name, p.Role))
+		s.fail(w, r, http.StatusForbidden, fmt.Sprintf("credential %q has the role %s: only consoles stream calls", p.Name, p.Role))
 		return auth.Principal{}, false
 	}
 	return p, true

@@ -249,8 +249,8 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 		code                   int
 		msg                    string
 	}{
-		{"no token", "", "application/sdp", goodOffer, 401, "console token"},
-		{"wrong token", "nope", "application/sdp", goodOffer, 401, "console token"},
+		{"no token", "", "application/sdp", goodOffer, 401, "credential"},
+		{"wrong token", "nope", "application/sdp", goodOffer, 401, "credential"},
 		{"not SDP", token, "text/plain", goodOffer, 415, "application/sdp"},
 		{"garbage SDP", token, "application/sdp", "hello there", 400, "does not parse"},
 		{"no audio track", token, "application/sdp", sdpHead + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n", 400, "no audio track"},

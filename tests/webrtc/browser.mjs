@@ -26,7 +26,10 @@ let out = {};
 try {
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on('console', (m) => process.stderr.write(`[page] ${m.text()}\n`));
-  const q = new URLSearchParams({ token, call, source: 'mic', codec: 'opus', autostart: '1' });
+  // The console takes its token from the tab's session storage (typed in),
+  // never from the URL.
+  await page.addInitScript((t) => sessionStorage.setItem('callscribe.token', t), token);
+  const q = new URLSearchParams({ call, source: 'mic', codec: 'opus', autostart: '1' });
   await page.goto(`${base}/console/?${q}`);
   await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 20000 });
   if (restartMarker) {

@@ -12,7 +12,12 @@ const ui = {
   start: $('start'), end: $('end'), state: $('state'), log: $('log'),
 };
 
-ui.token.value = params.get('token') || localStorage.getItem('callscribe.token') || '';
+// The token is typed in (or kept for this tab only): never taken from the
+// URL, which ends up in histories and server logs.
+ui.token.value = sessionStorage.getItem('callscribe.token') || '';
+if (params.has('token')) {
+  history.replaceState(null, '', location.pathname + location.search.replace(/([?&])token=[^&]*&?/, '$1'));
+}
 ui.call.value = params.get('call') || 'call-' + new Date().toISOString().replace(/[^0-9]/g, '').slice(0, 14);
 if (params.get('codec')) ui.codec.value = params.get('codec');
 if (params.get('source')) document.querySelector(`input[name=source][value=${params.get('source')}]`).checked = true;
@@ -206,7 +211,7 @@ async function sendEnd() {
 }
 
 async function start() {
-  localStorage.setItem('callscribe.token', ui.token.value);
+  sessionStorage.setItem('callscribe.token', ui.token.value);
   finals[0].clear(); finals[1].clear();
   document.querySelectorAll('.finals, .partial').forEach((e) => { e.textContent = ''; });
   delete document.body.dataset.finalised;
