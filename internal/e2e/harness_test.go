@@ -323,7 +323,9 @@ func (s *sentCall) resumed() int {
 type callTarget struct {
 	quic, dir string // QUIC address; data directory (CA and console token)
 	consoleID string
-	netns     string // run the console inside this namespace ("": here)
+	// token is the console's credential (default: DATA/console.token).
+	token string
+	netns string // run the console inside this namespace ("": here)
 	// mutate, if set, changes the frames before they are sent (a poisoned
 	// frame); the recorded frames are what is sent.
 	mutate func(frames [][][]byte)
@@ -345,9 +347,11 @@ func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := pki.ReadToken(filepath.Join(to.dir, pki.ConsoleToken))
-	if err != nil {
-		t.Fatal(err)
+	tok := to.token
+	if tok == "" {
+		if tok, err = pki.ReadToken(filepath.Join(to.dir, pki.ConsoleToken)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	labels := []string{proto.ChannelCaller, proto.ChannelCallTaker}[:w.Channels]
 	s := &sentCall{frames: make([][][]byte, w.Channels), finals: make([][]string, w.Channels),
