@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
@@ -23,16 +24,17 @@ func (c *Coordinator) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", c.handleReady)
-	mux.HandleFunc("GET /v1/calls", c.handleCalls)
-	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
-	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.authorised(c.handleTranscript))
-	mux.HandleFunc("GET /v1/calls/{id}/events", c.authorised(c.handleEvents))
+	mux.HandleFunc("GET /v1/calls", c.audited(audit.ActionCallsList, c.handleCalls))
+	mux.HandleFunc("GET /v1/calls/{id}", c.audited(audit.ActionCallRead, c.handleCall))
+	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.authorised(c.audited(audit.ActionTranscriptRead, c.handleTranscript)))
+	mux.HandleFunc("GET /v1/calls/{id}/events", c.authorised(c.audited(audit.ActionTranscriptWatch, c.handleEvents)))
 	c.whip.Register(mux)
 	mux.Handle("GET /console/", whip.ConsoleHandler("/console/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
 	mux.HandleFunc("GET /v1/status", c.handleStatus)
 	mux.HandleFunc("POST /v1/nodes/{id}/drain", c.handleDrain(true))
 	mux.HandleFunc("POST /v1/nodes/{id}/undrain", c.handleDrain(false))
+	mux.HandleFunc("GET /v1/audit", c.require(c.handleAudit, auth.Operator))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.metrics.stats()) })
 	return mux
@@ -359,7 +361,18 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 			httpError(w, http.StatusBadRequest, "invalid node id")
 			return
 		}
+		// Recorded before it is carried out (refused if it cannot be); a
+		// failure follows as a second entry.
+		action := audit.ActionNodeUndrain
+		if drain {
+			action = audit.ActionNodeDrain
+		}
+		if err := c.Audit(r.Context(), action, string(id), audit.OutcomeOK, ""); err != nil {
+			httpError(w, http.StatusServiceUnavailable, err.Error()+": the request is refused")
+			return
+		}
 		if err := c.SetDraining(r.Context(), id, drain); err != nil {
+			_ = c.Audit(r.Context(), action, string(id), audit.ErrorOutcome(err), "failed after it was recorded")
 			httpError(w, http.StatusInternalServerError, err.Error())
 			return
 		}

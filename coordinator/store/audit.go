@@ -150,6 +150,27 @@ func (s *Store) AuditHead() audit.Head {
 	return h
 }
 
+// AuditLast returns the newest stored (durable) entry's seq and hash
+// (0 and ZeroHash when there is none).
+func (s *Store) AuditLast() (audit.Head, error) {
+	head := audit.Head{Hash: audit.ZeroHash}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte("l/")})
+		defer it.Close()
+		it.Seek(auditKey(^uint64(0)))
+		if !it.Valid() {
+			return nil
+		}
+		var e audit.Entry
+		if err := s.readJSON(it.Item(), "audit entry", &e); err != nil {
+			return err
+		}
+		head = audit.Head{Seq: e.Seq, Hash: e.Hash}
+		return nil
+	})
+	return head, err
+}
+
 // AuditEntries returns up to limit stored entries with seq > after, in
 // seq order (limit <= 0: all). An entry that cannot be read or decoded is
 // an error naming its key.
