@@ -100,6 +100,10 @@ var docSpecs = map[string]docSpec{
 	"status":     {synopsis: []string{"status [--server URL] [--ca FILE] [--json]"}, desc: "Shows the coordinator's nodes, GPUs, workers and live calls."},
 	"node": {synopsis: []string{"node drain NODE [--server URL] [--ca FILE]", "node undrain NODE [--server URL] [--ca FILE]"}, desc: "Takes a node out of service (drain): its workers stop, their calls move to other nodes and resume, and no new work goes there. Undrain returns it to service.",
 		subs: [][]string{{"drain", "NODE", "-h"}}},
+	"audit": {synopsis: []string{"audit [--server URL] [--token T] [--ca FILE] [--after N] [--json]", "audit --verify [--expect SEQ:HASH] [--server URL] [--token T] [--ca FILE]"},
+		desc: "Prints the coordinator's audit trail (GET /v1/audit, an operator token): who read, watched or listed calls, transferred them, drained nodes, changed credentials or reloaded the configuration, and each export, with when, from where and the outcome. " +
+			"With --verify it reads the whole trail from seq 1, checks every entry's hash and link to the one before, and exits 0 with \"audit chain intact: N entries, head SEQ HASH\", or 1 naming the first bad entry. " +
+			"--expect SEQ:HASH also requires an entry recorded earlier (a head printed before, or the last one the export receiver holds) to be there unchanged, which catches removal of the newest entries."},
 	"config": {synopsis: []string{"config check FILE"}, desc: "Validates a configuration file (coordinator.toml, agent.toml) or a node-class profile from /usr/share/callscribe/firmware-configs, and prints the effective configuration. Nothing is started.",
 		subs: [][]string{}},
 	"ca": {synopsis: []string{"ca init --dir DIR", "ca issue --dir DIR --kind node|console --name NAME --out PREFIX"}, desc: "Creates the local CA (init) or issues a node or console certificate from it (issue), writing PREFIX.pem and PREFIX-key.pem.",
