@@ -353,7 +353,7 @@ func verifyContents(db *badger.DB, dir string, rec *StateRecord, log *slog.Logge
 				bad("key m/identity", "this is store %s, but the state record is for store %s", id.UUID, rec.UUID)
 			}
 		}
-		for _, prefix := range []string{"c/", "n/", "o/", "m/", "l/"} {
+		for _, prefix := range []string{"c/", "n/", "o/", "m/"} {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
 			for it.Rewind(); it.Valid(); it.Next() {
 				item := it.Item()
