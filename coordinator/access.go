@@ -14,6 +14,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/proto"
@@ -215,11 +216,11 @@ func (c *Coordinator) handleTransfer(w http.ResponseWriter, r *http.Request) {
 	}
 	from, err := c.Transfer(r.Context(), id, body.To)
 	if err != nil {
-		c.auditAs(r.Context(), p, "call.transfer", string(id), "error: "+err.Error(), "to "+string(body.To))
+		c.auditAs(r.Context(), p, audit.ActionCallTransfer, string(id), "error: "+err.Error(), "to "+string(body.To))
 		c.apiError(w, err)
 		return
 	}
-	c.auditAs(r.Context(), p, "call.transfer", string(id), "ok", fmt.Sprintf("from %s to %s", from, body.To))
+	c.auditAs(r.Context(), p, audit.ActionCallTransfer, string(id), "ok", fmt.Sprintf("from %s to %s", from, body.To))
 	writeJSON(w, http.StatusOK, map[string]any{"call_id": id, "from": from, "to": body.To})
 }
 
@@ -262,7 +263,7 @@ func (c *Coordinator) handleTokenAdd(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, cr, err := c.auth.Add(r.Context(), req.Name, req.Role)
 	if err != nil {
-		c.auditAs(r.Context(), p, "token.add", req.Name, "error: "+err.Error(), "role "+string(req.Role))
+		c.auditAs(r.Context(), p, audit.ActionTokenAdd, req.Name, "error: "+err.Error(), "role "+string(req.Role))
 		code := http.StatusServiceUnavailable
 		if errors.Is(err, auth.ErrExists) {
 			code = http.StatusConflict
@@ -270,7 +271,7 @@ func (c *Coordinator) handleTokenAdd(w http.ResponseWriter, r *http.Request) {
 		httpError(w, code, err.Error())
 		return
 	}
-	c.auditAs(r.Context(), p, "token.add", req.Name, "ok", "role "+string(req.Role)+", id "+cr.ID)
+	c.auditAs(r.Context(), p, audit.ActionTokenAdd, req.Name, "ok", "role "+string(req.Role)+", id "+cr.ID)
 	cr.Hash = ""
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusCreated, TokenResponse{Token: tok, Credential: cr})
@@ -278,7 +279,7 @@ func (c *Coordinator) handleTokenAdd(w http.ResponseWriter, r *http.Request) {
 
 func (c *Coordinator) handleTokenList(w http.ResponseWriter, r *http.Request) {
 	p, _ := auth.FromContext(r.Context())
-	c.auditAs(r.Context(), p, "token.list", "", "ok", "")
+	c.auditAs(r.Context(), p, audit.ActionTokenList, "", "ok", "")
 	writeJSON(w, http.StatusOK, c.auth.List())
 }
 
@@ -291,11 +292,11 @@ func (c *Coordinator) handleTokenRevoke(w http.ResponseWriter, r *http.Request) 
 	}
 	out, err := c.auth.Revoke(r.Context(), name)
 	if err != nil {
-		c.auditAs(r.Context(), p, "token.revoke", name, "error: "+err.Error(), "")
+		c.auditAs(r.Context(), p, audit.ActionTokenRevoke, name, "error: "+err.Error(), "")
 		httpError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	c.auditAs(r.Context(), p, "token.revoke", name, "ok", fmt.Sprintf("%d credentials", len(out)))
+	c.auditAs(r.Context(), p, audit.ActionTokenRevoke, name, "ok", fmt.Sprintf("%d credentials", len(out)))
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "revoked": out})
 }
 

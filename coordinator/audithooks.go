@@ -3,15 +3,22 @@ package coordinator
 import (
 	"context"
 
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 )
 
-// auditAs records what p did in the audit trail.
-// TODO(#13): wire to the audit log.
+// auditAs records in the audit trail what p did, after the fact (credential
+// changes, transfers, refusals). An entry that cannot be made durable is
+// logged: the act has already happened.
 func (c *Coordinator) auditAs(ctx context.Context, p auth.Principal, action, target, outcome, detail string) {
+	if err := c.Audit(auth.WithPrincipal(ctx, p), action, target, outcome, detail); err != nil {
+		c.log.Error("audit entry not recorded", "action", action, "target", target, "actor", p.Name, "err", err)
+	}
 }
 
-// denied records a refusal of an authenticated principal.
+// denied records a refusal of an authenticated principal (wrong role, or
+// another console's call). Unauthenticated refusals are only logged: a
+// flood of them must not grow the trail.
 func (c *Coordinator) denied(ctx context.Context, p auth.Principal, what, why string) {
-	c.auditAs(ctx, p, "auth.denied", what, "denied", why)
+	c.auditAs(ctx, p, audit.ActionAuthDenied, what, audit.OutcomeDenied, why)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
@@ -205,6 +206,14 @@ type Coordinator struct {
 	vocabulary atomic.Pointer[[]proto.Word]
 
 	exportKick chan struct{}
+	// auditKick wakes the exporter for new audit entries (not while it
+	// waits out a backoff).
+	auditKick chan struct{}
+	// auditTo replaces the store as the audit log's destination (tests).
+	auditTo atomic.Pointer[auditAppender]
+	// auditExportFails counts failed audit export attempts in a row (the
+	// exporter's goroutine only).
+	auditExportFails int
 
 	mu    sync.Mutex
 	calls map[proto.CallID]*call
@@ -254,7 +263,7 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		cfg.Models = cat
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1)}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
 	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve})
 	if err != nil {
@@ -746,6 +755,10 @@ func (c *Coordinator) Reload(r Reloadable) {
 	}
 	c.reg.mu.Unlock()
 	c.reg.kickReconcile()
+	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.AuditAs(actx, ActorSystem, audit.ActionConfigReload, "", audit.OutcomeOK,
+		fmt.Sprintf("%d static credentials, %d vocabulary words, abandon after %s", len(r.ConsoleTokens)+len(r.Credentials), len(vocab), r.AbandonAfter))
 }
 
 // Healthy reports whether the store accepts writes (the watchdog's check).

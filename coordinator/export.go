@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/proto"
 )
 
@@ -55,6 +57,7 @@ func (c *Coordinator) exporter(ctx context.Context) {
 				return
 			}
 			err := c.export(ctx, client, e.CallID)
+			c.auditExport(ctx, e.CallID, err)
 			if errors.Is(err, store.ErrNotFound) { // deleted by retention first
 				c.log.Warn("export: call no longer exists, dropped from the outbox", "call", e.CallID)
 				_ = c.store.DoneOutbox(e.CallID)
@@ -76,18 +79,95 @@ func (c *Coordinator) exporter(ctx context.Context) {
 			c.log.Info("export: transcript delivered", "call", e.CallID, "attempts", e.Attempts+1)
 			backoff = 100 * time.Millisecond
 		}
-		wait := time.Hour
-		if failed {
+		if ctx.Err() == nil && c.exportAudit(ctx, client) != nil {
+			failed = true
+		}
+		wait, auditKick := time.Hour, c.auditKick
+		if !failed {
+			backoff = 100 * time.Millisecond
+		} else {
 			wait = backoff
 			backoff = min(backoff*2, maxBack)
+			auditKick = nil // new entries wait for the retry
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.exportKick:
+		case <-auditKick:
 		case <-time.After(wait):
 		}
 	}
+}
+
+// auditExport records one transcript export attempt.
+func (c *Coordinator) auditExport(ctx context.Context, id proto.CallID, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the attempt was cut short, not made
+	}
+	outcome := audit.OutcomeOK
+	if err != nil {
+		outcome = audit.ErrorOutcome(err)
+	}
+	_ = c.AuditAs(ctx, ActorExporter, audit.ActionExport, string(id), outcome, "")
+}
+
+// AuditExportDocument is a batch of audit entries, POSTed to the same
+// export URL as transcripts and told apart by Kind ("audit"; a transcript
+// document has no kind). Entries are consecutive, in seq order, and follow
+// the batch before: a receiver checks them with audit.Verify (or the hash
+// definition in internal/audit) against the last entry it holds, and can
+// drop entries whose seq it already has (a batch is resent if the
+// coordinator stopped between the receiver's answer and recording it;
+// the Idempotency-Key is "audit-" and the first seq).
+type AuditExportDocument struct {
+	Kind    string        `json:"kind"`
+	Entries []audit.Entry `json:"entries"`
+}
+
+// auditExportKind is AuditExportDocument's Kind.
+const auditExportKind = "audit"
+
+// auditExportBatch bounds one audit export POST.
+const auditExportBatch = 500
+
+// exportAudit sends the audit entries the receiver has not acknowledged,
+// in batches, moving the durable cursor (store.AuditExported) after each
+// 2xx: nothing is skipped, and nothing is sent again unless a stop fell
+// between an answer and its cursor write. Deliveries of audit entries are
+// not audited themselves: each would add an entry to deliver.
+func (c *Coordinator) exportAudit(ctx context.Context, client *http.Client) error {
+	for ctx.Err() == nil {
+		cur, err := c.store.AuditExported()
+		if err != nil {
+			c.log.Error("export: audit cursor unreadable", "err", err)
+			return err
+		}
+		es, err := c.store.AuditEntries(cur, auditExportBatch)
+		if err != nil {
+			c.log.Error("export: audit entries unreadable", "after", cur, "err", err)
+			return err
+		}
+		if len(es) == 0 {
+			return nil
+		}
+		body, _ := json.Marshal(AuditExportDocument{Kind: auditExportKind, Entries: es})
+		if err := c.post(ctx, client, "audit-"+strconv.FormatUint(es[0].Seq, 10), body); err != nil {
+			c.auditExportFails++
+			if c.auditExportFails == 1 || c.auditExportFails%10 == 0 {
+				c.log.Warn("export: receiver unavailable for audit entries, will retry", "from", es[0].Seq, "attempts", c.auditExportFails, "err", err)
+			}
+			return err
+		}
+		c.auditExportFails = 0
+		last := es[len(es)-1].Seq
+		if err := c.store.SetAuditExported(ctx, last); err != nil {
+			c.log.Error("export: audit cursor not recorded; the batch will be sent again", "seq", last, "err", err)
+			return err
+		}
+		c.log.Debug("export: audit entries delivered", "from", es[0].Seq, "to", last)
+	}
+	return ctx.Err()
 }
 
 func (c *Coordinator) export(ctx context.Context, client *http.Client, id proto.CallID) error {
@@ -107,6 +187,11 @@ func (c *Coordinator) export(ctx context.Context, client *http.Client, id proto.
 	}
 	sortUtterances(doc.Utterances)
 	body, _ := json.Marshal(doc)
+	return c.post(ctx, client, string(id), body)
+}
+
+// post sends one export document to the receiver: nil once it answers 2xx.
+func (c *Coordinator) post(ctx context.Context, client *http.Client, key string, body []byte) error {
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, c.cfg.Export.URL, bytes.NewReader(body))
@@ -114,7 +199,7 @@ func (c *Coordinator) export(ctx context.Context, client *http.Client, id proto.
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", string(id))
+	req.Header.Set("Idempotency-Key", key)
 	if c.cfg.Export.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.cfg.Export.Token)
 	}

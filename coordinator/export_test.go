@@ -27,6 +27,10 @@ type receiver struct {
 func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	var doc ExportDocument
 	b, _ := io.ReadAll(req.Body)
+	var kind struct{ Kind string }
+	if json.Unmarshal(b, &kind) == nil && kind.Kind == "audit" {
+		return // audit entries: TestAuditExportedOnceInOrder
+	}
 	if json.Unmarshal(b, &doc) != nil || doc.Call == nil || req.Header.Get("Idempotency-Key") != string(doc.Call.ID) || req.Header.Get("Authorization") != "Bearer up-token" {
 		http.Error(w, "bad export", http.StatusBadRequest)
 		return

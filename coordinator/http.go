@@ -13,6 +13,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -31,10 +32,10 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", c.handleReady)
 	// Calls: a console its own, a supervisor any.
-	mux.HandleFunc("GET /v1/calls", c.require(c.handleCalls, console, supervisor))
-	mux.HandleFunc("GET /v1/calls/{id}", c.require(c.handleCall, console, supervisor))
-	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.require(c.handleTranscript, console, supervisor))
-	mux.HandleFunc("GET /v1/calls/{id}/events", c.guarded(guard{roles: []auth.Role{console, supervisor}, ticket: true}, c.handleEvents))
+	mux.HandleFunc("GET /v1/calls", c.require(c.audited(audit.ActionCallsList, c.handleCalls), console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}", c.require(c.audited(audit.ActionCallRead, c.handleCall), console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.require(c.audited(audit.ActionTranscriptRead, c.handleTranscript), console, supervisor))
+	mux.HandleFunc("GET /v1/calls/{id}/events", c.guarded(guard{roles: []auth.Role{console, supervisor}, ticket: true}, c.audited(audit.ActionTranscriptWatch, c.handleEvents)))
 	mux.HandleFunc("POST /v1/calls/{id}/transfer", c.require(c.handleTransfer, supervisor))
 	// Streaming (WHIP) checks its console credential itself.
 	c.whip.Register(mux)
@@ -48,6 +49,7 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /v1/tokens", c.require(c.handleTokenList, operator))
 	mux.HandleFunc("POST /v1/tokens", c.require(c.handleTokenAdd, operator))
 	mux.HandleFunc("DELETE /v1/tokens/{name}", c.require(c.handleTokenRevoke, operator))
+	mux.HandleFunc("GET /v1/audit", c.require(c.handleAudit, operator))
 	metrics := promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{})
 	if c.cfg.MetricsOpen {
 		mux.Handle("GET /metrics", metrics)
@@ -373,10 +375,18 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 			httpError(w, http.StatusBadRequest, "invalid node id")
 			return
 		}
-		p, _ := auth.FromContext(r.Context())
-		action := map[bool]string{true: "node.drain", false: "node.undrain"}[drain]
+		// Recorded before it is carried out (refused if it cannot be); a
+		// failure follows as a second entry.
+		action := audit.ActionNodeUndrain
+		if drain {
+			action = audit.ActionNodeDrain
+		}
+		if err := c.Audit(r.Context(), action, string(id), audit.OutcomeOK, ""); err != nil {
+			httpError(w, http.StatusServiceUnavailable, err.Error()+": the request is refused")
+			return
+		}
 		if err := c.SetDraining(r.Context(), id, drain); err != nil {
-			c.auditAs(r.Context(), p, action, string(id), "error: "+err.Error(), "")
+			_ = c.Audit(r.Context(), action, string(id), audit.ErrorOutcome(err), "failed after it was recorded")
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrUnknownNode) {
 				code = http.StatusNotFound
@@ -384,7 +394,6 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 			httpError(w, code, err.Error())
 			return
 		}
-		c.auditAs(r.Context(), p, action, string(id), "ok", "")
 		writeJSON(w, http.StatusOK, map[string]any{"node": id, "draining": drain})
 	}
 }

@@ -325,9 +325,18 @@ func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain 
 	known = known || c.reg.draining[node]
 	c.reg.mu.Unlock()
 	if !known {
+		stored, err := c.store.Nodes()
+		if err != nil {
+			return err
+		}
+		for _, n := range stored {
+			known = known || n.ID == node
+		}
+	}
+	if !known {
 		// A node that has never connected is not drained on a guess: a
 		// typo would otherwise be stored as a node.
-		return fmt.Errorf("%w: %q (connected nodes and drained ones are known; see callscribe status)", ErrUnknownNode, node)
+		return fmt.Errorf("%w: %q (nodes that have connected are known; see callscribe status)", ErrUnknownNode, node)
 	}
 	if err := c.store.PutNode(ctx, storeNode(node, drain)); err != nil {
 		return err

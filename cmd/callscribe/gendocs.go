@@ -105,6 +105,10 @@ var docSpecs = map[string]docSpec{
 			"list shows every credential, active and revoked, without secrets. revoke refuses every token of that name, and console certificates with that common name, and ends their live sessions (console streams, WebRTC sessions, transcript streams) at once. " +
 			"Without --token the credential comes from $CALLSCRIBE_TOKEN, --token-file, $CALLSCRIBE_TOKEN_FILE or " + defaultOperatorToken + ".",
 		subs: [][]string{{"add", "-h"}, {"list", "-h"}, {"revoke", "-h"}}},
+	"audit": {synopsis: []string{"audit [--server URL] [--token T] [--ca FILE] [--after N] [--json]", "audit --verify [--expect SEQ:HASH] [--server URL] [--token T] [--ca FILE]"},
+		desc: "Prints the coordinator's audit trail (GET /v1/audit, an operator token): who read, watched or listed calls, transferred them, drained nodes, changed credentials or reloaded the configuration, and each export, with when, from where and the outcome. " +
+			"With --verify it reads the whole trail from seq 1, checks every entry's hash and link to the one before, and exits 0 with \"audit chain intact: N entries, head SEQ HASH\", or 1 naming the first bad entry. " +
+			"--expect SEQ:HASH also requires an entry recorded earlier (a head printed before, or the last one the export receiver holds) to be there unchanged, which catches removal of the newest entries."},
 	"config": {synopsis: []string{"config check FILE"}, desc: "Validates a configuration file (coordinator.toml, agent.toml) or a node-class profile from /usr/share/callscribe/firmware-configs, and prints the effective configuration. Nothing is started.",
 		subs: [][]string{}},
 	"ca": {synopsis: []string{"ca init --dir DIR", "ca issue --dir DIR --kind node|console --name NAME --out PREFIX"}, desc: "Creates the local CA (init) or issues a node or console certificate from it (issue), writing PREFIX.pem and PREFIX-key.pem.",

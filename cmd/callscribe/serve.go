@@ -22,6 +22,7 @@ import (
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/coordinator/scaling"
+	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/config"
 	"github.com/callscribe/callscribe/internal/loop"
@@ -264,6 +265,7 @@ func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, cto
 		}
 		if err != nil {
 			log.Error("reload refused: configuration kept as it was", "err", err)
+			_ = c.AuditAs(ctx, coordinator.ActorSystem, audit.ActionConfigReload, "", audit.ErrorOutcome(err), "configuration kept as it was")
 			_ = sdnotify.Notify("READY=1\nSTATUS=reload failed: " + err.Error())
 			continue
 		}

@@ -147,6 +147,8 @@ type Store struct {
 	state    *StateRecord // as last written
 	gcMarked bool
 
+	audit auditLog
+
 	closeMu   sync.RWMutex // writers hold it shared while they enqueue
 	closed    bool
 	closeOnce sync.Once
@@ -240,6 +242,10 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		s := newStore(db, "", o, log, nil)
 		go s.committer()
+		if err := s.loadAuditHead(); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
 		return s, nil
 	}
 	dir = filepath.Clean(dir)
@@ -306,6 +312,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	go s.committer()
+	if err := s.loadAuditHead(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -575,21 +585,30 @@ func (s *Store) committer() {
 			}
 		}
 		t0 := time.Now()
-		ok := batch
+		ok := make([]*req, 0, len(batch))
+		var a *admission
 		if s.guard != nil {
-			ok = make([]*req, 0, len(batch))
-			a := s.guard.begin()
-			for _, r := range batch {
-				if r.after != nil && r.after.err != nil {
-					r.finish(fmt.Errorf("%w: the write it follows failed: %w", ErrPredecessor, r.after.err))
-					continue
-				}
+			a = s.guard.begin()
+		}
+		for _, r := range batch {
+			// A write's predecessor is settled or in this batch, before it:
+			// drop the link once read, so a long run of chained writes (a
+			// channel's frames, the audit log) is not all kept alive.
+			after := r.after
+			r.after = nil
+			if after != nil && after.err != nil {
+				r.finish(fmt.Errorf("%w: the write it follows failed: %w", ErrPredecessor, after.err))
+				continue
+			}
+			if a != nil {
 				if err := a.admit(r); err != nil {
 					r.finish(err)
 					continue
 				}
-				ok = append(ok, r)
 			}
+			ok = append(ok, r)
+		}
+		if a != nil {
 			a.done()
 		}
 		if len(ok) == 0 {

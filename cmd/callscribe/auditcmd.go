@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/internal/audit"
+	"github.com/callscribe/callscribe/internal/pki"
+)
+
+// errChainBroken is the verdict of `audit --verify` on a broken chain.
+var errChainBroken = errors.New("audit chain broken")
+
+// cmdAudit prints the coordinator's audit trail, or verifies its chain.
+func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)")
+	token := fs.String("token", "", "an operator token (or CALLSCRIBE_TOKEN)")
+	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
+	after := fs.Uint64("after", 0, "print entries after this seq")
+	asJSON := fs.Bool("json", false, "print entries as JSON lines")
+	verify := fs.Bool("verify", false, "page through the whole trail from seq 1 and verify its hash chain")
+	expect := fs.String("expect", "", "with --verify: SEQ:HASH of an entry recorded earlier (a head printed before, or the last one exported) that must still be there")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return errUsage
+	}
+	if *token == "" {
+		*token = os.Getenv("CALLSCRIBE_TOKEN")
+	}
+	var want *audit.Head
+	if *expect != "" {
+		s, h, ok := strings.Cut(*expect, ":")
+		n, err := strconv.ParseUint(s, 10, 64)
+		if !ok || err != nil || len(h) != 64 {
+			fmt.Fprintln(stderr, "audit: --expect is SEQ:HASH (a seq and 64 hex digits)")
+			return errUsage
+		}
+		want = &audit.Head{Seq: n, Hash: strings.ToLower(h)}
+	}
+	if *verify && *after != 0 {
+		fmt.Fprintln(stderr, "audit: --verify reads from seq 1; it takes no --after")
+		return errUsage
+	}
+	api, err := newAPIClient(*server, *caFile, *token)
+	if err != nil {
+		return err
+	}
+	chain := &audit.Chain{}
+	var tw *tabwriter.Writer
+	if !*verify && !*asJSON {
+		tw = tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tROLE\tREMOTE\tACTION\tTARGET\tOUTCOME\tDETAIL")
+	}
+	enc := json.NewEncoder(stdout)
+	cur, found, retries := *after, false, 0
+	var head audit.Head
+	for {
+		var page coordinator.AuditPage
+		body, err := api.get(ctx, "/v1/audit?after="+strconv.FormatUint(cur, 10)+"&limit=1000")
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			return fmt.Errorf("bad audit document: %w", err)
+		}
+		head = page.Head
+		if len(page.Entries) == 0 {
+			if head.Seq > cur && retries < 3 { // appended while we read
+				retries++
+				continue
+			}
+			break
+		}
+		for _, e := range page.Entries {
+			switch {
+			case *verify:
+				if err := chain.Add(e); err != nil {
+					fmt.Fprintf(stdout, "audit chain BROKEN after %d intact entries: %v\n", chain.Len(), err)
+					return errChainBroken
+				}
+				if want != nil && e.Seq == want.Seq {
+					if e.Hash != want.Hash {
+						fmt.Fprintf(stdout, "audit chain BROKEN: entry %d has hash %s, not the %s recorded earlier: the log was rewritten from there on\n", e.Seq, e.Hash, want.Hash)
+						return errChainBroken
+					}
+					found = true
+				}
+			case *asJSON:
+				if err := enc.Encode(e); err != nil {
+					return err
+				}
+			default:
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Actor, dash(e.Role), dash(e.Remote), e.Action, dash(e.Target), e.Outcome, e.Detail)
+			}
+			if e.Seq <= cur {
+				return fmt.Errorf("the coordinator sent seq %d after asking for entries after %d", e.Seq, cur)
+			}
+			cur = e.Seq
+		}
+	}
+	if tw != nil {
+		return tw.Flush()
+	}
+	if !*verify {
+		return nil
+	}
+	last := chain.Head()
+	if last.Seq == 0 {
+		last.Hash = audit.ZeroHash
+	}
+	switch {
+	case head.Seq > last.Seq || (head.Seq == last.Seq && head.Hash != last.Hash):
+		fmt.Fprintf(stdout, "audit chain BROKEN: the coordinator's head is %d %s, but the entries end at %d %s\n", head.Seq, head.Hash, last.Seq, last.Hash)
+		return errChainBroken
+	case want != nil && !found:
+		fmt.Fprintf(stdout, "audit chain BROKEN: entry %d, recorded earlier with hash %s, is no longer there (the log ends at %d): newest entries were removed\n", want.Seq, want.Hash, last.Seq)
+		return errChainBroken
+	}
+	fmt.Fprintf(stdout, "audit chain intact: %d entries, head %d %s\n", chain.Len(), last.Seq, last.Hash)
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// apiClient talks to the coordinator's HTTP API with a bearer token.
+type apiClient struct {
+	base, token string
+	client      *http.Client
+}
+
+func newAPIClient(server, caFile, token string) (*apiClient, error) {
+	client := http.DefaultClient
+	if caFile != "" {
+		pool, err := pki.CertPool(caFile)
+		if err != nil {
+			return nil, err
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	}
+	base := strings.TrimRight(server, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &apiClient{base: base, token: token, client: client}, nil
+}
+
+// get returns the body of a 200 answer to GET path.
+func (a *apiClient) get(ctx context.Context, path string) ([]byte, error) {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, a.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator at %s: %w", a.base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
