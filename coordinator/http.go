@@ -27,6 +27,8 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /v1/calls/{id}", c.handleCall)
 	mux.HandleFunc("GET /v1/calls/{id}/transcript", c.authorised(c.handleTranscript))
 	mux.HandleFunc("GET /v1/calls/{id}/events", c.authorised(c.handleEvents))
+	mux.HandleFunc("GET /v1/calls/{id}/audio", c.require(c.handleAudio, auth.Supervisor))
+	mux.HandleFunc("GET /v1/signing-key", c.require(c.handleSigningKey, auth.Console, auth.Supervisor, auth.Operator))
 	c.whip.Register(mux)
 	mux.Handle("GET /console/", whip.ConsoleHandler("/console/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
@@ -311,7 +313,12 @@ func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"call_id": rec.ID, "state": rec.State, "utterances": out})
+	signed, err := c.signTranscript(rec, out)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "integrity statement: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"call_id": rec.ID, "state": rec.State, "utterances": out, "integrity": signed})
 }
 
 func sortUtterances(u []Utterance) {
