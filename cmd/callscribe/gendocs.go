@@ -100,6 +100,11 @@ var docSpecs = map[string]docSpec{
 	"status":     {synopsis: []string{"status [--server URL] [--ca FILE] [--json]"}, desc: "Shows the coordinator's nodes, GPUs, workers and live calls."},
 	"node": {synopsis: []string{"node drain NODE [--server URL] [--ca FILE]", "node undrain NODE [--server URL] [--ca FILE]"}, desc: "Takes a node out of service (drain): its workers stop, their calls move to other nodes and resume, and no new work goes there. Undrain returns it to service.",
 		subs: [][]string{{"drain", "NODE", "-h"}}},
+	"verify": {synopsis: []string{"verify --server URL --token TOKEN [--ca FILE] [--key PUBKEYFILE] CALL"}, desc: "Proves a call's recording and transcript complete and unaltered: " +
+		"it fetches the call's transcript with its signed integrity statement and each channel's stored audio, checks the Ed25519 signature " +
+		"(against PUBKEYFILE, the coordinator's DATA/keys/signing.pub distributed out of band, or else the key the server serves at /v1/signing-key, and says which), " +
+		"recomputes every channel's frame digest and the transcript's hash, and prints one line per check. " +
+		"The exit status is 0 when everything matches and 1 when anything does not, naming what. The token must be allowed to read the call's audio (a supervisor's)."},
 	"config": {synopsis: []string{"config check FILE"}, desc: "Validates a configuration file (coordinator.toml, agent.toml) or a node-class profile from /usr/share/callscribe/firmware-configs, and prints the effective configuration. Nothing is started.",
 		subs: [][]string{}},
 	"ca": {synopsis: []string{"ca init --dir DIR", "ca issue --dir DIR --kind node|console --name NAME --out PREFIX"}, desc: "Creates the local CA (init) or issues a node or console certificate from it (issue), writing PREFIX.pem and PREFIX-key.pem.",

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/callscribe/callscribe/coordinator"
+	"github.com/callscribe/callscribe/internal/integrity"
+	"github.com/callscribe/callscribe/internal/pki"
+)
+
+// errNotVerified is verify's failure: something does not match.
+var errNotVerified = errors.New("not verified")
+
+// cmdVerify checks a call's signed integrity statement against its
+// transcript and stored audio: `callscribe verify [options] CALL`.
+func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)")
+	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "token allowed to read the call's transcript and audio (or CALLSCRIBE_TOKEN)")
+	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
+	keyFile := fs.String("key", "", "the coordinator's signing public key (DATA/keys/signing.pub, distributed out of band); default: ask the server")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	rest := fs.Args()
+	if len(rest) > 0 { // flags may follow CALL too
+		if err := fs.Parse(rest[1:]); err != nil {
+			return errUsage
+		}
+		rest = append(rest[:1], fs.Args()...)
+	}
+	if len(rest) != 1 || *token == "" {
+		fmt.Fprintln(stderr, "usage: callscribe verify --server URL --token TOKEN [--ca FILE] [--key PUBKEYFILE] CALL")
+		return errUsage
+	}
+	call := rest[0]
+	api, err := newAPIClient(*server, *caFile, *token)
+	if err != nil {
+		return err
+	}
+	v := &verifier{api: api, call: call, out: stdout}
+	if err := v.run(ctx, *keyFile); err != nil {
+		return err
+	}
+	if len(v.problems) > 0 {
+		fmt.Fprintf(stdout, "NOT VERIFIED: %s\n", strings.Join(v.problems, "; "))
+		return fmt.Errorf("call %s: %w: %s", call, errNotVerified, strings.Join(v.problems, "; "))
+	}
+	fmt.Fprintf(stdout, "VERIFIED: call %s's audio and transcript are complete and unaltered as signed\n", call)
+	return nil
+}
+
+type verifier struct {
+	api      *apiClient
+	call     string
+	out      io.Writer
+	problems []string
+}
+
+func (v *verifier) fail(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	v.problems = append(v.problems, msg)
+	fmt.Fprintf(v.out, "  FAIL  %s\n", msg)
+}
+
+func (v *verifier) ok(format string, a ...any) {
+	fmt.Fprintf(v.out, "  ok    %s\n", fmt.Sprintf(format, a...))
+}
+
+// run checks everything it can; an error is one that stopped it (the
+// server unreachable, a refused request), a mismatch goes to problems.
+func (v *verifier) run(ctx context.Context, keyFile string) error {
+	var tr struct {
+		CallID     string                  `json:"call_id"`
+		State      string                  `json:"state"`
+		Utterances []coordinator.Utterance `json:"utterances"`
+		Integrity  *integrity.Signed       `json:"integrity"`
+	}
+	body, err := v.api.get(ctx, "/v1/calls/"+url.PathEscape(v.call)+"/transcript")
+	if err != nil {
+		return fmt.Errorf("transcript: %w", err)
+	}
+	if err := json.Unmarshal(body, &tr); err != nil {
+		return fmt.Errorf("transcript: %w", err)
+	}
+	if tr.Integrity == nil {
+		v.fail("the server served no integrity statement with the transcript")
+		return nil
+	}
+	var pub ed25519.PublicKey
+	var from string
+	if keyFile != "" {
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return err
+		}
+		if pub, err = integrity.ParsePublicKey(b); err != nil {
+			return fmt.Errorf("%s: %w", keyFile, err)
+		}
+		from = keyFile
+	} else {
+		b, err := v.api.get(ctx, "/v1/signing-key")
+		if err != nil {
+			return fmt.Errorf("signing key: %w", err)
+		}
+		if pub, err = integrity.ParsePublicKey(b); err != nil {
+			return fmt.Errorf("signing key from the server: %w", err)
+		}
+		from = "the server (GET /v1/signing-key; pass --key with the key distributed out of band to rule out a substituted key)"
+	}
+	fmt.Fprintf(v.out, "call %s: checking against signing key %s from %s\n", v.call, integrity.KeyID(pub), from)
+	st, err := integrity.Verify(pub, *tr.Integrity)
+	if err != nil {
+		v.fail("signature: %v: the statement was not signed by this key or was altered", err)
+		return nil
+	}
+	v.ok("signature: valid, statement signed at %s (call %s, console %s, state %s)", st.SignedAt.Format(time.RFC3339), st.CallID, st.Console, st.State)
+	if st.CallID != v.call {
+		v.fail("the statement is about call %s, not %s", st.CallID, v.call)
+	}
+	iu := make([]integrity.Utterance, len(tr.Utterances))
+	for i, u := range tr.Utterances {
+		iu[i] = integrity.Utterance{Channel: u.Channel, Index: u.Index, StartMS: u.StartMS, EndMS: u.EndMS, Text: u.Text, Heard: u.Heard}
+	}
+	sum := integrity.TranscriptSum(iu)
+	switch {
+	case len(iu) != st.Transcript.Finals:
+		v.fail("transcript: %s finals served, %s signed: transcript altered or incomplete", commas(len(iu)), commas(st.Transcript.Finals))
+	case hex.EncodeToString(sum[:]) != st.Transcript.SHA256:
+		v.fail("transcript: %s finals, hash differs from the signed one: transcript altered", commas(len(iu)))
+	default:
+		v.ok("transcript: %s finals, hash matches (%s)", commas(len(iu)), st.Transcript.SHA256)
+	}
+	for _, ch := range st.Channels {
+		if err := v.channel(ctx, st, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// channel recomputes one channel's digest from the served audio.
+func (v *verifier) channel(ctx context.Context, st *integrity.Statement, ch integrity.ChannelDigest) error {
+	name := fmt.Sprintf("channel %d (%s)", ch.Channel, ch.Label)
+	if ch.SHA256 == "" {
+		v.fail("%s: the statement records no digest (audio deleted before digests were kept)", name)
+		return nil
+	}
+	resp, err := v.api.open(ctx, fmt.Sprintf("/v1/calls/%s/audio?channel=%d", url.PathEscape(v.call), ch.Channel))
+	if err != nil {
+		var gone *goneError
+		if errors.As(err, &gone) {
+			v.fail("%s: %s signed frames, but the audio is gone (%s): it cannot be checked", name, commas(int(ch.Frames)), gone.msg)
+			return nil
+		}
+		return fmt.Errorf("%s audio: %w", name, err)
+	}
+	defer resp.Body.Close()
+	var d integrity.Digest
+	var later int
+	var gap string
+	err = integrity.ReadRecords(resp.Body, func(seq uint32, capture int64, payload []byte) error {
+		if d.Next >= ch.Frames {
+			later++
+			return nil
+		}
+		if seq != d.Next {
+			if gap == "" {
+				gap = fmt.Sprintf("frame %d is followed by frame %d", int64(d.Next)-1, seq)
+			}
+			return nil
+		}
+		return d.Add(seq, capture, payload)
+	})
+	switch {
+	case err != nil:
+		v.fail("%s: audio download failed after %s frames: %v", name, commas(int(d.Next)), err)
+	case gap != "":
+		v.fail("%s: %s of %s signed frames in sequence, then a gap (%s): audio incomplete", name, commas(int(d.Next)), commas(int(ch.Frames)), gap)
+	case d.Next < ch.Frames:
+		v.fail("%s: only %s of %s signed frames are stored: audio incomplete", name, commas(int(d.Next)), commas(int(ch.Frames)))
+	case d.Hex() != ch.SHA256:
+		v.fail("%s: %s frames, digest differs from the signed one: audio altered or incomplete", name, commas(int(ch.Frames)))
+	case later > 0 && st.State != "open" && st.State != "streaming":
+		v.fail("%s: %s frames match, but %s more are stored after the signed end of the call", name, commas(int(ch.Frames)), commas(later))
+	case later > 0:
+		v.ok("%s: %s frames, digest matches (%s); %s frames stored since (the call is live)", name, commas(int(ch.Frames)), ch.SHA256, commas(later))
+	default:
+		v.ok("%s: %s frames, digest matches (%s)", name, commas(int(ch.Frames)), ch.SHA256)
+	}
+	return nil
+}
+
+// commas writes n with thousands separators.
+func commas(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+// apiClient talks to the coordinator's HTTP API with a bearer token.
+type apiClient struct {
+	base, token string
+	client      *http.Client
+}
+
+func newAPIClient(server, caFile, token string) (*apiClient, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if caFile != "" {
+		pool, err := pki.CertPool(caFile)
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	}
+	base := strings.TrimRight(server, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &apiClient{base: base, token: token, client: &http.Client{Transport: tr}}, nil
+}
+
+// goneError is a 410 answer: what was asked for was deleted.
+type goneError struct{ msg string }
+
+func (e *goneError) Error() string { return e.msg }
+
+// open sends a GET and returns a 200 answer for the caller to read.
+func (a *apiClient) open(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator at %s: %w", a.base, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	msg := strings.TrimSpace(string(b))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	if resp.StatusCode == http.StatusGone {
+		return nil, &goneError{msg: msg}
+	}
+	return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, msg)
+}
+
+// get returns the body of a 200 answer to a GET (at most 256 MiB).
+func (a *apiClient) get(ctx context.Context, path string) ([]byte, error) {
+	resp, err := a.open(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+}
