@@ -294,16 +294,10 @@ func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
 	if rec == nil {
 		return
 	}
-	var out []Utterance
-	for i, l := range rec.Channels {
-		fs, err := c.store.Finals(rec.ID, i, 0)
-		if err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
-			return
-		}
-		for _, f := range fs {
-			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text, Heard: f.Heard})
-		}
+	out, err := c.transcriptOf(rec)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
 	}
 	sortUtterances(out)
 	if r.URL.Query().Get("format") == "text" {

@@ -101,8 +101,46 @@ func (c *Coordinator) digestSnapshot(rec *store.Call) (store.Call, []integrity.D
 	return *rec, ds, known, nil
 }
 
-// signTranscript signs a statement of the call's audio digests and of the
-// transcript us (the finals served with it).
+// transcriptOf returns a call's finals as the transcript API serves them.
+func (c *Coordinator) transcriptOf(rec *store.Call) ([]Utterance, error) {
+	var out []Utterance
+	for i, l := range rec.Channels {
+		fs, err := c.store.Finals(rec.ID, i, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range fs {
+			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text, Heard: f.Heard})
+		}
+	}
+	return out, nil
+}
+
+func transcriptHash(us []Utterance) store.TranscriptIntegrity {
+	iu := make([]integrity.Utterance, len(us))
+	for i, u := range us {
+		iu[i] = integrity.Utterance{Channel: u.Channel, Index: u.Index, StartMS: u.StartMS, EndMS: u.EndMS, Text: u.Text, Heard: u.Heard}
+	}
+	sum := integrity.TranscriptSum(iu)
+	return store.TranscriptIntegrity{Finals: len(us), SHA256: hex.EncodeToString(sum[:])}
+}
+
+// sealTranscript records in rec, the record that finalises the call, the
+// hash of its finals (all stored by now): statements about the finalised
+// call carry it, so a final altered later no longer matches.
+func (c *Coordinator) sealTranscript(rec *store.Call) {
+	us, err := c.transcriptOf(rec)
+	if err != nil {
+		c.log.Error("integrity: cannot read the finals to seal the transcript: statements will cover the finals as served", "call", rec.ID, "err", err)
+		return
+	}
+	h := transcriptHash(us)
+	rec.Transcript = &h
+}
+
+// signTranscript signs a statement of the call's audio digests and of its
+// transcript: the hash sealed when the call was finalised, or else that of
+// us, the finals served with it.
 func (c *Coordinator) signTranscript(rec *store.Call, us []Utterance) (integrity.Signed, error) {
 	r, ds, known, err := c.digestSnapshot(rec)
 	if err != nil {
@@ -116,12 +154,11 @@ func (c *Coordinator) signTranscript(rec *store.Call, us []Utterance) (integrity
 		}
 		st.Channels = append(st.Channels, cd)
 	}
-	iu := make([]integrity.Utterance, len(us))
-	for i, u := range us {
-		iu[i] = integrity.Utterance{Channel: u.Channel, Index: u.Index, StartMS: u.StartMS, EndMS: u.EndMS, Text: u.Text, Heard: u.Heard}
+	th := transcriptHash(us)
+	if r.Transcript != nil { // sealed when the call was finalised
+		th, st.Transcript.Sealed = *r.Transcript, true
 	}
-	sum := integrity.TranscriptSum(iu)
-	st.Transcript = integrity.TranscriptHash{Finals: len(us), SHA256: hex.EncodeToString(sum[:])}
+	st.Transcript.Finals, st.Transcript.SHA256 = th.Finals, th.SHA256
 	return integrity.Sign(c.cfg.Signer, st)
 }
 

@@ -252,3 +252,46 @@ func TestIntegrityDigestOfAnOlderCall(t *testing.T) {
 		t.Fatalf("digest not stored: %v %v", ok, err)
 	}
 }
+
+// Finalising a call seals its transcript's hash in the record: statements
+// carry that hash, so a final altered later no longer matches.
+func TestIntegrityTranscriptIsSealed(t *testing.T) {
+	tc := startCoordinator(t)
+	const id = "sealed-call"
+	rec := &store.Call{ID: id, Console: "c", Channels: []string{"caller", "taker"}, Codec: proto.CodecL16, State: store.StateEnded,
+		Created: time.Now().UTC(), Decoded: []uint32{10, 10}, Complete: []bool{true, true}}
+	tc.c.store.PutCall(t.Context(), rec)
+	finals := []store.Final{{Channel: 0, Index: 0, Text: "help", Start: 1600, End: 8000}, {Channel: 1, Index: 0, Text: "where", Heard: "wear", Start: 3200, End: 9600},
+		{Channel: 0, Index: 1, Text: "main street", Start: 9600, End: 20000}}
+	for _, f := range finals {
+		if err := tc.c.store.PutFinal(t.Context(), id, f, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := tc.c.buildCall(rec)
+	tc.c.mu.Lock()
+	tc.c.calls[id] = cl
+	tc.c.mu.Unlock()
+	tc.c.channelComplete(cl, nil) // the real finalisation path
+	var us []integrity.Utterance
+	for _, f := range finals {
+		us = append(us, integrity.Utterance{Channel: f.Channel, Index: f.Index, StartMS: f.Start / 16, EndMS: f.End / 16, Text: f.Text, Heard: f.Heard})
+	}
+	sum := integrity.TranscriptSum(us)
+	want := hex.EncodeToString(sum[:])
+	stored, _ := tc.c.store.Call(id)
+	if stored.Transcript == nil || stored.Transcript.SHA256 != want || stored.Transcript.Finals != 3 {
+		t.Fatalf("finalised record's transcript %+v, want 3 finals %s", stored.Transcript, want)
+	}
+	st := tc.statement(t, id)
+	if !st.Transcript.Sealed || st.Transcript.SHA256 != want || st.State != store.StateFinalised {
+		t.Fatalf("statement of a finalised call: %+v", st)
+	}
+	// Altered in the store: the statement keeps the sealed hash.
+	f := finals[1]
+	f.Text = "there"
+	tc.c.store.PutFinal(t.Context(), id, f, nil)
+	if st := tc.statement(t, id); st.Transcript.SHA256 != want {
+		t.Fatal("the signed transcript hash followed an altered final")
+	}
+}

@@ -138,13 +138,17 @@ func (v *verifier) run(ctx context.Context, keyFile string) error {
 		iu[i] = integrity.Utterance{Channel: u.Channel, Index: u.Index, StartMS: u.StartMS, EndMS: u.EndMS, Text: u.Text, Heard: u.Heard}
 	}
 	sum := integrity.TranscriptSum(iu)
+	basis := "sealed when the call was finalised"
+	if !st.Transcript.Sealed {
+		basis = "of the finals as served: the call is not finalised"
+	}
 	switch {
 	case len(iu) != st.Transcript.Finals:
 		v.fail("transcript: %s finals served, %s signed: transcript altered or incomplete", commas(len(iu)), commas(st.Transcript.Finals))
 	case hex.EncodeToString(sum[:]) != st.Transcript.SHA256:
-		v.fail("transcript: %s finals, hash differs from the signed one: transcript altered", commas(len(iu)))
+		v.fail("transcript: %s finals, hash differs from the signed one (%s): transcript altered", commas(len(iu)), basis)
 	default:
-		v.ok("transcript: %s finals, hash matches (%s)", commas(len(iu)), st.Transcript.SHA256)
+		v.ok("transcript: %s finals, hash matches (%s; %s)", commas(len(iu)), st.Transcript.SHA256, basis)
 	}
 	for _, ch := range st.Channels {
 		if err := v.channel(ctx, st, ch); err != nil {

@@ -76,6 +76,15 @@ type Call struct {
 	// Integrity is, per channel, the frame digest the call ended with
 	// (internal/integrity): absent for a call not yet ended.
 	Integrity []ChannelIntegrity `json:"integrity,omitempty"`
+	// Transcript is the hash of the finals (internal/integrity's
+	// TranscriptSum) recorded when the call was finalised.
+	Transcript *TranscriptIntegrity `json:"transcript,omitempty"`
+}
+
+// TranscriptIntegrity is the hash (hex) of a call's Finals finals.
+type TranscriptIntegrity struct {
+	Finals int    `json:"finals"`
+	SHA256 string `json:"sha256"`
 }
 
 // ChannelIntegrity is a channel's frame digest: SHA256 (hex) covers its

@@ -51,9 +51,13 @@ type ChannelDigest struct {
 }
 
 // TranscriptHash is TranscriptSum (hex) of the transcript's Finals finals.
+// Sealed: the hash was recorded when the call was finalised (a final
+// altered since does not match it); otherwise it is the hash of the finals
+// served with the statement (a call not yet finalised).
 type TranscriptHash struct {
 	Finals int    `json:"finals"`
 	SHA256 string `json:"sha256"`
+	Sealed bool   `json:"sealed"`
 }
 
 // Signed is a signed statement as served. The signature covers exactly the
