@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -213,5 +214,38 @@ func TestSignAndVerify(t *testing.T) {
 	other, _ := EnsureSigningKey(t.TempDir())
 	if _, err := Verify(other.Public().(ed25519.PublicKey), s); err == nil {
 		t.Fatal("a statement verified with another key")
+	}
+}
+
+// The README's by-hand check: openssl verifies the signed statement with
+// DATA/keys/signing.pub.
+func TestOpenSSLVerifiesTheStatement(t *testing.T) {
+	ossl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("no openssl")
+	}
+	dir := t.TempDir()
+	key, err := EnsureSigningKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Sign(key, Statement{CallID: "c1", Channels: []ChannelDigest{{Label: "caller", Frames: 1, SHA256: "00"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := base64.StdEncoding.DecodeString(s.SignedStatement)
+	sig, _ := base64.StdEncoding.DecodeString(s.Signature)
+	os.WriteFile(filepath.Join(dir, "statement.json"), b, 0o644)
+	os.WriteFile(filepath.Join(dir, "statement.sig"), sig, 0o644)
+	run := func() ([]byte, error) {
+		return exec.Command(ossl, "pkeyutl", "-verify", "-pubin", "-inkey", filepath.Join(dir, KeyDir, SigningPubFile), "-rawin",
+			"-in", filepath.Join(dir, "statement.json"), "-sigfile", filepath.Join(dir, "statement.sig")).CombinedOutput()
+	}
+	if out, err := run(); err != nil {
+		t.Fatalf("openssl pkeyutl -verify: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(dir, "statement.json"), bytes.Replace(b, []byte(`"frames":1`), []byte(`"frames":2`), 1), 0o644)
+	if out, err := run(); err == nil {
+		t.Fatalf("openssl verified an altered statement:\n%s", out)
 	}
 }
