@@ -39,7 +39,7 @@ func (c *Coordinator) loadDigest(rec *store.Call, i int, n uint32) (integrity.Di
 		d, err = c.store.ComputeDigest(rec.ID, i)
 	}
 	if err == nil && d.Next != n {
-		err = fmt.Errorf("frames of channel %d stop at %d of %d: %w", i, d.Next, n, store.ErrNotFound)
+		err = fmt.Errorf("its frames stop at %d of %d", d.Next, n)
 	}
 	if err != nil {
 		return d, fmt.Errorf("integrity: frame digest of call %s channel %d: %w", rec.ID, i, err)

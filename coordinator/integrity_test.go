@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -293,5 +294,32 @@ func TestIntegrityTranscriptIsSealed(t *testing.T) {
 	tc.c.store.PutFinal(t.Context(), id, f, nil)
 	if st := tc.statement(t, id); st.Transcript.SHA256 != want {
 		t.Fatal("the signed transcript hash followed an altered final")
+	}
+}
+
+// A live call whose stored frames have a gap (damage) is still recovered
+// at start; its digest then cannot match its audio.
+func TestIntegrityGapDoesNotStopRecovery(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "store"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = "gap-call"
+	rec := &store.Call{ID: id, Console: "console-a", Channels: []string{"caller"}, Codec: proto.CodecL16, State: store.StateStreaming, Created: time.Now().UTC()}
+	st.PutCall(t.Context(), rec)
+	for _, seq := range []uint32{0, 1, 2, 4} {
+		st.PutFrames(t.Context(), id, 0, []store.Frame{{Seq: seq, Payload: []byte{byte(seq)}}})
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tc := startCoordinatorWith(t, func(c *Config) { c.DataDir = dir })
+	if !strings.Contains(tc.logs.String(), "will not verify") {
+		t.Fatalf("no error logged for the gap:\n%s", tc.logs.String())
+	}
+	s := tc.statement(t, id)
+	if n, sum := tc.audioDigest(t, id, 0); s.Channels[0].Frames != 5 || n != 4 || sum == s.Channels[0].SHA256 {
+		t.Fatalf("statement %+v against %d frames %s", s.Channels[0], n, sum)
 	}
 }

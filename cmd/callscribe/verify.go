@@ -90,6 +90,7 @@ func (v *verifier) run(ctx context.Context, keyFile string) error {
 		State      string                  `json:"state"`
 		Utterances []coordinator.Utterance `json:"utterances"`
 		Integrity  *integrity.Signed       `json:"integrity"`
+		Error      string                  `json:"integrity_error"`
 	}
 	body, err := v.api.get(ctx, "/v1/calls/"+url.PathEscape(v.call)+"/transcript")
 	if err != nil {
@@ -99,7 +100,11 @@ func (v *verifier) run(ctx context.Context, keyFile string) error {
 		return fmt.Errorf("transcript: %w", err)
 	}
 	if tr.Integrity == nil {
-		v.fail("the server served no integrity statement with the transcript")
+		why := "none given"
+		if tr.Error != "" {
+			why = tr.Error
+		}
+		v.fail("the server served no integrity statement with the transcript (%s)", why)
 		return nil
 	}
 	var pub ed25519.PublicKey
