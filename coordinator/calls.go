@@ -11,6 +11,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -49,6 +50,9 @@ type channel struct {
 	label string
 	// The following are guarded by call.mu.
 	nextSeq uint32 // frames below are durable
+	// digest is the frame digest of the durable frames (digest.Next ==
+	// nextSeq), as stored with the last batch (internal/integrity).
+	digest integrity.Digest
 	// queued holds frames accepted from the console and waiting for the
 	// store; queuedNext is the next frame accepted (nextSeq + in flight +
 	// queued). One write per channel is in flight at a time (writing), so
@@ -428,6 +432,13 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 			return nil, err
 		}
 		ch.nextSeq, ch.queuedNext = n, n
+		if ch.digest, err = c.loadDigest(rec, i, n); err != nil {
+			// The call goes on; its statement will not match its audio,
+			// which is what a verifier must be told.
+			c.log.Error("integrity: the frame digest cannot cover the stored frames: the call continues, and its audio will not verify",
+				"call", rec.ID, "channel", i, "frames", n, "err", err)
+			ch.digest.Next = n
+		}
 		if i < len(rec.Received) {
 			ch.received = rec.Received[i]
 		}
@@ -569,14 +580,25 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 	type flight struct {
 		batch []queuedFrame
+		d     integrity.Digest // the channel's digest after the batch
 		p     *store.Pending
 		err   error // a write that could not even be queued
 	}
 	var inflight []flight
+	// tip is the digest after the last batch submitted: each batch's
+	// write carries the digest it brings the channel to. After a failed
+	// write it is the durable digest again (every write queued behind the
+	// failed one fails too, and the frames come again from nextSeq).
+	cl.mu.Lock()
+	tip := ch.digest
+	cl.mu.Unlock()
 	for {
 		cl.mu.Lock()
 		var batch []queuedFrame
-		if len(inflight) < 2 {
+		// A write that could not be queued is settled before the next is
+		// submitted: with no write to follow, that one would be stored
+		// across the gap.
+		if n := len(inflight); n < 2 && (n == 0 || inflight[n-1].err == nil) {
 			batch, ch.queued = ch.queued, nil
 		}
 		if len(batch) == 0 && len(inflight) == 0 {
@@ -595,8 +617,21 @@ func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 			if n := len(inflight); n > 0 {
 				after = inflight[n-1].p
 			}
-			p, err := c.store.SubmitFrames(c.runCtx, cl.id, ch.idx, fs, after)
-			inflight = append(inflight, flight{batch: batch, p: p, err: err})
+			d := tip
+			var p *store.Pending
+			var err error
+			for _, f := range fs {
+				if err = d.Add(f.Seq, f.Capture, f.Payload); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				p, err = c.store.SubmitFramesDigest(c.runCtx, cl.id, ch.idx, fs, d, after)
+			}
+			if err == nil {
+				tip = d
+			}
+			inflight = append(inflight, flight{batch: batch, d: d, p: p, err: err})
 			continue
 		}
 		// Wait for the oldest write, or for more frames while there is room
@@ -615,13 +650,19 @@ func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 			}
 		}
 		inflight = inflight[1:]
-		c.framesWritten(cl, ch, f.batch, err)
+		c.framesWritten(cl, ch, f.batch, f.d, err)
+		if err != nil {
+			cl.mu.Lock()
+			tip = ch.digest
+			cl.mu.Unlock()
+		}
 	}
 }
 
-// framesWritten settles one write of a channel's frames: acks on success;
+// framesWritten settles one write of a channel's frames: acks on success
+// (d, the digest written with them, becomes the channel's durable digest);
 // on failure the frames, and every frame queued behind them, are refused.
-func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, err error) {
+func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, d integrity.Digest, err error) {
 	now := time.Now()
 	cl.mu.Lock()
 	var rec store.Call
@@ -632,6 +673,7 @@ func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, 
 		ch.queuedNext = ch.nextSeq
 	} else {
 		ch.nextSeq = batch[len(batch)-1].a.Seq + 1
+		ch.digest = d
 		for _, q := range batch {
 			ch.recvAt[q.a.Seq] = q.at
 			if len(q.a.Payload) == 0 {
@@ -720,8 +762,10 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 	cl.rec.EndFrames = make([]uint32, len(cl.chans))
 	cl.rec.Received = make([]uint64, len(cl.chans))
 	cl.rec.Concealed = make([]uint64, len(cl.chans))
+	cl.rec.Integrity = make([]store.ChannelIntegrity, len(cl.chans))
 	for i, ch := range cl.chans {
 		cl.rec.EndFrames[i], cl.rec.Received[i], cl.rec.Concealed[i] = ch.nextSeq, ch.received, ch.concealed
+		cl.rec.Integrity[i] = store.ChannelIntegrity{Frames: ch.digest.Next, SHA256: ch.digest.Hex()}
 	}
 	rec := *cl.rec
 	cl.mu.Unlock()

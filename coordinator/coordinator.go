@@ -8,6 +8,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -29,6 +30,7 @@ import (
 	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
@@ -102,7 +104,10 @@ type Config struct {
 	// DiskReserve is the free space the store keeps beyond what Badger may
 	// still need before it refuses audio (0: store.DefaultDiskReserve).
 	DiskReserve int64
-	Logger      *slog.Logger
+	// Signer signs the integrity statements served with transcripts (nil:
+	// DATA/keys/signing.key, created if missing).
+	Signer ed25519.PrivateKey
+	Logger *slog.Logger
 }
 
 // Limits are the coordinator's admission and liveness bounds.
@@ -262,6 +267,13 @@ func New(cfg Config) (*Coordinator, error) {
 			return nil, err
 		}
 		cfg.Models = cat
+	}
+	if cfg.Signer == nil {
+		key, err := integrity.EnsureSigningKey(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: signing key: %w", err)
+		}
+		cfg.Signer = key
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)

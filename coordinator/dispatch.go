@@ -460,6 +460,7 @@ func (c *Coordinator) channelComplete(cl *call, _ *channel) {
 func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
 	now := time.Now().UTC()
 	rec.State, rec.Finalised = store.StateFinalised, &now
+	c.sealTranscript(rec)
 	for attempt := 0; ; attempt++ {
 		put := c.store.PutCall
 		if c.cfg.Export.URL != "" {
@@ -483,7 +484,7 @@ func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
 	}
 	cl.mu.Lock()
 	settle()
-	cl.rec.State, cl.rec.Finalised = rec.State, rec.Finalised
+	cl.rec.State, cl.rec.Finalised, cl.rec.Transcript = rec.State, rec.Finalised, rec.Transcript
 	cl.eachLocked(func(s *session) { s.finalisedLocked(cl) })
 	close(cl.done)
 	cl.mu.Unlock()

@@ -38,6 +38,8 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("GET /v1/calls/{id}/events", c.guarded(guard{roles: []auth.Role{console, supervisor}, ticket: true}, c.audited(audit.ActionTranscriptWatch, c.handleEvents)))
 	mux.HandleFunc("POST /v1/calls/{id}/transfer", c.require(c.handleTransfer, supervisor))
 	// Streaming (WHIP) checks its console credential itself.
+	mux.HandleFunc("GET /v1/calls/{id}/audio", c.require(c.audited(audit.ActionAudioRead, c.handleAudio), supervisor))
+	mux.HandleFunc("GET /v1/signing-key", c.require(c.handleSigningKey, console, supervisor, operator))
 	c.whip.Register(mux)
 	mux.Handle("GET /console/", whip.ConsoleHandler("/console/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
@@ -308,16 +310,10 @@ func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
 	if rec == nil {
 		return
 	}
-	var out []Utterance
-	for i, l := range rec.Channels {
-		fs, err := c.store.Finals(rec.ID, i, 0)
-		if err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
-			return
-		}
-		for _, f := range fs {
-			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text, Heard: f.Heard})
-		}
+	out, err := c.transcriptOf(rec)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
 	}
 	sortUtterances(out)
 	if r.URL.Query().Get("format") == "text" {
@@ -327,7 +323,15 @@ func (c *Coordinator) handleTranscript(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"call_id": rec.ID, "state": rec.State, "utterances": out})
+	doc := map[string]any{"call_id": rec.ID, "state": rec.State, "utterances": out}
+	if signed, err := c.signTranscript(rec, out); err != nil {
+		// The transcript is served all the same, saying why it is unsigned.
+		c.log.Error("integrity: no statement for a transcript", "call", rec.ID, "err", err)
+		doc["integrity_error"] = err.Error()
+	} else {
+		doc["integrity"] = signed
+	}
+	writeJSON(w, http.StatusOK, doc)
 }
 
 func sortUtterances(u []Utterance) {

@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,7 +14,6 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/internal/audit"
-	"github.com/callscribe/callscribe/internal/pki"
 )
 
 // errChainBroken is the verdict of `audit --verify` on a broken chain.
@@ -27,18 +23,13 @@ var errChainBroken = errors.New("audit chain broken")
 func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)")
-	token := fs.String("token", "", "an operator token (or CALLSCRIBE_TOKEN)")
-	caFile := fs.String("ca", "", "CA to trust for an https:// coordinator")
+	flags := addAPIFlags(fs)
 	after := fs.Uint64("after", 0, "print entries after this seq")
 	asJSON := fs.Bool("json", false, "print entries as JSON lines")
 	verify := fs.Bool("verify", false, "page through the whole trail from seq 1 and verify its hash chain")
 	expect := fs.String("expect", "", "with --verify: SEQ:HASH of an entry recorded earlier (a head printed before, or the last one exported) that must still be there")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return errUsage
-	}
-	if *token == "" {
-		*token = os.Getenv("CALLSCRIBE_TOKEN")
 	}
 	var want *audit.Head
 	if *expect != "" {
@@ -54,7 +45,7 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "audit: --verify reads from seq 1; it takes no --after")
 		return errUsage
 	}
-	api, err := newAPIClient(*server, *caFile, *token)
+	api, err := flags.client()
 	if err != nil {
 		return err
 	}
@@ -138,52 +129,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// apiClient talks to the coordinator's HTTP API with a bearer token.
-type apiClient struct {
-	base, token string
-	client      *http.Client
-}
-
-func newAPIClient(server, caFile, token string) (*apiClient, error) {
-	client := http.DefaultClient
-	if caFile != "" {
-		pool, err := pki.CertPool(caFile)
-		if err != nil {
-			return nil, err
-		}
-		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	}
-	base := strings.TrimRight(server, "/")
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	return &apiClient{base: base, token: token, client: client}, nil
-}
-
-// get returns the body of a 200 answer to GET path.
-func (a *apiClient) get(ctx context.Context, path string) ([]byte, error) {
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, a.base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	if a.token != "" {
-		req.Header.Set("Authorization", "Bearer "+a.token)
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator at %s: %w", a.base, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	return body, nil
 }

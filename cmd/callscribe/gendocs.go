@@ -109,6 +109,11 @@ var docSpecs = map[string]docSpec{
 		desc: "Prints the coordinator's audit trail (GET /v1/audit, an operator token): who read, watched or listed calls, transferred them, drained nodes, changed credentials or reloaded the configuration, and each export, with when, from where and the outcome. " +
 			"With --verify it reads the whole trail from seq 1, checks every entry's hash and link to the one before, and exits 0 with \"audit chain intact: N entries, head SEQ HASH\", or 1 naming the first bad entry. " +
 			"--expect SEQ:HASH also requires an entry recorded earlier (a head printed before, or the last one the export receiver holds) to be there unchanged, which catches removal of the newest entries."},
+	"verify": {synopsis: []string{"verify --server URL --token TOKEN [--ca FILE] [--key PUBKEYFILE] CALL"}, desc: "Proves a call's recording and transcript complete and unaltered: " +
+		"it fetches the call's transcript with its signed integrity statement and each channel's stored audio, checks the Ed25519 signature " +
+		"(against PUBKEYFILE, the coordinator's DATA/keys/signing.pub distributed out of band, or else the key the server serves at /v1/signing-key, and says which), " +
+		"recomputes every channel's frame digest and the transcript's hash, and prints one line per check. " +
+		"The exit status is 0 when everything matches and 1 when anything does not, naming what. The token must be allowed to read the call's audio (a supervisor's)."},
 	"config": {synopsis: []string{"config check FILE"}, desc: "Validates a configuration file (coordinator.toml, agent.toml) or a node-class profile from /usr/share/callscribe/firmware-configs, and prints the effective configuration. Nothing is started.",
 		subs: [][]string{}},
 	"ca": {synopsis: []string{"ca init --dir DIR", "ca issue --dir DIR --kind node|console --name NAME --out PREFIX"}, desc: "Creates the local CA (init) or issues a node or console certificate from it (issue), writing PREFIX.pem and PREFIX-key.pem.",

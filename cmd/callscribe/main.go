@@ -33,6 +33,7 @@ var commands = map[string]command{
 	"node":        {cmdNode, "drain or undrain a node"},
 	"token":       {cmdToken, "add, list or revoke credentials on a running coordinator (operator)"},
 	"audit":       {cmdAudit, "print the audit trail, or verify its hash chain (--verify)"},
+	"verify":      {cmdVerify, "check a call's signed integrity statement against its stored audio and transcript"},
 	"config":      {cmdConfig, "check a configuration file or node profile"},
 	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
 	"models":      {cmdModels, "install the pinned model files (checked by hash) or check them"},
@@ -42,7 +43,7 @@ var commands = map[string]command{
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "audit", "config", "ca", "models", "bench", "store", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "token", "audit", "verify", "config", "ca", "models", "bench", "store", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

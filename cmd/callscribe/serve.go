@@ -25,6 +25,7 @@ import (
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/config"
+	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
@@ -134,6 +135,10 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	}
 	nodeCAs := x509.NewCertPool()
 	nodeCAs.AddCert(ca)
+	signer, err := integrity.EnsureSigningKey(f.Data)
+	if err != nil {
+		return cfg, "", "", fmt.Errorf("signing key: %w", err)
+	}
 	ctoken, err := pki.EnsureToken(filepath.Join(f.Data, pki.ConsoleToken))
 	if err != nil {
 		return cfg, "", "", err
@@ -213,7 +218,7 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, bare...), Credentials: creds, AuthFailuresPerMinute: f.AuthFailures, MetricsOpen: f.MetricsOpen, NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
-		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20,
+		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20, Signer: signer,
 		Logger: log.With("component", "coordinator")}
 	for _, line := range config.Effective(f, l.src) {
 		log.Info("config", "effective", line)

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -135,7 +132,7 @@ func addAPIFlags(fs *flag.FlagSet) *apiFlags {
 	return &apiFlags{
 		server:    fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)"),
 		ca:        fs.String("ca", "", "CA to trust for an https:// coordinator"),
-		token:     fs.String("token", "", "credential to send (default: $CALLSCRIBE_TOKEN, else --token-file)"),
+		token:     fs.String("token", "", "credential to send (default: $CALLSCRIBE_TOKEN, else --token-file; a supervisor's for verify)"),
 		tokenFile: fs.String("token-file", "", "file holding the credential (default: $CALLSCRIBE_TOKEN_FILE, else "+defaultOperatorToken+" when readable)"),
 	}
 }
@@ -160,75 +157,4 @@ func (a *apiFlags) credential() (string, error) {
 		file = defaultOperatorToken
 	}
 	return pki.ReadToken(file)
-}
-
-// call sends one request (body, when not nil, as JSON) and returns the body
-// of a 2xx answer.
-func (a *apiFlags) call(ctx context.Context, method, path string, body any) ([]byte, error) {
-	tok, err := a.credential()
-	if err != nil {
-		return nil, err
-	}
-	return callAPI(ctx, *a.server, *a.ca, tok, method, path, body)
-}
-
-// callAPI sends one request to the coordinator's HTTP API (trusting caFile
-// for https://, with token as bearer credential) and returns the body of a
-// 2xx answer.
-func callAPI(ctx context.Context, server, caFile, token, method, path string, body any) ([]byte, error) {
-	client := http.DefaultClient
-	if caFile != "" {
-		pool, err := pki.CertPool(caFile)
-		if err != nil {
-			return nil, err
-		}
-		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	}
-	base := server
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(rctx, method, base+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator at %s: %w", base, err)
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode/100 != 2 {
-		msg := strings.TrimSpace(string(out))
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(out, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		if resp.StatusCode == http.StatusUnauthorized && token == "" {
-			msg += " (no credential sent: use --token, --token-file or CALLSCRIBE_TOKEN)"
-		}
-		return nil, fmt.Errorf("coordinator answered %s: %s", resp.Status, msg)
-	}
-	return out, nil
 }

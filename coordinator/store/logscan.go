@@ -177,7 +177,7 @@ func entryAt(w *window, off int64, strict bool) (n int64, why string) {
 
 func knownPrefix(k []byte) bool {
 	switch string(k[:2]) {
-	case "a/", "c/", "f/", "n/", "o/", "m/", "!b":
+	case "a/", "c/", "f/", "h/", "n/", "o/", "m/", "!b":
 		return true
 	}
 	return false

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/proto"
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -72,6 +73,25 @@ type Call struct {
 	// Skipped is, per channel, frames sent to workers as loss markers
 	// because workers failed on them repeatedly.
 	Skipped [][]uint32 `json:"skipped,omitempty"`
+	// Integrity is, per channel, the frame digest the call ended with
+	// (internal/integrity): absent for a call not yet ended.
+	Integrity []ChannelIntegrity `json:"integrity,omitempty"`
+	// Transcript is the hash of the finals (internal/integrity's
+	// TranscriptSum) recorded when the call was finalised.
+	Transcript *TranscriptIntegrity `json:"transcript,omitempty"`
+}
+
+// TranscriptIntegrity is the hash (hex) of a call's Finals finals.
+type TranscriptIntegrity struct {
+	Finals int    `json:"finals"`
+	SHA256 string `json:"sha256"`
+}
+
+// ChannelIntegrity is a channel's frame digest: SHA256 (hex) covers its
+// frames 0 to Frames-1.
+type ChannelIntegrity struct {
+	Frames uint32 `json:"frames"`
+	SHA256 string `json:"sha256"`
 }
 
 // Final is one persisted final utterance with the checkpoint to resume after it.
@@ -799,6 +819,12 @@ func finalPrefix(id proto.CallID, ch int) []byte {
 	return append(append([]byte("f/"), id...), '/', byte(ch))
 }
 
+// digestKey holds a channel's frame digest (integrity.Digest's binary
+// encoding), written with every batch of its frames.
+func digestKey(id proto.CallID, ch int) []byte {
+	return append(append([]byte("h/"), id...), '/', byte(ch))
+}
+
 func callKey(id proto.CallID) []byte { return append([]byte("c/"), id...) }
 
 // PutFrames makes frames of one channel durable.
@@ -812,6 +838,55 @@ func (s *Store) PutFrames(ctx context.Context, id proto.CallID, ch int, fs []Fra
 // every group commit without ever being stored across a gap.
 func (s *Store) SubmitFrames(ctx context.Context, id proto.CallID, ch int, fs []Frame, after *Pending) (*Pending, error) {
 	return s.submit(ctx, true, after, frameEntries(id, ch, fs))
+}
+
+// SubmitFramesDigest is SubmitFrames that also records d, the channel's
+// frame digest after these frames, in the same write (its entry last, so a
+// commit Badger splits never stores the digest without its frames).
+func (s *Store) SubmitFramesDigest(ctx context.Context, id proto.CallID, ch int, fs []Frame, d integrity.Digest, after *Pending) (*Pending, error) {
+	b, _ := d.MarshalBinary()
+	return s.submit(ctx, true, after, append(frameEntries(id, ch, fs), entry{key: digestKey(id, ch), val: b}))
+}
+
+// PutDigest makes a channel's frame digest durable (for a call stored
+// before digests were kept, computed once from its frames).
+func (s *Store) PutDigest(ctx context.Context, id proto.CallID, ch int, d integrity.Digest) error {
+	b, _ := d.MarshalBinary()
+	return s.write(ctx, false, entry{key: digestKey(id, ch), val: b})
+}
+
+// Digest returns a channel's stored frame digest; ok is false when none is
+// stored (a call from before digests were kept, or a channel without
+// frames).
+func (s *Store) Digest(id proto.CallID, ch int) (d integrity.Digest, ok bool, err error) {
+	k := digestKey(id, ch)
+	err = s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(k)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var decErr error
+		if err := it.Value(func(v []byte) error { decErr = d.UnmarshalBinary(v); return nil }); err != nil {
+			return s.valueErr(k, "frame digest unreadable", err)
+		}
+		if decErr != nil {
+			return s.valueErr(k, "frame digest does not decode", decErr)
+		}
+		ok = true
+		return nil
+	})
+	return d, ok, err
+}
+
+// ComputeDigest computes a channel's frame digest from its stored frames
+// (all of them); a gap in the frames is an error.
+func (s *Store) ComputeDigest(id proto.CallID, ch int) (integrity.Digest, error) {
+	var d integrity.Digest
+	err := s.Frames(id, ch, 0, 0, func(f Frame) error { return d.Add(f.Seq, f.Capture, f.Payload) })
+	return d, err
 }
 
 func frameEntries(id proto.CallID, ch int, fs []Frame) []entry {
@@ -1089,9 +1164,13 @@ func (s *Store) DeleteAudio(ctx context.Context, id proto.CallID) (int, error) {
 	return s.deletePrefix(ctx, append(append([]byte("a/"), id...), '/'))
 }
 
-// DeleteCall removes a call's finals and record (its audio must be gone).
+// DeleteCall removes a call's finals, frame digests and record (its audio
+// must be gone).
 func (s *Store) DeleteCall(ctx context.Context, id proto.CallID) error {
 	if _, err := s.deletePrefix(ctx, append(append([]byte("f/"), id...), '/')); err != nil {
+		return err
+	}
+	if _, err := s.deletePrefix(ctx, append(append([]byte("h/"), id...), '/')); err != nil {
 		return err
 	}
 	return s.write(ctx, false, entry{key: callKey(id), del: true})
