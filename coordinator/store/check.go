@@ -197,6 +197,9 @@ func (r *Report) WriteText(w io.Writer) {
 	if r.InUse {
 		fmt.Fprintln(w, "in use: another process has the store open")
 	}
+	if !r.New {
+		fmt.Fprintf(w, "encrypted at rest: %s\n", map[bool]string{true: "yes", false: "no"}[r.Encrypted])
+	}
 	m := r.Manifest
 	switch {
 	case !m.Present:
