@@ -293,12 +293,8 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	key := o.Key
-	switch {
-	case enc == Plain && len(o.Key) > 0:
-		log.Warn("store: this store is not encrypted at rest (it was written before encryption was configured); it is opened as it is. See the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
+	if enc == Plain {
 		key = nil
-	case enc == Plain && o.KeyFile != "":
-		log.Warn("store: this store is not encrypted at rest and no key is configured; see the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
 	}
 	rep := inspect(dir, false, true, reg)
 	for _, n := range rep.Notes {
@@ -307,6 +303,12 @@ func Open(dir string, o Options) (*Store, error) {
 	if err := rep.Err(); err != nil {
 		unlock()
 		return nil, err
+	}
+	switch {
+	case enc == Plain && len(o.Key) > 0:
+		log.Warn("store: this store is not encrypted at rest (it was written before encryption was configured); it is opened as it is. See the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
+	case enc == Plain && o.KeyFile != "":
+		log.Warn("store: this store is not encrypted at rest and no key is configured; see the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
 	}
 	if err := checkOpenSpace(dir, meta); err != nil {
 		unlock()
