@@ -19,6 +19,7 @@ func cmdStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	usage := func() error {
 		fmt.Fprintln(stderr, "usage: callscribe store check [--json] [--key FILE] DIR   (DIR: the store directory, or the data directory holding store/)")
 		fmt.Fprintln(stderr, "       callscribe store rotate-key --data DIR --new-key FILE [--key FILE]")
+		fmt.Fprintln(stderr, "       callscribe store encrypt --data DIR [--key FILE]")
 		return errUsage
 	}
 	if len(args) < 1 {
@@ -68,6 +69,15 @@ func cmdStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usage()
 		}
 		return rotateKey(*data, *keyFile, *newKey, stdout)
+	case "encrypt":
+		fs := flag.NewFlagSet("store encrypt", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		data := fs.String("data", "", "the coordinator's data directory (or its store/); the coordinator must be stopped")
+		keyFile := fs.String("key", "", "the key to encrypt with, created if missing (default: DATA/keys/store.key; the packaged service's is /etc/callscribe/store.key)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || *data == "" {
+			return usage()
+		}
+		return encryptStore(*data, *keyFile, stdout)
 	}
 	fmt.Fprintf(stderr, "callscribe store: unknown subcommand %q\n", args[0])
 	return usage()
@@ -131,5 +141,29 @@ func rotateKey(data, keyFile, newFile string, stdout io.Writer) error {
 		return fmt.Errorf("the store is now encrypted with the key in %s, but installing it as %s failed (run the same command again): %w", newFile, keyFile, err)
 	}
 	fmt.Fprintf(stdout, "store %s: master key rotated; %s holds the new key. Back it up now: the old key no longer opens the store. You may delete %s.\n", dir, keyFile, newFile)
+	return nil
+}
+
+// encryptStore rewrites a store written before encryption into an
+// encrypted one (store.Encrypt), with the key in keyFile, created if
+// missing.
+func encryptStore(data, keyFile string, stdout io.Writer) error {
+	if keyFile == "" {
+		keyFile, _ = keys.Locate(keys.DefaultFile(dataDirOf(data)))
+	}
+	key, err := keys.Read(keyFile)
+	if errors.Is(err, os.ErrNotExist) {
+		if key, err = keys.Create(keyFile); err == nil {
+			fmt.Fprintf(stdout, "created the store's key in %s: back it up now, apart from the data\n", keyFile)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	plain, err := store.Encrypt(data, key, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "store %s is encrypted with the key in %s. The plain store was moved to %s: delete it (shred, or discard the disk's blocks) once you have checked the new one; backups made before now are still plain.\n", store.ResolveDir(data), keyFile, plain)
 	return nil
 }

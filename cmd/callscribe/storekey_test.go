@@ -100,3 +100,22 @@ func TestStoreRotateKeyCommand(t *testing.T) {
 		t.Fatalf("check: %v\n%s", err, o)
 	}
 }
+
+// store encrypt: a store from before encryption comes out encrypted with
+// a new key file and reads back whole.
+func TestStoreEncryptCommand(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	data, storeDir := storeWithCalls(t, 3)
+	var out, errb bytes.Buffer
+	if err := cmdStore(context.Background(), []string{"encrypt", "--data", data}, &out, &errb); err != nil {
+		t.Fatalf("encrypt: %v %s", err, errb.String())
+	}
+	t.Log(out.String())
+	if e, err := store.EncryptionOf(storeDir); err != nil || e != store.Encrypted {
+		t.Fatalf("after encrypt: %v %v", e, err)
+	}
+	o, err := runStoreCheck(t, data)
+	if err != nil || !strings.Contains(o, "encrypted at rest: yes") || !strings.Contains(o, "3 calls") {
+		t.Fatalf("check: %v\n%s", err, o)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -236,4 +237,121 @@ func RotateKey(dir string, oldKey, newKey []byte, keyFile string) error {
 		return fmt.Errorf("store: rotate key: the rewritten key registry does not open with the new key: %w", err)
 	}
 	return nil
+}
+
+// Encrypt rewrites the plain store in dir (a store written before
+// encryption) into a new store encrypted with key, offline (it fails while
+// a process has the store open), and returns where the plain store was
+// moved. The store is first opened and closed as the coordinator would
+// (damage is refused, a crash replayed), then streamed into DIR.encrypting
+// with every key's newest version, checked (what it holds, counted, must
+// equal the original), and only then swapped in:
+//
+//	DIR → DIR.plain-TIME, DIR.encrypting → DIR,
+//	DIR.encrypting.state.json → DIR.state.json
+//
+// Interrupted before the swap, DIR is untouched (a new run starts over).
+// Interrupted inside it, the coordinator refuses to start (the state
+// record does not match), and the swap is finished by hand with the same
+// renames. The plain copy is left for the operator to delete securely.
+func Encrypt(dir string, key []byte, log *slog.Logger) (plain string, err error) {
+	dir = ResolveDir(dir)
+	if len(key) != KeySize {
+		return "", fmt.Errorf("store: encrypt: the key is %d bytes, want %d", len(key), KeySize)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	switch enc, err := EncryptionOf(dir); {
+	case err != nil:
+		return "", fmt.Errorf("store: encrypt: %w", err)
+	case enc == NoStore:
+		return "", fmt.Errorf("store: encrypt: no store in %s", dir)
+	case enc == Encrypted:
+		return "", fmt.Errorf("store: encrypt: store %s is encrypted already", dir)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	s, err := Open(dir, Options{Logger: log})
+	if err != nil {
+		return "", err
+	}
+	if err := s.Close(); err != nil {
+		return "", err
+	}
+	tmp := dir + ".encrypting"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", fmt.Errorf("store: encrypt: %w", err)
+	}
+	if err := os.Remove(StatePath(tmp)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("store: encrypt: %w", err)
+	}
+	if err := copyInto(dir, tmp, key); err != nil {
+		return "", fmt.Errorf("store: encrypt %s: %w", dir, err)
+	}
+	// Open it as the coordinator will (this writes its state record), then
+	// compare what both hold.
+	ns, err := Open(tmp, Options{Key: key, KeyFile: "", Logger: quiet})
+	if err != nil {
+		return "", fmt.Errorf("store: encrypt: the new store: %w", err)
+	}
+	if err := ns.Close(); err != nil {
+		return "", fmt.Errorf("store: encrypt: the new store: %w", err)
+	}
+	was, err := countReadOnly(dir, nil, nil)
+	if err != nil {
+		return "", fmt.Errorf("store: encrypt: count %s: %w", dir, err)
+	}
+	now, err := countReadOnly(tmp, nil, key)
+	if err != nil {
+		return "", fmt.Errorf("store: encrypt: count %s: %w", tmp, err)
+	}
+	if *was != *now {
+		return "", fmt.Errorf("store: encrypt: the new store in %s holds %+v, the old one %+v; nothing was swapped", tmp, *now, *was)
+	}
+	plain = fmt.Sprintf("%s.plain-%s", dir, time.Now().UTC().Format("20060102T150405Z"))
+	for _, mv := range [][2]string{{dir, plain}, {tmp, dir}, {StatePath(tmp), StatePath(dir)}} {
+		if err := os.Rename(mv[0], mv[1]); err != nil {
+			return "", fmt.Errorf("store: encrypt: swap: %w (finish by hand: mv %s %s; mv %s %s; mv %s %s)", err, dir, plain, tmp, dir, StatePath(tmp), StatePath(dir))
+		}
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return "", fmt.Errorf("store: encrypt: %w", err)
+	}
+	log.Info("store: encrypted", "dir", dir, "calls", now.Calls, "frames", now.Frames, "plain_copy", plain)
+	return plain, nil
+}
+
+// copyInto streams the newest version of every key of the closed store in
+// src into a new Badger in dst, encrypted with key (Badger's backup
+// format, versions kept).
+func copyInto(src, dst string, key []byte) error {
+	from, err := badger.Open(badgerOptions(src, nil, nil).WithReadOnly(true).WithLogger(nil))
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	to, err := badger.Open(badgerOptions(dst, nil, key).WithLogger(nil))
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := from.Backup(pw, 0)
+		pw.CloseWithError(err)
+	}()
+	err = to.Load(pr, 64)
+	pr.CloseWithError(errors.New("load stopped"))
+	if cerr := to.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

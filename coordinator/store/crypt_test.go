@@ -283,3 +283,47 @@ func TestMissingKeyRegistryIsDamage(t *testing.T) {
 		t.Fatalf("Check: %v %v", err, r.Problems)
 	}
 }
+
+// A store from before encryption is rewritten encrypted: everything reads
+// back, nothing of it is readable on disk, and the plain copy is left
+// aside.
+func TestEncryptPlainStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "store")
+	if err := populate(dir, 30, 0); err != nil {
+		t.Fatal(err)
+	}
+	text := []byte("final of call 17")
+	if found := grepDir(t, dir, text); !found[0] {
+		t.Fatal("the plain store does not show its transcript: the test cannot fail")
+	}
+	plain, err := Encrypt(dir, testKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found := grepDir(t, dir, text, payload(17, 3)[:64]); found[0] || found[1] {
+		t.Fatalf("the encrypted store shows its data: %v", found)
+	}
+	if e, _ := EncryptionOf(plain); e != Plain {
+		t.Fatalf("the plain copy %s: %v", plain, e)
+	}
+	if _, err := Encrypt(dir, testKey, nil); err == nil || !strings.Contains(err.Error(), "encrypted already") {
+		t.Fatalf("Encrypt of an encrypted store: %v", err)
+	}
+	s, err := Open(dir, Options{Key: testKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Encrypted() {
+		t.Fatal("not encrypted")
+	}
+	verifyCalls(t, s, 30, 0)
+	if err := writeCalls(s, 2, 30); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Check(dir, testKey, ""); err != nil || !r.Intact() || r.Counts.Calls != 32 || r.Counts.Frames != 320 {
+		t.Fatalf("Check: %v %+v", err, r)
+	}
+}
