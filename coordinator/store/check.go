@@ -319,6 +319,9 @@ func Check(dir string, key []byte, keyFile string) (*Report, error) {
 	default:
 		unlock() // Badger takes its own shared lock
 		unlock = func() {}
+		if reg == nil {
+			key = nil // a store from before encryption: read as it is
+		}
 		c, err := countReadOnly(dir, r.State, key)
 		if err != nil {
 			var de *DamageError

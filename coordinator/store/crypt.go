@@ -37,8 +37,8 @@ const KeySize = 32
 const DefaultKeyRotation = 7 * 24 * time.Hour
 
 // indexCacheSize is Badger's cache of decrypted table indexes, which
-// Badger requires with encryption (without one it would decrypt a table's
-// index on every read). The store keeps few tables (audio lives in the value
+// Badger requires with encryption (an encrypted table's index is decrypted
+// into it rather than kept with the table). The store keeps few tables (audio lives in the value
 // log; tables hold keys and value pointers), so 16 MiB holds every index of
 // a store of many months; a miss costs one decryption of one index.
 const indexCacheSize = 16 << 20

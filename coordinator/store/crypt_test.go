@@ -165,6 +165,9 @@ func TestPlainStoreOpensWithKey(t *testing.T) {
 	if e, err := EncryptionOf(dir); err != nil || e != Plain {
 		t.Fatalf("EncryptionOf: %v %v", e, err)
 	}
+	if r, err := Check(dir, testKey, ""); err != nil || !r.Intact() || r.Encrypted || r.Counts == nil || r.Counts.Calls != 5 {
+		t.Fatalf("Check with a key: %v %+v", err, r)
+	}
 }
 
 // After a rotation the store opens with the new key only and reads back
