@@ -36,12 +36,16 @@ const KeySize = 32
 // written in its week; rotating them costs one registry entry each.
 const DefaultKeyRotation = 7 * 24 * time.Hour
 
-// indexCacheSize is Badger's cache of decrypted table indexes, which
-// Badger requires with encryption (an encrypted table's index is decrypted
-// into it rather than kept with the table). The store keeps few tables (audio lives in the value
-// log; tables hold keys and value pointers), so 16 MiB holds every index of
-// a store of many months; a miss costs one decryption of one index.
-const indexCacheSize = 16 << 20
+// indexCacheSize is Badger's cache of decrypted table indexes (block
+// offsets and bloom filters), which Badger requires with encryption: an
+// encrypted table's index is decrypted into it rather than kept with the
+// table. A lookup (a call record, a resume's frames) consults one table per
+// level, mostly the newest; audio lives in the value log, so tables hold
+// only keys and value pointers and their indexes are small. 32 MiB keeps
+// the indexes of the tables in use without growing with the store (a
+// store of months of audio has more); a miss costs one decryption of one
+// table's index, not a read of the audio.
+const indexCacheSize = 32 << 20
 
 // blockCacheSize is Badger's cache of decrypted table blocks, which Badger
 // also requires with encryption. Blocks hold keys and value pointers (the
