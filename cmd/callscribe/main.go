@@ -38,7 +38,7 @@ var commands = map[string]command{
 	"ca":          {cmdCA, "create the local CA and issue node and console certificates"},
 	"models":      {cmdModels, "install the pinned model files (checked by hash) or check them"},
 	"bench":       {cmdBench, "bench load: drive simulated consoles (QUIC or WHIP) against a running appliance"},
-	"store":       {cmdStore, "store check DIR: report read-only whether the coordinator's store is intact"},
+	"store":       {cmdStore, "store check DIR: report read-only whether the coordinator's store is intact; store rotate-key: change its encryption key"},
 }
 
 func usage(w io.Writer) {

@@ -73,6 +73,7 @@ type coordinatorConfig struct {
 	IdleRelease   config.Duration `toml:"idle_release" help:"give a channel's worker slot back after this long without new audio"`
 	WorkerPing    config.Duration `toml:"worker_ping" help:"how often workers send a liveness ping"`
 	WorkerTimeout config.Duration `toml:"worker_timeout" help:"drop a worker (its calls move) silent this long"`
+	StoreKeyFile  string          `toml:"store_key_file" help:"the store's encryption key (32 bytes; created with a new store; default DATA/keys/store.key; systemd's store.key credential wins)"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
@@ -215,7 +216,11 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 	if f.DiskReserveMB < 1 {
 		return cfg, "", "", fmt.Errorf("disk_reserve_mb %d: must be at least 1 (MiB)", f.DiskReserveMB)
 	}
-	cfg = coordinator.Config{DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	skey, skeyFile, err := storeKey(f.Data, f.StoreKeyFile, log)
+	if err != nil {
+		return cfg, "", "", err
+	}
+	cfg = coordinator.Config{StoreKey: skey, StoreKeyFile: skeyFile, DataDir: f.Data, Export: export, WebRTC: rtc, Vocabulary: vocab, HTTPTLS: f.HTTPTLS, QUICAddr: f.QUIC, HTTPAddr: f.HTTP, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		ConsoleTokens: append([]string{ctoken}, bare...), Credentials: creds, AuthFailuresPerMinute: f.AuthFailures, MetricsOpen: f.MetricsOpen, NodeTokens: []string{ntoken}, NodeCAs: nodeCAs, Models: cat,
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20, Signer: signer,

@@ -20,8 +20,11 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/fb"
 	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/badger/v4/pb"
 	"github.com/dgraph-io/badger/v4/table"
+	"github.com/dgraph-io/ristretto/v2"
 	"github.com/dgraph-io/ristretto/v2/z"
 	"golang.org/x/sys/unix"
 )
@@ -87,6 +90,8 @@ type Report struct {
 	CountsNote string    `json:"counts_note,omitempty"`
 	Problems   []Problem `json:"problems"`
 	Notes      []string  `json:"notes"`
+	// Encrypted: the store is encrypted (Badger's encryption at rest).
+	Encrypted bool `json:"encrypted"`
 	// Clean: the state record was written by a clean Close and nothing has
 	// opened the store since, so the files must match it exactly.
 	Clean bool `json:"clean"`
@@ -192,6 +197,9 @@ func (r *Report) WriteText(w io.Writer) {
 	if r.InUse {
 		fmt.Fprintln(w, "in use: another process has the store open")
 	}
+	if !r.New {
+		fmt.Fprintf(w, "encrypted at rest: %s\n", map[bool]string{true: "yes", false: "no"}[r.Encrypted])
+	}
 	m := r.Manifest
 	switch {
 	case !m.Present:
@@ -265,9 +273,13 @@ func ResolveDir(dir string) string {
 // directory holding store/) without changing anything: the MANIFEST, every
 // table (all blocks' checksums), every value log and WAL entry by entry, the
 // state record, and, when nothing is wrong and no other process has the
-// store open, what it holds (Badger opened read-only). The error is for
-// failures to check; damage is in the report.
-func Check(dir string) (*Report, error) {
+// store open, what it holds (Badger opened read-only). key is the store's
+// encryption key (nil: none); keyFile names it in errors. An encrypted
+// store checked without its key is checked as far as the plain parts allow
+// (entry headers and checksums; no tables, no counts). The error is for
+// failures to check, and a *KeyError for a key that is not the store's;
+// damage is in the report.
+func Check(dir string, key []byte, keyFile string) (*Report, error) {
 	dir = ResolveDir(dir)
 	unlock, err := lockDir(dir, true)
 	inUse := errors.Is(err, errInUse)
@@ -275,10 +287,22 @@ func Check(dir string) (*Report, error) {
 		return nil, err
 	}
 	defer unlock()
+	reg, err := openRegistry(dir, key, keyFile)
+	var ke *KeyError
+	switch {
+	case errors.As(err, &ke) && ke.Missing:
+		reg = nil
+	case err != nil:
+		return nil, err
+	}
 	// A running coordinator's Badger truncates a table to nothing before
 	// it deletes it: reading tables through a map then would fault.
-	r := inspect(dir, true, !inUse)
+	r := inspect(dir, true, !inUse, reg)
 	r.InUse = inUse
+	if ke != nil {
+		r.Encrypted = true
+		r.note("the store is encrypted and no key was given: tables and what the store holds were not read, log entries were checked by their checksums only; give --key for a full check")
+	}
 	if inUse && !r.Intact() {
 		r.note("the store is in use: Badger may have changed a file during the check (a compaction deletes tables); stop the coordinator and check again before acting on this report")
 	}
@@ -288,12 +312,17 @@ func Check(dir string) (*Report, error) {
 		r.CountsNote = "the store is damaged; Badger was not opened"
 	case inUse:
 		r.CountsNote = "a running coordinator has the store open; stop it to count"
+	case ke != nil:
+		r.CountsNote = "the store is encrypted; give its key to count"
 	case hasWAL(r):
 		r.CountsNote = "the store did not close cleanly (memtable logs present); Badger must replay them read-write, which only the coordinator does"
 	default:
 		unlock() // Badger takes its own shared lock
 		unlock = func() {}
-		c, err := countReadOnly(dir, r.State)
+		if reg == nil {
+			key = nil // a store from before encryption: read as it is
+		}
+		c, err := countReadOnly(dir, r.State, key)
 		if err != nil {
 			var de *DamageError
 			if errors.As(err, &de) {
@@ -364,8 +393,12 @@ type diskFile struct {
 // (Open): the MANIFEST against the tables present (and each table's index),
 // the newest value logs and the WALs, and the state record. tables: read
 // the tables (not while another process has the store open).
-func inspect(dir string, full, tables bool) *Report {
-	r := &Report{Dir: dir, StatePath: StatePath(dir)}
+//
+// reg is the store's key registry (nil: a plain store, or an encrypted one
+// checked without its key).
+func inspect(dir string, full, tables bool, reg *badger.KeyRegistry) *Report {
+	r := &Report{Dir: dir, StatePath: StatePath(dir), Encrypted: reg != nil}
+	keys := logKeys{reg: reg}
 	rec, err := readState(dir)
 	if err != nil {
 		r.problem(r.StatePath, "the state record %v; if it cannot be restored from a backup, remove it to accept the store as it is", err)
@@ -438,6 +471,7 @@ func inspect(dir string, full, tables bool) *Report {
 
 	// MANIFEST and tables.
 	var live map[uint64]int
+	var tableKeys map[uint64]uint64
 	var deleted map[uint64]bool
 	mpath := filepath.Join(dir, badger.ManifestFilename)
 	if manifest == nil {
@@ -449,7 +483,7 @@ func inspect(dir string, full, tables bool) *Report {
 		}
 	} else {
 		r.Manifest.Present, r.Manifest.Size = true, manifest.size
-		live, deleted, r.Manifest.ValidEnd, err = readManifest(mpath)
+		live, tableKeys, deleted, r.Manifest.ValidEnd, err = readManifest(mpath)
 		switch {
 		case err != nil:
 			r.Manifest.Err = err.Error()
@@ -530,8 +564,23 @@ func inspect(dir string, full, tables bool) *Report {
 			t.Verified = "not read (the store is in use)"
 			continue
 		}
-		keys, err := verifyTable(table.NewFilename(t.ID, dir), full)
-		t.Keys = keys
+		var dk *pb.DataKey
+		if kid := tableKeys[t.ID]; kid != 0 {
+			if reg == nil {
+				if enc, _ := EncryptionOf(dir); enc == Encrypted {
+					t.Verified = "not read (encrypted; no key given)"
+				} else {
+					r.problem(table.NewFilename(t.ID, dir), "encrypted with data key %d, but the store has no encrypted key registry (%s): Badger cannot read it", kid, badger.KeyRegistryFileName)
+				}
+				continue
+			}
+			if dk, err = reg.DataKey(kid); err != nil {
+				r.problem(table.NewFilename(t.ID, dir), "encrypted with data key %d, which the key registry does not hold", kid)
+				continue
+			}
+		}
+		nk, err := verifyTable(table.NewFilename(t.ID, dir), full, dk)
+		t.Keys = nk
 		switch {
 		case err != nil:
 			t.Verified = "FAILED: " + err.Error()
@@ -593,10 +642,21 @@ func inspect(dir string, full, tables bool) *Report {
 			r.Logs = append(r.Logs, LogReport{Name: v.name, Kind: "vlog", Fid: v.fid, Size: v.size, FirstBad: -1, ValidAfter: -1, LastValidEnd: -1})
 			continue
 		}
-		r.scanLog(path, "vlog", v.fid, i == len(vlogs)-1 && stillWritten(v.size))
+		r.scanLog(path, "vlog", v.fid, i == len(vlogs)-1 && stillWritten(v.size), keys)
 	}
 	for i, m := range mems {
-		r.scanLog(filepath.Join(dir, m.name), "wal", m.fid, i == len(mems)-1 && stillWritten(m.size))
+		r.scanLog(filepath.Join(dir, m.name), "wal", m.fid, i == len(mems)-1 && stillWritten(m.size), keys)
+	}
+	if reg == nil {
+		// Encrypted files without an encrypted registry: Badger would
+		// start a new registry and fail on every one of them.
+		if enc, _ := EncryptionOf(dir); enc != Encrypted {
+			for _, l := range r.Logs {
+				if l.KeyID != 0 {
+					r.problem(filepath.Join(dir, l.Name), "encrypted with data key %d, but the store has no encrypted key registry (%s): restore it from the backup", l.KeyID, badger.KeyRegistryFileName)
+				}
+			}
+		}
 	}
 	return r
 }
@@ -614,25 +674,27 @@ func vlogName(dir string, fid uint64) string {
 
 // readManifest replays the MANIFEST read-only with Badger's own code and
 // also collects the tables it records as deleted.
-func readManifest(path string) (live map[uint64]int, deleted map[uint64]bool, validEnd int64, err error) {
+// keyIDs is each live table's data key (0: plain).
+func readManifest(path string) (live map[uint64]int, keyIDs map[uint64]uint64, deleted map[uint64]bool, validEnd int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, nil, 0, err
 	}
 	defer f.Close()
 	m, end, err := badger.ReplayManifestFile(f, 0, badger.DefaultOptions("").WithLogger(nil))
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, nil, 0, err
 	}
-	live = map[uint64]int{}
+	live, keyIDs = map[uint64]int{}, map[uint64]uint64{}
 	for id, t := range m.Tables {
 		live[id] = int(t.Level)
+		keyIDs[id] = t.KeyID
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, nil, 0, err
 	}
-	return live, manifestDeletes(b, end), end, nil
+	return live, keyIDs, manifestDeletes(b, end), end, nil
 }
 
 // manifestDeletes lists the table ids the change sets record as deleted
@@ -727,8 +789,9 @@ func uvarint(b []byte) (uint64, int) {
 
 // verifyTable opens a table read-only the way Badger does (footer, index
 // checksum, first and last key) and, for full, checks every block's
-// checksum. Badger's table code panics on some damage; the panic is caught.
-func verifyTable(path string, full bool) (keys uint32, err error) {
+// checksum. dk is the table's data key (nil: plain). Badger's table code
+// panics on some damage; the panic is caught.
+func verifyTable(path string, full bool, dk *pb.DataKey) (keys uint32, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			msg := fmt.Sprint(p)
@@ -742,7 +805,18 @@ func verifyTable(path string, full bool) (keys uint32, err error) {
 	if err != nil {
 		return 0, err
 	}
-	t, err := table.OpenTable(mf, table.Options{ReadOnly: true, ChkMode: options.NoVerification, BlockSize: 4 << 10, BloomFalsePositive: 0.01})
+	topt := table.Options{ReadOnly: true, ChkMode: options.NoVerification, BlockSize: 4 << 10, BloomFalsePositive: 0.01}
+	if dk != nil {
+		// An encrypted table's index is decrypted into a cache.
+		cache, err := ristretto.NewCache(&ristretto.Config[uint64, *fb.TableIndex]{NumCounters: 100, MaxCost: 64 << 20, BufferItems: 64})
+		if err != nil {
+			mf.Close(-1)
+			return 0, err
+		}
+		defer cache.Close()
+		topt.DataKey, topt.IndexCache = dk, cache
+	}
+	t, err := table.OpenTable(mf, topt)
 	if err != nil {
 		mf.Close(-1)
 		return 0, err
@@ -758,8 +832,8 @@ func verifyTable(path string, full bool) (keys uint32, err error) {
 
 // countReadOnly opens Badger read-only and counts what the store holds,
 // checking its identity against the record.
-func countReadOnly(dir string, rec *StateRecord) (*Counts, error) {
-	db, err := badger.Open(badgerOptions(dir, nil).WithReadOnly(true).WithLogger(nil))
+func countReadOnly(dir string, rec *StateRecord, key []byte) (*Counts, error) {
+	db, err := badger.Open(badgerOptions(dir, nil, key).WithReadOnly(true).WithLogger(nil))
 	if err != nil {
 		return nil, err
 	}
@@ -793,8 +867,8 @@ func countReadOnly(dir string, rec *StateRecord) (*Counts, error) {
 // scanLog reads one value log or WAL entry by entry and reports what it
 // finds; newest says it is the log still being written (a torn tail is
 // expected there after a crash).
-func (r *Report) scanLog(path, kind string, fid uint64, newest bool) {
-	l := scanLog(path, kind, fid)
+func (r *Report) scanLog(path, kind string, fid uint64, newest bool, keys logKeys) {
+	l := scanLog(path, kind, fid, keys)
 	if p, n := l.classify(newest && !r.Clean); p != "" {
 		r.problem(path, "%s", p)
 	} else if n != "" {

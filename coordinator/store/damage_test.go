@@ -25,38 +25,71 @@ import (
 const populatedCalls = 300
 
 var (
-	pristineOnce sync.Once
-	pristineDir  string
-	pristineErr  error
+	pristineMu   sync.Mutex
+	pristineDirs = map[string]string{} // by key
 )
 
+// tkey is the key the damage tests run with: none, then testKey (both).
+var tkey []byte
+
+// testKey is the encryption key of the encrypted runs.
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// both runs f plain and encrypted.
+func both(t *testing.T, f func(t *testing.T)) {
+	for _, c := range []struct {
+		name string
+		key  []byte
+	}{{"plain", nil}, {"encrypted", testKey}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer func(k []byte) { tkey = k }(tkey)
+			tkey = c.key
+			f(t)
+		})
+	}
+}
+
+// testLogKeys is what the damage scan decrypts the logs in dir with.
+func testLogKeys(t *testing.T, dir string) logKeys {
+	t.Helper()
+	reg, err := openRegistry(dir, tkey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return logKeys{reg: reg}
+}
+
 // pristine is a populated store, closed cleanly, shared by the damage
-// tests (each works on a copy).
+// tests (each works on a copy); one per key.
 func pristine(t *testing.T) string {
 	t.Helper()
-	pristineOnce.Do(func() {
-		root, err := os.MkdirTemp("", "store-pristine-")
-		if err != nil {
-			pristineErr = err
-			return
-		}
-		pristineDir = filepath.Join(root, "store")
-		pristineErr = populate(pristineDir, populatedCalls, 0)
-	})
-	if pristineErr != nil {
-		t.Fatal(pristineErr)
+	pristineMu.Lock()
+	defer pristineMu.Unlock()
+	if d, ok := pristineDirs[string(tkey)]; ok {
+		return d
 	}
-	return pristineDir
+	root, err := os.MkdirTemp("", "store-pristine-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := filepath.Join(root, "store")
+	if err := populate(d, populatedCalls, 0); err != nil {
+		os.RemoveAll(root)
+		t.Fatal(err)
+	}
+	pristineDirs[string(tkey)] = d
+	return d
 }
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv("STORE_CRASH_CHILD"); dir != "" {
+		tkey = []byte(os.Getenv("STORE_CRASH_KEY"))
 		crashChild(dir)
 		return
 	}
 	code := m.Run()
-	if pristineDir != "" {
-		os.RemoveAll(filepath.Dir(pristineDir))
+	for _, d := range pristineDirs {
+		os.RemoveAll(filepath.Dir(d))
 	}
 	os.Exit(code)
 }
@@ -76,7 +109,7 @@ func payload(call, seq int) []byte {
 // populate writes calls [from, from+n) with 10 frames and one final each
 // and closes the store cleanly.
 func populate(dir string, n, from int) error {
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{Key: tkey})
 	if err != nil {
 		return err
 	}
@@ -340,14 +373,16 @@ var damageCases = []damageCase{
 }
 
 // A damaged store is refused, by name, and left exactly as it was.
-func TestOpenRefusesDamagedStore(t *testing.T) {
+func TestOpenRefusesDamagedStore(t *testing.T) { both(t, testOpenRefusesDamagedStore) }
+
+func testOpenRefusesDamagedStore(t *testing.T) {
 	src := pristine(t)
 	for _, c := range damageCases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := copyStore(t, src)
 			file := c.damage(t, dir)
 			before := hashes(t, dir)
-			s, err := Open(dir, Options{})
+			s, err := Open(dir, Options{Key: tkey})
 			if err == nil {
 				s.Close()
 				t.Fatal("Open accepted a damaged store")
@@ -364,13 +399,13 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 			t.Logf("%v", err)
 			sameHashes(t, before, hashes(t, dir))
 			// Refused again on a retry (the service restarts), still unchanged.
-			if s, err := Open(dir, Options{}); err == nil {
+			if s, err := Open(dir, Options{Key: tkey}); err == nil {
 				s.Close()
 				t.Fatal("second Open accepted it")
 			}
 			sameHashes(t, before, hashes(t, dir))
 
-			r, err := Check(dir)
+			r, err := Check(dir, tkey, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -389,6 +424,10 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 // the record existed, or a lost record) is still refused where Badger would
 // destroy data.
 func TestOpenRefusesDamageWithoutStateRecord(t *testing.T) {
+	both(t, testOpenRefusesDamageWithoutStateRecord)
+}
+
+func testOpenRefusesDamageWithoutStateRecord(t *testing.T) {
 	for _, c := range []string{"manifest cut to 10 bytes", "manifest deleted", "vlog byte flipped in the middle", "vlog end cut by 100 bytes", "missing sst"} {
 		t.Run(c, func(t *testing.T) {
 			dir := copyStore(t, pristine(t))
@@ -396,7 +435,7 @@ func TestOpenRefusesDamageWithoutStateRecord(t *testing.T) {
 			i := slices.IndexFunc(damageCases, func(d damageCase) bool { return d.name == c })
 			damageCases[i].damage(t, dir)
 			before := hashes(t, dir)
-			s, err := Open(dir, Options{})
+			s, err := Open(dir, Options{Key: tkey})
 			if err == nil {
 				s.Close()
 				t.Fatal("Open accepted a damaged store")
@@ -409,9 +448,11 @@ func TestOpenRefusesDamageWithoutStateRecord(t *testing.T) {
 	}
 }
 
-func TestCleanReopenAndCheck(t *testing.T) {
+func TestCleanReopenAndCheck(t *testing.T) { both(t, testCleanReopenAndCheck) }
+
+func testCleanReopenAndCheck(t *testing.T) {
 	dir := copyStore(t, pristine(t))
-	r, err := Check(dir)
+	r, err := Check(dir, tkey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +462,7 @@ func TestCleanReopenAndCheck(t *testing.T) {
 		t.Fatalf("check of an intact store:\n%s", b.String())
 	}
 	for range 3 {
-		s, err := Open(dir, Options{})
+		s, err := Open(dir, Options{Key: tkey})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -430,7 +471,7 @@ func TestCleanReopenAndCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if r, _ := Check(dir); !r.Intact() {
+	if r, _ := Check(dir, tkey, ""); !r.Intact() {
 		t.Fatalf("check after reopens: %v", r.Problems)
 	}
 }
@@ -438,7 +479,7 @@ func TestCleanReopenAndCheck(t *testing.T) {
 // The child of TestReopenAfterCrash: writes, prints what was acknowledged,
 // and is killed with SIGKILL in the middle of writing more.
 func crashChild(dir string) {
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{Key: tkey})
 	if err != nil {
 		fmt.Println("open:", err)
 		os.Exit(3)
@@ -476,7 +517,7 @@ func crashChild(dir string) {
 func crash(t *testing.T, dir string, env ...string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), "STORE_CRASH_CHILD="+dir), env...)
+	cmd.Env = append(append(os.Environ(), "STORE_CRASH_CHILD="+dir, "STORE_CRASH_KEY="+string(tkey)), env...)
 	out, err := cmd.Output()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
@@ -489,7 +530,9 @@ func crash(t *testing.T, dir string, env ...string) {
 
 // A store stopped by SIGKILL (state record not updated since Open) opens
 // with everything acknowledged, and again after that.
-func TestReopenAfterCrash(t *testing.T) {
+func TestReopenAfterCrash(t *testing.T) { both(t, testReopenAfterCrash) }
+
+func testReopenAfterCrash(t *testing.T) {
 	dir := copyStore(t, pristine(t))
 	crash(t, dir)
 	rec, err := readState(dir)
@@ -499,11 +542,11 @@ func TestReopenAfterCrash(t *testing.T) {
 	if len(files(t, dir, ".mem")) == 0 {
 		t.Fatal("no WAL after the crash: not a crash")
 	}
-	if r, err := Check(dir); err != nil || !r.Intact() {
+	if r, err := Check(dir, tkey, ""); err != nil || !r.Intact() {
 		t.Fatalf("check after a crash: %v %v", err, r.Problems)
 	}
 	for range 2 {
-		s, err := Open(dir, Options{})
+		s, err := Open(dir, Options{Key: tkey})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -518,21 +561,23 @@ func TestReopenAfterCrash(t *testing.T) {
 // A torn last entry, as a crash in the middle of a write leaves it in the
 // value log and the WAL (never acknowledged, never referenced), opens fine;
 // the same bytes in a store that closed cleanly are damage.
-func TestTornTailAfterCrashOpens(t *testing.T) {
+func TestTornTailAfterCrashOpens(t *testing.T) { both(t, testTornTailAfterCrashOpens) }
+
+func testTornTailAfterCrashOpens(t *testing.T) {
 	dir := copyStore(t, pristine(t))
 	crash(t, dir)
 	vlog := files(t, dir, ".vlog")
 	tearAfterData(t, vlog[len(vlog)-1])
 	mems := files(t, dir, ".mem")
 	tearAfterData(t, mems[len(mems)-1])
-	r, err := Check(dir)
+	r, err := Check(dir, tkey, "")
 	if err != nil || !r.Intact() {
 		t.Fatalf("check of a torn tail: %v %v", err, r.Problems)
 	}
 	if !strings.Contains(strings.Join(r.Notes, "\n"), "torn") {
 		t.Fatalf("check does not mention the torn tail: %v", r.Notes)
 	}
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{Key: tkey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +596,7 @@ func TestTornTailAfterCrashOpens(t *testing.T) {
 	if err := os.Truncate(p, fi.Size()+int64(len(tornEntry()))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(dir, Options{}); !errors.Is(err, ErrDamaged) {
+	if _, err := Open(dir, Options{Key: tkey}); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("Open of a cleanly closed store with bytes after its end: %v", err)
 	}
 }
@@ -583,7 +628,7 @@ func tearAfterData(t *testing.T, path string) {
 	if strings.HasSuffix(path, ".mem") {
 		kind = "wal"
 	}
-	l := scanLog(path, kind, 0)
+	l := scanLog(path, kind, 0, testLogKeys(t, filepath.Dir(path)))
 	if l.Stop == stopBad && l.ValidAfter < 0 {
 		return // the kill tore the last write already
 	}
@@ -603,12 +648,14 @@ func tearAfterData(t *testing.T, path string) {
 // Damage in the middle of the value log a crashed session was writing
 // (valid entries after a bad one, far more than one write) is refused even
 // though the store did not close cleanly.
-func TestMiddleDamageAfterCrashRefused(t *testing.T) {
+func TestMiddleDamageAfterCrashRefused(t *testing.T) { both(t, testMiddleDamageAfterCrashRefused) }
+
+func testMiddleDamageAfterCrashRefused(t *testing.T) {
 	dir := copyStore(t, pristine(t))
 	crash(t, dir, "STORE_CRASH_BULK=1")
 	vlogs := files(t, dir, ".vlog")
 	p := vlogs[len(vlogs)-1]
-	l := scanLog(p, "vlog", 0)
+	l := scanLog(p, "vlog", 0, testLogKeys(t, dir))
 	if l.Entries < 100 {
 		t.Fatalf("%s: only %d entries", p, l.Entries)
 	}
@@ -622,7 +669,7 @@ func TestMiddleDamageAfterCrashRefused(t *testing.T) {
 	f.WriteAt(b, 1000)
 	f.Close()
 	before := hashes(t, dir)
-	_, err = Open(dir, Options{})
+	_, err = Open(dir, Options{Key: tkey})
 	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), filepath.Base(p)) {
 		t.Fatalf("Open: %v", err)
 	}
@@ -648,7 +695,9 @@ func editState(t *testing.T, dir string, edit func(r *StateRecord)) {
 // A store that opens but is not what its state record says (another
 // store, behind it, fewer calls than at its clean close) is refused after
 // a read-only look: nothing changes.
-func TestOpenRefusesStoreBehindItsRecord(t *testing.T) {
+func TestOpenRefusesStoreBehindItsRecord(t *testing.T) { both(t, testOpenRefusesStoreBehindItsRecord) }
+
+func testOpenRefusesStoreBehindItsRecord(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		edit func(r *StateRecord)
@@ -662,7 +711,7 @@ func TestOpenRefusesStoreBehindItsRecord(t *testing.T) {
 			dir := copyStore(t, pristine(t))
 			editState(t, dir, c.edit)
 			before := hashes(t, dir)
-			s, err := Open(dir, Options{})
+			s, err := Open(dir, Options{Key: tkey})
 			if err == nil {
 				s.Close()
 				t.Fatal("Open accepted it")
@@ -672,7 +721,7 @@ func TestOpenRefusesStoreBehindItsRecord(t *testing.T) {
 			}
 			t.Logf("%v", err)
 			sameHashes(t, before, hashes(t, dir))
-			if r, _ := Check(dir); r.Intact() {
+			if r, _ := Check(dir, tkey, ""); r.Intact() {
 				t.Fatal("Check found nothing wrong")
 			}
 		})
@@ -682,14 +731,16 @@ func TestOpenRefusesStoreBehindItsRecord(t *testing.T) {
 // Value-log GC deletes value-log files: after a crash following GC the
 // missing files are expected (the record says GC ran), not damage; without
 // that mark they would be. A clean close after GC records the new set.
-func TestValueLogGCThenCrash(t *testing.T) {
+func TestValueLogGCThenCrash(t *testing.T) { both(t, testValueLogGCThenCrash) }
+
+func testValueLogGCThenCrash(t *testing.T) {
 	defer func(v int64) { vlogFileSize = v }(vlogFileSize)
 	vlogFileSize = 1 << 20
 	dir := filepath.Join(t.TempDir(), "store")
 	if err := populate(dir, populatedCalls, 0); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{Key: tkey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -704,14 +755,14 @@ func TestValueLogGCThenCrash(t *testing.T) {
 	// Each session flushes a table to L0; five make Badger compact them,
 	// and compactions count the garbage GC needs.
 	for range 5 {
-		if s, err = Open(dir, Options{}); err != nil {
+		if s, err = Open(dir, Options{Key: tkey}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	s, err = Open(dir, Options{})
+	s, err = Open(dir, Options{Key: tkey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -733,7 +784,7 @@ func TestValueLogGCThenCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = Open(crashed, Options{})
+	s, err = Open(crashed, Options{Key: tkey})
 	if err != nil {
 		t.Fatalf("Open after GC and a crash: %v", err)
 	}
@@ -741,25 +792,27 @@ func TestValueLogGCThenCrash(t *testing.T) {
 	s.Close()
 
 	editState(t, unmarked, func(r *StateRecord) { r.GCSince = nil })
-	if _, err := Open(unmarked, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "missing") {
+	if _, err := Open(unmarked, Options{Key: tkey}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("Open with value logs gone and no GC noted: %v", err)
 	}
 
-	s, err = Open(dir, Options{})
+	s, err = Open(dir, Options{Key: tkey})
 	if err != nil {
 		t.Fatalf("clean reopen after GC: %v", err)
 	}
 	verifyCalls(t, s, 20, populatedCalls-20)
 	s.Close()
-	if r, err := Check(dir); err != nil || !r.Intact() {
+	if r, err := Check(dir, tkey, ""); err != nil || !r.Intact() {
 		t.Fatalf("check after GC: %v %v", err, r.Problems)
 	}
 }
 
 // store check on a store a process has open: in use, no false alarm.
-func TestCheckStoreInUse(t *testing.T) {
+func TestCheckStoreInUse(t *testing.T) { both(t, testCheckStoreInUse) }
+
+func testCheckStoreInUse(t *testing.T) {
 	dir := copyStore(t, pristine(t))
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{Key: tkey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -767,7 +820,7 @@ func TestCheckStoreInUse(t *testing.T) {
 	if err := writeCalls(s, 5, populatedCalls); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Check(dir)
+	r, err := Check(dir, tkey, "")
 	if err != nil {
 		t.Fatal(err)
 	}

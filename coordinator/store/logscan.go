@@ -12,7 +12,12 @@ package store
 //
 // After each entry Badger zeroes the next 22 bytes (zeroNextEntry); a WAL
 // and the value log being written are sparse beyond their data, so a run of
-// zeros ends the data. Badger stops reading a log at the first entry that
+// zeros ends the data. With encryption (keyID not 0) key and value are
+// AES-CTR encrypted with the file's data key, the counter block being the
+// base IV then the entry's offset; the header stays plain and the CRC covers
+// the encrypted bytes, so the scan checks entries the same way, and needs
+// the data key only to read a key's prefix when it looks for entries after
+// damage. Badger stops reading a log at the first entry that
 // does not check out and (for the newest value log and every WAL) truncates
 // the file there on open: anything valid after it is lost.
 
@@ -47,6 +52,11 @@ type window struct {
 	start int64
 	buf   []byte
 	err   error
+	// dec decrypts the start of an entry's key (nil: a plain file);
+	// opaque: the file is encrypted and its key is not at hand, so keys
+	// cannot be told from random bytes (the CRC still must match).
+	dec    func(off int64, b []byte) []byte
+	opaque bool
 }
 
 // at returns up to n bytes at off (fewer at the end of the file).
@@ -161,7 +171,13 @@ func entryAt(w *window, off int64, strict bool) (n int64, why string) {
 	}
 	if strict {
 		k := w.at(off+hlen, 2)
-		if len(k) < 2 || !knownPrefix(k) {
+		if len(k) < 2 {
+			return 0, "bad key"
+		}
+		if w.dec != nil {
+			k = w.dec(off, k)
+		}
+		if !w.opaque && !knownPrefix(k) {
 			return 0, "bad key"
 		}
 	}
@@ -204,6 +220,8 @@ type LogReport struct {
 	Kind string `json:"kind"` // "vlog" or "wal"
 	Fid  uint64 `json:"fid"`
 	Size int64  `json:"size"`
+	// KeyID is the data key the file is encrypted with (0: plain).
+	KeyID uint64 `json:"key_id,omitempty"`
 	// Scanned: read entry by entry (Open scans only the files Badger acts
 	// on; store check scans all).
 	Scanned bool   `json:"scanned"`
@@ -221,8 +239,9 @@ type LogReport struct {
 	Verdict      string `json:"verdict"`
 }
 
-// scanLog reads a log file entry by entry.
-func scanLog(path string, kind string, fid uint64) LogReport {
+// scanLog reads a log file entry by entry; keys decrypts the keys of an
+// encrypted one.
+func scanLog(path string, kind string, fid uint64, keys logKeys) LogReport {
 	l := LogReport{Name: baseName(path), Kind: kind, Fid: fid, FirstBad: -1, ValidAfter: -1, LastValidEnd: -1, Scanned: true}
 	f, err := os.Open(path)
 	if err != nil {
@@ -241,6 +260,19 @@ func scanLog(path string, kind string, fid uint64) LogReport {
 		l.Stop, l.FirstBad, l.BadReason = stopShort, 0, fmt.Sprintf("the file is %d bytes, shorter than its %d-byte header", l.Size, logHeaderSize)
 		return l
 	}
+	var hdr [logHeaderSize]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		l.Stop, l.BadReason = stopRead, err.Error()
+		return l
+	}
+	l.KeyID = binary.BigEndian.Uint64(hdr[:8])
+	c, ok := keys.cipher(l.KeyID)
+	var dec func(int64, []byte) []byte
+	if c != nil {
+		iv := hdr[8:logHeaderSize]
+		dec = func(off int64, b []byte) []byte { return decryptAt(c, iv, off, b) }
+	}
+	w.dec, w.opaque = dec, !ok
 	off := int64(logHeaderSize)
 	l.DataEnd = off
 	for {
@@ -271,7 +303,7 @@ func scanLog(path string, kind string, fid uint64) LogReport {
 		break
 	}
 	// Is anything valid after the stop? Badger would drop it.
-	l.resync(f, l.Size, off+1)
+	l.resync(f, l.Size, off+1, dec, !ok)
 	if l.ValidAfter >= 0 && l.FirstBad < 0 {
 		l.FirstBad, l.BadReason = off, "zeros where entries continue"
 	}
@@ -280,9 +312,9 @@ func scanLog(path string, kind string, fid uint64) LogReport {
 
 // resync looks for good entries from off on and records the first and the
 // end of the last. It reads through windows of its own.
-func (l *LogReport) resync(f *os.File, size, off int64) {
+func (l *LogReport) resync(f *os.File, size, off int64, dec func(int64, []byte) []byte, opaque bool) {
 	scan := &window{f: f, size: size}
-	v := &window{f: f, size: size}
+	v := &window{f: f, size: size, dec: dec, opaque: opaque}
 	for off < size {
 		if d := scan.nextData(off); d > off {
 			off = d // an entry never starts in a hole: its bytes were written

@@ -153,6 +153,17 @@ type Options struct {
 	// the outbox, deletes), so transcripts of audio already acknowledged
 	// can complete once audio is refused (0: DiskReserve/4; negative: none).
 	MetaReserve int64
+	// Key is the master key the store is encrypted with (KeySize bytes,
+	// AES-256). A new store is created encrypted with it; an existing
+	// store encrypted with another key is refused with a *KeyError; an
+	// existing store written without encryption is opened as it is, with a
+	// warning (nil: no encryption, for tests and benchmarks).
+	Key []byte
+	// KeyFile is where Key came from, named in errors and logs.
+	KeyFile string
+	// KeyRotation is how long one data key encrypts new data
+	// (0: DefaultKeyRotation).
+	KeyRotation time.Duration
 }
 
 // Store is the durable store.
@@ -162,6 +173,8 @@ type Store struct {
 	onCommit func(writes, bytes int, took time.Duration)
 	log      *slog.Logger
 	guard    *diskGuard // nil in memory
+	// encrypted: the store is encrypted at rest.
+	encrypted bool
 
 	stateMu  sync.Mutex
 	state    *StateRecord // as last written
@@ -217,8 +230,9 @@ func newReq(audio bool, es []entry) *req {
 	return r
 }
 
-// badgerOptions are the store's Badger options.
-func badgerOptions(dir string, log *slog.Logger) badger.Options {
+// badgerOptions are the store's Badger options; key is the master key
+// (nil: no encryption).
+func badgerOptions(dir string, log *slog.Logger, key []byte) badger.Options {
 	o := badger.DefaultOptions(dir).
 		WithSyncWrites(true).
 		WithValueThreshold(valueThreshold).
@@ -234,6 +248,12 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 		WithVerifyValueChecksum(true)
 	if log != nil {
 		o = o.WithLogger(badgerLogger{log})
+	}
+	if len(key) > 0 {
+		o = o.WithEncryptionKey(key).
+			WithIndexCacheSize(indexCacheSize).
+			WithBlockCacheSize(blockCacheSize).
+			WithEncryptionKeyRotationDuration(DefaultKeyRotation)
 	}
 	return o
 }
@@ -255,7 +275,7 @@ func Open(dir string, o Options) (*Store, error) {
 		log = slog.Default()
 	}
 	if o.InMemory {
-		opts := badgerOptions("", log).WithInMemory(true)
+		opts := badgerOptions("", log, nil).WithInMemory(true)
 		db, err := badger.Open(opts)
 		if err != nil {
 			return nil, fmt.Errorf("store: open in memory: %w", err)
@@ -279,17 +299,42 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	meta = max(meta, 0)
 
+	if len(o.Key) > 0 && len(o.Key) != KeySize {
+		return nil, fmt.Errorf("store: open %s: the key in %s is %d bytes, want %d", dir, o.KeyFile, len(o.Key), KeySize)
+	}
+
 	unlock, err := lockDir(dir, false)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	rep := inspect(dir, false, true)
+	// The key first: a wrong one is a *KeyError, never taken for damage.
+	enc, err := EncryptionOf(dir)
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
+	reg, err := openRegistry(dir, o.Key, o.KeyFile)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	key := o.Key
+	if enc == Plain {
+		key = nil
+	}
+	rep := inspect(dir, false, true, reg)
 	for _, n := range rep.Notes {
 		log.Warn("store: "+n, "dir", dir)
 	}
 	if err := rep.Err(); err != nil {
 		unlock()
 		return nil, err
+	}
+	switch {
+	case enc == Plain && len(o.Key) > 0:
+		log.Warn("store: this store is not encrypted at rest (it was written before encryption was configured); it is opened as it is. See the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
+	case enc == Plain && o.KeyFile != "":
+		log.Warn("store: this store is not encrypted at rest and no key is configured; see the README, Encryption at rest, to migrate it", "dir", dir, "key_file", o.KeyFile)
 	}
 	if err := checkOpenSpace(dir, meta); err != nil {
 		unlock()
@@ -301,7 +346,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if rec != nil && !hasWAL(rep) {
 		// Nothing to replay: check the contents with Badger read-only, so a
 		// refusal leaves every byte as it was.
-		db, err := badger.Open(badgerOptions(dir, log).WithReadOnly(true))
+		db, err := badger.Open(badgerOptions(dir, log, key).WithReadOnly(true))
 		if err != nil {
 			return nil, fmt.Errorf("store: open %s read-only: %w", dir, err)
 		}
@@ -314,7 +359,11 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		verified = true
 	}
-	db, err := badger.Open(badgerOptions(dir, log))
+	bo := badgerOptions(dir, log, key)
+	if len(key) > 0 && o.KeyRotation > 0 {
+		bo = bo.WithEncryptionKeyRotationDuration(o.KeyRotation)
+	}
+	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
@@ -325,6 +374,7 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 	}
 	s := newStore(db, dir, o, log, newDiskGuard(dir, audio, meta, log))
+	s.encrypted = len(key) > 0
 	if err := s.stamp(rec); err != nil {
 		close(s.done) // no committer yet
 		s.closeOnce.Do(func() { s.closed = true })
@@ -487,7 +537,7 @@ func (s *Store) fillState(r *StateRecord) error {
 // fillFiles records the MANIFEST's size and tables and the value logs.
 // closed: Badger has closed, every value log is final.
 func fillFiles(dir string, r *StateRecord, closed bool) error {
-	live, _, _, err := readManifest(filepath.Join(dir, badger.ManifestFilename))
+	live, _, _, _, err := readManifest(filepath.Join(dir, badger.ManifestFilename))
 	if err != nil {
 		return fmt.Errorf("store %s: read MANIFEST: %w", dir, err)
 	}

@@ -70,7 +70,7 @@ func TestCoordinatorKilledMidCall(t *testing.T) {
 	// Stop the coordinator cleanly and read the store directly: every frame
 	// sent, acked ones included, is there with the bytes that were sent.
 	co2.kill(syscall.SIGTERM)
-	st, err := store.Open(filepath.Join(a.dir, "store"), store.Options{})
+	st, err := store.Open(filepath.Join(a.dir, "store"), storeOptions(t, a.dir))
 	if err != nil {
 		t.Fatal(err)
 	}

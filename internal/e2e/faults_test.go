@@ -89,7 +89,7 @@ func (e *errLog) String() string {
 // frames the console had acknowledged that are missing or differ.
 func ackedLostIn(t *testing.T, dir, id string, c *sentCall) int {
 	t.Helper()
-	st, err := store.Open(filepath.Join(dir, "store"), store.Options{})
+	st, err := store.Open(filepath.Join(dir, "store"), storeOptions(t, dir))
 	if err != nil {
 		t.Fatalf("reopen the store: %v", err)
 	}
