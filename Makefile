@@ -43,6 +43,11 @@ build: deps ## build every binary into bin/ and install the model files beside i
 	  mkdir -p bin/lib && for l in $(SHERPA_LIBS); do cmp -s $$d/$$l bin/lib/$$l || install -m 0644 $$d/$$l bin/lib/$$l; done
 	@$(BIN) models install --dest $(CALLSCRIBE_MODEL_DIR) >/dev/null
 
+# The product binary has no simulated GPUs (go-nvml's mock); this one does.
+.PHONY: build-dev
+build-dev: build ## build bin/callscribe-dev: callscribe plus simulated GPUs (--sim-gpus), for development only
+	$(GO) build -trimpath -tags simgpus -ldflags "$(LDFLAGS)" -o bin/callscribe-dev ./cmd/callscribe
+
 .PHONY: run
 run: build ## run a whole appliance here and stream the bundled recording through it live
 	@scripts/run-demo.sh $(BIN) $(RUN_DATA) $(RUN_HTTP) $(RUN_QUIC) assets/demo-call.wav
