@@ -53,8 +53,8 @@ run: build ## run a whole appliance here and stream the bundled recording throug
 	@scripts/run-demo.sh $(BIN) $(RUN_DATA) $(RUN_HTTP) $(RUN_QUIC) assets/demo-call.wav
 
 .PHONY: test
-test: deps-test build ## run every test with -race (installs what it needs)
-	$(GO) vet ./...
+test: deps-test build ## lint, then run every test with -race (installs what it needs)
+	@$(MAKE) --no-print-directory lint
 	CALLSCRIBE_REQUIRE_WEBRTC=1 CALLSCRIBE_REQUIRE_MODELS=1 $(GO) test $(TEST_FLAGS) ./...
 	@if command -v systemd-analyze >/dev/null; then scripts/check-units.sh; else echo "systemd-analyze not installed: unit checks skipped"; fi
 	@$(MAKE) --no-print-directory test-deb
@@ -72,9 +72,15 @@ fuzz: deps ## fuzz the frame decoder for 60 s
 	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime 60s
 
 .PHONY: lint
-lint: ## gofmt and vet
+# staticcheck is pinned by go.mod's tool directive (go tool: no network once
+# the modules are downloaded). The -tags simgpus lines check the development
+# build's own file (cmd/callscribe/simgpus.go).
+lint: ## gofmt, go vet and staticcheck (make test runs it first)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags simgpus ./cmd/callscribe
+	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags simgpus ./cmd/callscribe
 
 PREFIX      ?= /usr/local
 DESTDIR     ?=
