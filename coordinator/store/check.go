@@ -291,8 +291,7 @@ func Check(dir string) (*Report, error) {
 	case hasWAL(r):
 		r.CountsNote = "the store did not close cleanly (memtable logs present); Badger must replay them read-write, which only the coordinator does"
 	default:
-		unlock() // Badger takes its own shared lock
-		unlock = func() {}
+		unlock() // Badger takes its own shared lock (a second unlock, deferred, does nothing)
 		c, err := countReadOnly(dir, r.State)
 		if err != nil {
 			var de *DamageError
