@@ -43,13 +43,18 @@ build: deps ## build every binary into bin/ and install the model files beside i
 	  mkdir -p bin/lib && for l in $(SHERPA_LIBS); do cmp -s $$d/$$l bin/lib/$$l || install -m 0644 $$d/$$l bin/lib/$$l; done
 	@$(BIN) models install --dest $(CALLSCRIBE_MODEL_DIR) >/dev/null
 
+# The product binary has no simulated GPUs (go-nvml's mock); this one does.
+.PHONY: build-dev
+build-dev: build ## build bin/callscribe-dev: callscribe plus simulated GPUs (--sim-gpus), for development only
+	$(GO) build -trimpath -tags simgpus -ldflags "$(LDFLAGS)" -o bin/callscribe-dev ./cmd/callscribe
+
 .PHONY: run
 run: build ## run a whole appliance here and stream the bundled recording through it live
 	@scripts/run-demo.sh $(BIN) $(RUN_DATA) $(RUN_HTTP) $(RUN_QUIC) assets/demo-call.wav
 
 .PHONY: test
-test: deps-test build ## run every test with -race (installs what it needs)
-	$(GO) vet ./...
+test: deps-test build ## lint, then run every test with -race (installs what it needs)
+	@$(MAKE) --no-print-directory lint
 	CALLSCRIBE_REQUIRE_WEBRTC=1 CALLSCRIBE_REQUIRE_MODELS=1 $(GO) test $(TEST_FLAGS) ./...
 	@if command -v systemd-analyze >/dev/null; then scripts/check-units.sh; else echo "systemd-analyze not installed: unit checks skipped"; fi
 	@$(MAKE) --no-print-directory test-deb
@@ -67,9 +72,15 @@ fuzz: deps ## fuzz the frame decoder for 60 s
 	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime 60s
 
 .PHONY: lint
-lint: ## gofmt and vet
+# staticcheck is pinned by go.mod's tool directive (go tool: no network once
+# the modules are downloaded). The -tags simgpus lines check the development
+# build's own file (cmd/callscribe/simgpus.go).
+lint: ## gofmt, go vet and staticcheck (make test runs it first)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags simgpus ./cmd/callscribe
+	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags simgpus ./cmd/callscribe
 
 PREFIX      ?= /usr/local
 DESTDIR     ?=

@@ -9,6 +9,7 @@ import (
 
 	"github.com/callscribe/callscribe/agent/firmware"
 	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/agent/gpu/gpusim"
 )
 
 type syncBuf struct {
@@ -21,7 +22,7 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 
 func simAgent(t *testing.T, profile string, apply bool, tweak func(*gpu.NVML)) (*Agent, *syncBuf) {
 	t.Helper()
-	s, _ := gpu.NewSim("dgxa100")
+	s, _ := gpusim.New("dgxa100")
 	n, err := gpu.New(s)
 	if err != nil {
 		t.Fatal(err)

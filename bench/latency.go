@@ -1,6 +1,8 @@
 // Package bench measures callscribe's durable path and pipeline on this
 // machine. Its results are written by `make bench` (bench/cmd/benchreport);
-// nothing here asserts a time.
+// nothing here asserts a time. It is also the load generator behind
+// `callscribe bench load`, so it is linked into the product binary: what
+// needs a broker or draws charts lives in bench/brokers and bench/plot.
 package bench
 
 import (

@@ -138,7 +138,6 @@ type auditReceiver struct {
 	refuse  int
 	entries map[uint64]int
 	all     []audit.Entry
-	keys    []string
 }
 
 func (r *auditReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/agent/gpu/gpusim"
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
@@ -58,7 +59,7 @@ func rack(t *testing.T, pol map[string]scaling.Policy, nodes ...string) (*Coordi
 	c := &Coordinator{cfg: Config{Models: cat, Scaling: pol}, log: log, reg: newRegistry(log)}
 	out := &sent{}
 	for _, id := range nodes {
-		sim, _ := gpu.NewSim("dgxa100")
+		sim, _ := gpusim.New("dgxa100")
 		col, _ := gpu.New(sim)
 		gs, _ := col.Devices()
 		nid := proto.NodeID(id)

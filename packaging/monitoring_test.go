@@ -310,7 +310,7 @@ func parseExposition(r io.Reader) exportedSet {
 // placement series are there (they exist only once an agent has reported).
 func scrapeAppliance(t *testing.T) exportedSet {
 	t.Helper()
-	bin := callscribeBinary(t)
+	bin := callscribeDevBinary(t)
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "dev", "--data", dir, "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0",
 		"--sim-gpus", "dgxa100", "--workers", "1", "--idle-slots", "0", "--node", "metrics-test")
@@ -384,22 +384,18 @@ func scrape(url string) (exportedSet, error) {
 	return parseExposition(resp.Body), nil
 }
 
-// callscribeBinary is make build's bin/callscribe (CALLSCRIBE_BIN to choose
-// another), or one built here when there is none.
-func callscribeBinary(t *testing.T) string {
+// callscribeDevBinary is a development build of callscribe (-tags simgpus:
+// it can simulate GPUs, which the product binary cannot): CALLSCRIBE_DEV_BIN,
+// or one built here.
+func callscribeDevBinary(t *testing.T) string {
 	t.Helper()
-	if b := os.Getenv("CALLSCRIBE_BIN"); b != "" {
+	if b := os.Getenv("CALLSCRIBE_DEV_BIN"); b != "" {
 		return b
 	}
-	if b, err := filepath.Abs("../bin/callscribe"); err == nil {
-		if _, err := os.Stat(b); err == nil {
-			return b
-		}
-	}
-	b := filepath.Join(t.TempDir(), "callscribe")
-	out, err := exec.Command("go", "build", "-o", b, "../cmd/callscribe").CombinedOutput()
+	b := filepath.Join(t.TempDir(), "callscribe-dev")
+	out, err := exec.Command("go", "build", "-tags", "simgpus", "-o", b, "../cmd/callscribe").CombinedOutput()
 	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatalf("go build -tags simgpus: %v\n%s", err, out)
 	}
 	return b
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/agent/gpu/gpusim"
 )
 
 // Every shipped profile loads and validates.
@@ -41,7 +42,7 @@ func TestCheckSimulatedServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := gpu.NewSim("dgxa100")
+	s, _ := gpusim.New("dgxa100")
 	n, err := gpu.New(s)
 	sim := n
 	if err != nil {

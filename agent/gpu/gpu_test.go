@@ -10,6 +10,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/callscribe/callscribe/agent/gpu/gpusim"
 )
 
 func TestNoDriverIsReported(t *testing.T) {
@@ -21,7 +23,7 @@ func TestNoDriverIsReported(t *testing.T) {
 }
 
 func TestDGXA100Inventory(t *testing.T) {
-	srv, err := NewSim("dgxa100")
+	srv, err := gpusim.New("dgxa100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestReadingsFromPartialFake(t *testing.T) {
 }
 
 func TestSimReadingsReachTheCollector(t *testing.T) {
-	srv, err := NewSim("dgxa100")
+	srv, err := gpusim.New("dgxa100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +113,7 @@ func TestSimReadingsReachTheCollector(t *testing.T) {
 	if *g.UtilPct != 55 || *g.TempC != 71 || g.MemUsedMB != 10<<10 || g.MemReservedMB != 512 || g.MemFreeMB != g.MemTotalMB-g.MemReservedMB-10<<10 {
 		t.Fatalf("readings not passed through: %+v", g)
 	}
-	if _, err := NewSim("nope"); err == nil {
+	if _, err := gpusim.New("nope"); err == nil {
 		t.Fatal("unknown simulated server accepted")
 	}
 }
@@ -138,7 +140,7 @@ func unsupported(d *mock.Device) *mock.Device {
 }
 
 func TestApplyOnSimulatedServer(t *testing.T) {
-	srv, _ := NewSim("dgxa100")
+	srv, _ := gpusim.New("dgxa100")
 	n, err := New(srv)
 	if err != nil {
 		t.Fatal(err)

@@ -81,7 +81,7 @@ type agentConfig struct {
 	Profile     string   `toml:"profile" help:"node-class profile (a file from firmware-configs/)"`
 	Apply       bool     `toml:"apply" help:"set what NVML can set to match the profile (persistence mode, power limit)"`
 	IgnoreXIDs  []uint64 `toml:"ignore_xids" help:"XIDs caused by applications, which do not make a GPU unhealthy"`
-	SimGPUs     string   `toml:"sim_gpus" help:"simulate a GPU server instead of NVML (dgxa100)"`
+	SimGPUs     string   `toml:"sim_gpus" help:"simulate a GPU server instead of NVML (dgxa100; development builds only: -tags simgpus)"`
 	LogLevel    string   `toml:"log_level" help:"debug, info, warn or error"`
 }
 
@@ -131,11 +131,7 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if ac.SimGPUs != "" {
-		s, err := gpu.NewSim(ac.SimGPUs)
-		if err != nil {
-			return err
-		}
-		if cfg.GPUs, err = gpu.New(s); err != nil {
+		if cfg.GPUs, err = simulatedGPUs(ac.SimGPUs); err != nil {
 			return err
 		}
 	}

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/agent"
-	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/coordinator"
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/internal/audit"
@@ -340,7 +339,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	node := fs.String("node", "local", "node id of the local agent")
-	sim := fs.String("sim-gpus", "", "give the local agent a simulated GPU server (dgxa100) instead of NVML")
+	sim := fs.String("sim-gpus", "", "give the local agent a simulated GPU server (dgxa100) instead of NVML (development builds only: -tags simgpus)")
 	l, _, err := loadCoordinatorConfig(fs, args, "", "", stderr)
 	if err != nil {
 		return err
@@ -371,11 +370,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		CertFile: filepath.Join(l.cfg.Data, pki.NodeCert), KeyFile: filepath.Join(l.cfg.Data, pki.NodeKey),
 		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: l.cfg.Models, StateDir: l.cfg.Data, Logger: log.With("component", "agent")}
 	if *sim != "" {
-		s, err := gpu.NewSim(*sim)
-		if err != nil {
-			return err
-		}
-		if acfg.GPUs, err = gpu.New(s); err != nil {
+		if acfg.GPUs, err = simulatedGPUs(*sim); err != nil {
 			return err
 		}
 	}

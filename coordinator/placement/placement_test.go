@@ -5,13 +5,14 @@ import (
 	"testing"
 
 	"github.com/callscribe/callscribe/agent/gpu"
+	"github.com/callscribe/callscribe/agent/gpu/gpusim"
 )
 
 // dgx builds a node from go-nvml's simulated DGX A100, with per-GPU
 // utilisation and temperature set on the simulator.
-func dgx(t *testing.T, id string, set func(s *gpu.Sim)) Node {
+func dgx(t *testing.T, id string, set func(s *gpusim.Server)) Node {
 	t.Helper()
-	sim, err := gpu.NewSim("dgxa100")
+	sim, err := gpusim.New("dgxa100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "least busy GPU wins",
 			nodes: func(t *testing.T) []Node {
-				return []Node{dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 50); s.Set(5, 10, 40, 0) })}
+				return []Node{dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 50); s.Set(5, 10, 40, 0) })}
 			},
 			need:     bigModel,
 			wantNode: "a", wantGPU: 5,
@@ -68,7 +69,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "cooler GPU breaks a utilisation tie",
 			nodes: func(t *testing.T) []Node {
-				return []Node{dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 30); s.Set(2, 0, 70, 0); s.Set(6, 0, 45, 0) })}
+				return []Node{dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 30); s.Set(2, 0, 70, 0); s.Set(6, 0, 45, 0) })}
 			},
 			need:     bigModel,
 			wantNode: "a", wantGPU: 6,
@@ -76,7 +77,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "instances share a GPU while memory allows",
 			nodes: func(t *testing.T) []Node {
-				return []Node{dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 90); s.Set(0, 0, 30, 0) })}
+				return []Node{dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 90); s.Set(0, 0, 30, 0) })}
 			},
 			placed: func(ns []Node) []Instance {
 				return []Instance{{Node: "a", GPU: ns[0].GPUs[0].UUID, MemMB: 16000}}
@@ -87,7 +88,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "a full GPU is passed over",
 			nodes: func(t *testing.T) []Node {
-				return []Node{dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 90); s.Set(0, 0, 30, 0) })}
+				return []Node{dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 90); s.Set(0, 0, 30, 0) })}
 			},
 			placed: func(ns []Node) []Instance {
 				return []Instance{{Node: "a", GPU: ns[0].GPUs[0].UUID, MemMB: 30000}}
@@ -98,7 +99,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "never an unhealthy GPU",
 			nodes: func(t *testing.T) []Node {
-				n := dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 50); s.Set(3, 0, 30, 0); s.Set(4, 5, 30, 0) })
+				n := dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 50); s.Set(3, 0, 30, 0); s.Set(4, 5, 30, 0) })
 				n.GPUs[3].Healthy = false
 				return []Node{n}
 			},
@@ -108,7 +109,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "never an excluded GPU",
 			nodes: func(t *testing.T) []Node {
-				n := dgx(t, "a", func(s *gpu.Sim) { allBusy(s, 50); s.Set(3, 0, 30, 0); s.Set(4, 5, 30, 0) })
+				n := dgx(t, "a", func(s *gpusim.Server) { allBusy(s, 50); s.Set(3, 0, 30, 0); s.Set(4, 5, 30, 0) })
 				n.GPUs[3].Excluded = "driver below profile"
 				return []Node{n}
 			},
@@ -120,7 +121,7 @@ func TestPlace(t *testing.T) {
 			nodes: func(t *testing.T) []Node {
 				a := dgx(t, "a", nil)
 				a.Draining = true
-				return []Node{a, dgx(t, "b", func(s *gpu.Sim) { allBusy(s, 80) })}
+				return []Node{a, dgx(t, "b", func(s *gpusim.Server) { allBusy(s, 80) })}
 			},
 			need:     bigModel,
 			wantNode: "b", wantGPU: -2, notGPU: -1,
@@ -128,7 +129,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "no GPU fits: degraded to CPU, never dropped",
 			nodes: func(t *testing.T) []Node {
-				n := dgx(t, "a", func(s *gpu.Sim) {
+				n := dgx(t, "a", func(s *gpusim.Server) {
 					for i := range 8 {
 						s.Set(i, 50, 50, 39<<30)
 					}
@@ -232,7 +233,7 @@ func TestFillARack(t *testing.T) {
 	}
 }
 
-func allBusy(s *gpu.Sim, util uint32) {
+func allBusy(s *gpusim.Server, util uint32) {
 	for i := range 8 {
 		s.Set(i, util, 50, 0)
 	}

@@ -317,8 +317,7 @@ func Check(dir string, key []byte, keyFile string) (*Report, error) {
 	case hasWAL(r):
 		r.CountsNote = "the store did not close cleanly (memtable logs present); Badger must replay them read-write, which only the coordinator does"
 	default:
-		unlock() // Badger takes its own shared lock
-		unlock = func() {}
+		unlock() // Badger takes its own shared lock (a second unlock, deferred, does nothing)
 		if reg == nil {
 			key = nil // a store from before encryption: read as it is
 		}

@@ -326,12 +326,11 @@ func (g *diskGuard) measure() (free, total uint64, head int64, err error) {
 
 // admission is one commit's decision state.
 type admission struct {
-	g          *diskGuard
-	ok         bool // measured; false: the guard could not measure and lets writes through
-	free       int64
-	head       int64
-	vlog, wal  int64 // admitted so far
-	audioShown bool
+	g         *diskGuard
+	ok        bool // measured; false: the guard could not measure and lets writes through
+	free      int64
+	head      int64
+	vlog, wal int64 // admitted so far
 }
 
 // begin measures once for a commit (or reuses a measurement younger than

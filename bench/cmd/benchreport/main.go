@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/bench/brokers"
+	"github.com/callscribe/callscribe/bench/plot"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/models"
@@ -140,22 +142,22 @@ func run(out, dir, bin string, dur time.Duration) error {
 	var skipped []string
 	versions := []string{"Badger " + modVersion("github.com/dgraph-io/badger/v4")}
 	if _, err := os.Stat("/usr/lib/rabbitmq/bin/rabbitmq-server"); err == nil {
-		versions = append(versions, "RabbitMQ "+bench.RabbitMQVersion()+" (Debian)")
+		versions = append(versions, "RabbitMQ "+brokers.RabbitMQVersion()+" (Debian)")
 		sinks = append(sinks, struct {
 			name string
 			mk   sinkMaker
-		}{"rabbitmq quorum", func(p string) (bench.Sink, func(), error) { return bench.RabbitMQ(ctx, p) }})
+		}{"rabbitmq quorum", func(p string) (bench.Sink, func(), error) { return brokers.RabbitMQ(ctx, p) }})
 	} else {
 		skipped = append(skipped, "RabbitMQ: Debian's rabbitmq-server is not installed (`make bench` installs it)")
 	}
 	natsDir, _ := filepath.Abs(filepath.Join(dir, "..", ".bench-bin"))
 	_ = os.MkdirAll(natsDir, 0o755)
-	if bin, err := bench.NATSServer(ctx, natsDir); err == nil {
-		versions = append(versions, bench.NATSVersion(bin)+" (go install)")
+	if bin, err := brokers.NATSServer(ctx, natsDir); err == nil {
+		versions = append(versions, brokers.NATSVersion(bin)+" (go install)")
 		sinks = append(sinks, struct {
 			name string
 			mk   sinkMaker
-		}{"jetstream sync", func(p string) (bench.Sink, func(), error) { return bench.JetStream(ctx, p, bin) }})
+		}{"jetstream sync", func(p string) (bench.Sink, func(), error) { return brokers.JetStream(ctx, p, bin) }})
 	} else {
 		skipped = append(skipped, "NATS JetStream: "+err.Error())
 	}
@@ -260,7 +262,7 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	w("\n## Capacity: how many calls, as N grows\n\n")
 	w("`callscribe bench load --transport quic` (a separate process) drives N consoles, one call each, one 100 ms L16 frame (3,200 B) per call every 100 ms for %v, against an in-process coordinator (real QUIC, real Badger) with the fast fake engine, so this is the system's own cost. *Console ack* is frame sent → durable ack received, at the console. *System-added* latencies are the coordinator's: frame received → written to the worker's stream (durable first), and worker final → persisted and queued to the console (p99 over its last 8,192 events). CPU and memory are the coordinator process's over the steady state (every call started, none ended); the load generator runs on the same 2 cores. The 500-call run is profiled (below).\n\n", dur)
 	w("| calls | frames sent | lost | finalised | console ack p50 / p99 ms | frame → worker p50 / p99 ms | final → console p50 / p99 ms | coordinator CPU | per stream | streams per core | memory per call |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-	var ackS, wrkS, conS, cpuS bench.Series
+	var ackS, wrkS, conS, cpuS plot.Series
 	ackS.Name, wrkS.Name, conS.Name, cpuS.Name = "console ack p99", "frame -> worker p99", "final -> console p99", "coordinator CPU % of a core"
 	carried := 0
 	var at500, atCarried *bench.LoadResult
@@ -320,10 +322,10 @@ func capacitySection(ctx context.Context, w, log func(string, ...any), dir, bin 
 	if err := os.MkdirAll(plots, 0o755); err != nil {
 		return err
 	}
-	if err := bench.PlotPNG(filepath.Join(plots, "latency.png"), "p99 latency vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "ms", []bench.Series{ackS, wrkS, conS}); err != nil {
+	if err := plot.PNG(filepath.Join(plots, "latency.png"), "p99 latency vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "ms", []plot.Series{ackS, wrkS, conS}); err != nil {
 		return err
 	}
-	if err := bench.PlotPNG(filepath.Join(plots, "cpu.png"), "coordinator CPU vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "% of one core", []bench.Series{cpuS}); err != nil {
+	if err := plot.PNG(filepath.Join(plots, "cpu.png"), "coordinator CPU vs concurrent calls (QUIC, fake engine)", "concurrent calls (log)", "% of one core", []plot.Series{cpuS}); err != nil {
 		return err
 	}
 	w("\nMemory per call is the growth of resident memory, which the garbage collector makes noisy (it can shrink between runs). Past the point where the coordinator keeps up, its latencies grow without bound while nothing is lost: frames wait in the consoles' send windows until they are acknowledged.\n")

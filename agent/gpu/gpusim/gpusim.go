@@ -1,4 +1,7 @@
-package gpu
+// Package gpusim is a simulated GPU server built on go-nvml's mock package,
+// for tests and for development builds (cmd/callscribe built with
+// -tags simgpus: --sim-gpus). The product binary does not link it.
+package gpusim
 
 import (
 	"fmt"
@@ -9,9 +12,9 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 )
 
-// Sim is a simulated GPU server built on go-nvml's mock package, for tests
-// and for running a rack of agents on one machine. Its telemetry can be set.
-type Sim struct {
+// Server is a simulated GPU server, an nvml.Interface for gpu.New. Its
+// telemetry can be set.
+type Server struct {
 	*dgxa100.Server
 	mu    sync.Mutex
 	util  []uint32
@@ -20,15 +23,15 @@ type Sim struct {
 	used  []uint64 // bytes
 }
 
-// SimKinds lists the inventories NewSim knows.
-var SimKinds = []string{"dgxa100"}
+// Kinds lists the inventories New knows.
+var Kinds = []string{"dgxa100"}
 
-// NewSim returns a simulated server: "dgxa100" is eight A100-40GB GPUs.
-func NewSim(kind string) (*Sim, error) {
+// New returns a simulated server: "dgxa100" is eight A100-40GB GPUs.
+func New(kind string) (*Server, error) {
 	if kind != "dgxa100" {
-		return nil, fmt.Errorf("gpu: unknown simulated server %q (known: %v)", kind, SimKinds)
+		return nil, fmt.Errorf("gpusim: unknown simulated server %q (known: %v)", kind, Kinds)
 	}
-	s := &Sim{Server: dgxa100.New()}
+	s := &Server{Server: dgxa100.New()}
 	// The simulator has no event support: health comes from readings.
 	s.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return nil, nvml.ERROR_NOT_SUPPORTED }
 	n := len(s.Devices)
@@ -41,7 +44,7 @@ func NewSim(kind string) (*Sim, error) {
 	return s, nil
 }
 
-func (s *Sim) fill(i int, d *mock.Device) {
+func (s *Server) fill(i int, d *mock.Device) {
 	total := uint64(40 << 30)
 	if m, ret := d.GetMemoryInfo(); ret == nvml.SUCCESS {
 		total = m.Total
@@ -102,7 +105,7 @@ func (s *Sim) fill(i int, d *mock.Device) {
 }
 
 // Set changes one GPU's readings.
-func (s *Sim) Set(i int, utilPct, tempC uint32, usedBytes uint64) {
+func (s *Server) Set(i int, utilPct, tempC uint32, usedBytes uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.util[i], s.temp[i], s.used[i] = utilPct, tempC, usedBytes

@@ -1,4 +1,6 @@
-package bench
+// Package plot draws the line charts of BENCHMARKS.md
+// (bench/cmd/benchreport). The product binary does not link it.
+package plot
 
 import (
 	"fmt"
@@ -21,9 +23,9 @@ type Series struct {
 
 var palette = []color.RGBA{{0xc0, 0x20, 0x20, 0xff}, {0x20, 0x60, 0xc0, 0xff}, {0x20, 0x90, 0x30, 0xff}, {0x90, 0x50, 0xb0, 0xff}}
 
-// PlotPNG writes a line chart with a logarithmic x axis (the number of
+// PNG writes a line chart with a logarithmic x axis (the number of
 // calls) to path.
-func PlotPNG(path, title, xlabel, ylabel string, series []Series) error {
+func PNG(path, title, xlabel, ylabel string, series []Series) error {
 	const W, H, left, right, top, bottom = 860, 520, 80, 30, 50, 60
 	img := image.NewRGBA(image.Rect(0, 0, W, H))
 	for i := range img.Pix {

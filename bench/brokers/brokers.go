@@ -1,4 +1,7 @@
-package bench
+// Package brokers starts RabbitMQ and NATS JetStream on loopback and makes
+// durable sinks of them, for the durable-storage comparison of make bench
+// (bench/cmd/benchreport). The product binary does not link it.
+package brokers
 
 import (
 	"context"
@@ -13,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/callscribe/callscribe/bench"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -115,7 +119,7 @@ func RabbitMQVersion() string {
 // quorum queue and returns once the broker confirms it (publisher
 // confirms: the message is on disk on the queue's replica). One channel per
 // call.
-func RabbitMQ(ctx context.Context, dir string) (Sink, func(), error) {
+func RabbitMQ(ctx context.Context, dir string) (bench.Sink, func(), error) {
 	bin := "/usr/lib/rabbitmq/bin/rabbitmq-server"
 	if _, err := os.Stat(bin); err != nil {
 		return nil, nil, fmt.Errorf("rabbitmq-server: %w (Debian package rabbitmq-server)", ErrNotInstalled)
@@ -232,7 +236,7 @@ func NATSServer(ctx context.Context, dir string) (string, error) {
 // to fsync every write before it acknowledges it (`sync_interval: always`),
 // and returns a sink that publishes each frame to a stream and returns on
 // the server's ack.
-func JetStream(ctx context.Context, dir, bin string) (Sink, func(), error) {
+func JetStream(ctx context.Context, dir, bin string) (bench.Sink, func(), error) {
 	// Absolute: the server runs in dir (see startServer).
 	dir, err := filepath.Abs(dir)
 	if err != nil {
