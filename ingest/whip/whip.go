@@ -1114,6 +1114,7 @@ func (x *session) forward() {
 	idleTimeout := x.srv.cfg.IdleTimeout
 	check := time.NewTicker(min(time.Second, idleTimeout/4))
 	defer check.Stop()
+	fatal := false // the last event ended the session (revoked, transferred)
 events:
 	for {
 		select {
@@ -1121,6 +1122,7 @@ events:
 			if !ok {
 				break events
 			}
+			fatal = ev.Error != nil && ev.Error.Fatal
 			x.send(ev)
 		case <-tick.C:
 			x.ping()
@@ -1133,10 +1135,15 @@ events:
 			return
 		}
 	}
-	// Let the data channel deliver the last events, then hang up.
+	// Let the data channel deliver the last events, then hang up (at once
+	// after a fatal error: a revoked console is cut off within a second).
+	linger := time.Second
+	if fatal {
+		linger = 100 * time.Millisecond
+	}
 	select {
 	case <-x.done:
-	case <-time.After(time.Second):
+	case <-time.After(linger):
 		x.close("call session closed by the coordinator")
 	}
 }
