@@ -361,7 +361,8 @@ func scrapeAppliance(t *testing.T) exportedSet {
 	want := []string{"callscribe_node_up", "callscribe_workers", "callscribe_gpu_healthy", "callscribe_gpu_memory_bytes", "callscribe_placements_total"}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		e, err := scrape("http://" + addr + "/metrics")
+		tok, _ := os.ReadFile(filepath.Join(dir, "operator.token")) // /metrics is an operator's
+		e, err := scrape("http://"+addr+"/metrics", strings.TrimSpace(string(tok)))
 		if err == nil && !slices.ContainsFunc(want, func(n string) bool { return !e.has(n) }) {
 			return e
 		}
@@ -372,8 +373,13 @@ func scrapeAppliance(t *testing.T) exportedSet {
 	}
 }
 
-func scrape(url string) (exportedSet, error) {
-	resp, err := http.Get(url)
+func scrape(url, token string) (exportedSet, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
