@@ -293,7 +293,11 @@ func (c *Coordinator) handleTokenRevoke(w http.ResponseWriter, r *http.Request) 
 	out, err := c.auth.Revoke(r.Context(), name)
 	if err != nil {
 		c.auditAs(r.Context(), p, audit.ActionTokenRevoke, name, "error: "+err.Error(), "")
-		httpError(w, http.StatusServiceUnavailable, err.Error())
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, auth.ErrLastOperator) {
+			code = http.StatusConflict
+		}
+		httpError(w, code, err.Error())
 		return
 	}
 	c.auditAs(r.Context(), p, audit.ActionTokenRevoke, name, "ok", fmt.Sprintf("%d credentials", len(out)))

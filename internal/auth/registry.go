@@ -56,6 +56,9 @@ var (
 	ErrForbidden    = errors.New("forbidden")
 	ErrTokenInURL   = errors.New("tokens are not accepted in URLs: send Authorization: Bearer TOKEN (browsers: exchange it for a ticket at POST /v1/tickets)")
 	ErrExists       = errors.New("credential name already used")
+	// ErrLastOperator refuses to revoke the last operator credential: no
+	// one could manage credentials any more.
+	ErrLastOperator = errors.New("that is the last operator credential: add another operator first")
 )
 
 // ThrottledError refuses an address that failed to authenticate too often.
@@ -295,6 +298,16 @@ func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error
 			c.Created = now
 		}
 		out = append(out, c)
+	}
+	operators := 0
+	for _, c := range *r.active.Load() {
+		if c.Role == Operator && c.Name != name {
+			operators++
+		}
+	}
+	if operators == 0 && slices.ContainsFunc(out, func(c Credential) bool { return c.Role == Operator }) {
+		r.mu.Unlock()
+		return nil, ErrLastOperator
 	}
 	certs := *r.revokedCerts.Load()
 	// Client certificates are not registered when issued: revoking a

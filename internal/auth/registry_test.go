@@ -58,6 +58,20 @@ func TestRegistry(t *testing.T) {
 	if _, _, err := r.Add(context.Background(), "sup-1", Operator); !errors.Is(err, ErrExists) {
 		t.Fatalf("a name with two roles: %v", err)
 	}
+	// The last operator cannot be revoked (no one could manage
+	// credentials any more); with a second one it can.
+	if _, _, err := r.Add(context.Background(), "op-1", Operator); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Revoke(context.Background(), "op-1"); !errors.Is(err, ErrLastOperator) {
+		t.Fatalf("revoking the last operator: %v", err)
+	}
+	if _, _, err := r.Add(context.Background(), "op-2", Operator); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Revoke(context.Background(), "op-1"); err != nil {
+		t.Fatalf("revoking one of two operators: %v", err)
+	}
 	// Revoking a static token survives a restart (a new registry on the
 	// same store with the same files).
 	if _, err := r.Revoke(context.Background(), "console"); err != nil {
