@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -371,5 +373,76 @@ func TestEventTicket(t *testing.T) {
 	}
 	if got, _ := tc.api(t, "GET", "/v1/calls/ticketed/events?ticket="+tk.Ticket, "", ""); got != 401 {
 		t.Fatalf("ticket reused: %d, want 401", got)
+	}
+}
+
+// A WebRTC console's session ends within a second of its credential's
+// revocation; another console cannot take its call over WHIP, nor change
+// or end its WHIP session.
+func TestWHIPRevocationAndHijack(t *testing.T) {
+	tc := startCoordinator(t)
+	base := "http://" + tc.c.HTTPAddr().String()
+	_, body := tc.api(t, "POST", "/v1/tokens", testOperator, `{"name":"desk-w","role":"console"}`)
+	var tr TokenResponse
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || tr.Token == "" {
+		t.Fatalf("token add: %s", body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := whip.Dial(ctx, whip.ClientConfig{Server: base, Token: tr.Token, CallID: "whip-owned", Channels: []string{"caller"}, Codec: proto.CodecPCMU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	for i := range 5 {
+		if err := cl.Send(0, bytes.Repeat([]byte{byte(i)}, 160), 160); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "audio stored", 10*time.Second, func() bool {
+		n, _ := tc.c.Store().CountFrames("whip-owned", 0)
+		return n > 0
+	})
+	// Another console: a new offer for the call is refused, as are PATCH
+	// and DELETE of the session.
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/whip/whip-owned", strings.NewReader("v=0\r\n"))
+	req.Header.Set("Content-Type", "application/sdp")
+	req.Header.Set("Authorization", "Bearer "+testTokenB)
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode == http.StatusCreated {
+		t.Fatalf("another console's offer for the call: %v %v", err, res)
+	} else {
+		res.Body.Close()
+	}
+	loc := cl.Session()
+	for _, m := range []string{http.MethodPatch, http.MethodDelete} {
+		req, _ := http.NewRequest(m, loc, strings.NewReader("a=end-of-candidates\r\n"))
+		req.Header.Set("Content-Type", "application/trickle-ice-sdpfrag")
+		req.Header.Set("Authorization", "Bearer "+testTokenB)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusForbidden {
+			t.Errorf("%s of another console's WHIP session: %d, want 403", m, res.StatusCode)
+		}
+	}
+	if rec, _ := tc.c.Store().Call("whip-owned"); rec == nil || rec.Console != "desk-w" || rec.State == store.StateEnded {
+		t.Fatalf("call after the attempts: %+v", rec)
+	}
+	// Revocation ends the session.
+	if code, body := tc.api(t, "DELETE", "/v1/tokens/desk-w", testOperator, ""); code != 200 {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	t0 := time.Now()
+	var sawRevoked bool
+	for ev := range cl.Events() { // closed when the session ends
+		sawRevoked = sawRevoked || (ev.Error != nil && strings.Contains(ev.Error.Message, "revoked"))
+	}
+	if d := time.Since(t0); d > time.Second {
+		t.Fatalf("WHIP session ended %v after the revocation, want within a second", d)
+	}
+	if !sawRevoked {
+		t.Error("the console was not told its credential was revoked")
 	}
 }

@@ -213,6 +213,9 @@ func (c *Client) post(ctx context.Context, sdp string) (string, error) {
 	return string(body), nil
 }
 
+// Session is the WHIP session's URL (the answer's Location).
+func (c *Client) Session() string { return c.session }
+
 // Events delivers transcript events; it is closed when the session ends.
 func (c *Client) Events() <-chan ingest.Event { return c.events }
 
