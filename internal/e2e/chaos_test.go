@@ -31,6 +31,7 @@ func newChaosRack(t *testing.T) *chaosRack {
 	p := newPair(t)
 	r := &chaosRack{p: p, dir: t.TempDir(), http: p.ipA + ":8080", quic: p.ipA + ":4433"}
 	caFor[r.http] = filepath.Join(r.dir, pki.CAFile)
+	tokFor[r.http] = filepath.Join(r.dir, pki.OperatorToken)
 	r.coordArgs = []string{"netns-exec", p.a, "coordinator", "--data", r.dir, "--http", r.http, "--http-tls", "--quic", r.quic, "--hosts", "localhost," + p.ipA, "--workers", "2"}
 	r.coord = start(t, r.coordArgs...)
 	waitUntil(t, "coordinator up", 60*time.Second, func() bool { _, ok := statusIn(t, p.a, r.http); return ok })
