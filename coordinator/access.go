@@ -79,7 +79,7 @@ func (c *Coordinator) guarded(g guard, h http.HandlerFunc) http.HandlerFunc {
 		}
 		if !slices.Contains(g.roles, p.Role) {
 			c.log.Warn("API request refused: role may not", "method", r.Method, "path", r.URL.Path, "name", p.Name, "role", p.Role, "remote", r.RemoteAddr)
-			c.denied(r.Context(), p, r.Method+" "+r.URL.Path, "role "+string(p.Role))
+			c.denied(r.Context(), p, r.Pattern, "role "+string(p.Role))
 			httpError(w, http.StatusForbidden, fmt.Sprintf("%s %s needs the role %s; credential %q is a %s", r.Method, r.URL.Path, roleList(g.roles), p.Name, p.Role))
 			return
 		}
@@ -107,11 +107,21 @@ func (c *Coordinator) principal(r *http.Request, ticket bool) (auth.Principal, e
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		remote = ap.Addr().Unmap()
 	}
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if tok = strings.TrimSpace(tok); tok != "" || !ticket || !q.Has("ticket") {
+	tok := bearer(r)
+	if tok != "" || !ticket || !q.Has("ticket") {
 		return c.Authenticate(tok, r.TLS, remote)
 	}
 	return c.auth.Redeem(q.Get("ticket"), remote)
+}
+
+// bearer is the request's bearer token (the scheme is case-insensitive,
+// RFC 9110 §11.1).
+func bearer(r *http.Request) string {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(tok)
 }
 
 // mayRead reports whether p may read or watch a call: supervisors any,
@@ -176,6 +186,10 @@ func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.Co
 		cl.mu.Unlock()
 		return "", perr(proto.CodeCallInUse, "call %s has %s: there is nothing to transfer", id, cl.rec.State)
 	}
+	if cl.settingUpLocked() {
+		cl.mu.Unlock()
+		return "", perr(proto.CodeCallInUse, "call %s has no audio yet: there is nothing to transfer (the new console opens its own call)", id)
+	}
 	from = cl.rec.Console
 	if from == to {
 		cl.mu.Unlock()
@@ -185,11 +199,20 @@ func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.Co
 	// owner; then the record, durably, before the answer.
 	cl.rec.Console = to
 	rec := *cl.rec
+	gone := &proto.Error{Code: proto.CodeTransferred, Fatal: true, Message: fmt.Sprintf("call %s was transferred to console %s", id, to)}
 	if s := cl.sess; s != nil {
-		s.pushLocked(ingest.Event{Error: &proto.Error{Code: proto.CodeTransferred, Fatal: true,
-			Message: fmt.Sprintf("call %s was transferred to console %s", id, to)}})
+		s.pushLocked(ingest.Event{Error: gone})
 		s.closeLocked()
 		cl.sess = nil
+	}
+	// The former owner's views of the call end too: it may no longer read
+	// it (supervisors' views go on).
+	for s := range cl.watchers {
+		if s.principal.Role == auth.Console && s.principal.Name == string(from) {
+			s.pushLocked(ingest.Event{Error: gone})
+			s.closeLocked()
+			delete(cl.watchers, s)
+		}
 	}
 	cl.mu.Unlock()
 	if err := c.store.PutCall(ctx, &rec); err != nil {
@@ -209,9 +232,22 @@ func (c *Coordinator) handleTransfer(w http.ResponseWriter, r *http.Request) {
 	id := proto.CallID(r.PathValue("id"))
 	var body struct {
 		To proto.ConsoleID `json:"to"`
+		// Certificate: the new console authenticates with a client
+		// certificate of that name (which the coordinator cannot list).
+		Certificate bool `json:"certificate"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body); err != nil || body.To == "" {
-		httpError(w, http.StatusBadRequest, `the body must be JSON: {"to": "CONSOLE"}`)
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body); err != nil || !proto.ValidID(string(body.To)) || !proto.ValidID(string(id)) {
+		httpError(w, http.StatusBadRequest, `the body must be JSON: {"to": "CONSOLE"} with a valid console id`)
+		return
+	}
+	// Only to a console that exists: a call handed to a name nobody holds
+	// could not be streamed to.
+	if role := c.auth.RoleOf(string(body.To)); role != "" && role != auth.Console {
+		httpError(w, http.StatusBadRequest, fmt.Sprintf("%q is a %s, not a console", body.To, role))
+		return
+	}
+	if !body.Certificate && !c.auth.IsConsole(string(body.To)) {
+		httpError(w, http.StatusBadRequest, fmt.Sprintf(`no console credential is named %q (for a console with a client certificate, add "certificate": true)`, body.To))
 		return
 	}
 	from, err := c.Transfer(r.Context(), id, body.To)
@@ -301,6 +337,9 @@ func (c *Coordinator) handleTokenRevoke(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	c.auditAs(r.Context(), p, audit.ActionTokenRevoke, name, "ok", fmt.Sprintf("%d credentials", len(out)))
+	for i := range out {
+		out[i].Hash = ""
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "revoked": out})
 }
 

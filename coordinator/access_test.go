@@ -198,10 +198,42 @@ func TestTransfer(t *testing.T) {
 		a.audio(0, i)
 		a.expectAck(i + 1)
 	}
+	// The owner also watches its call's transcript.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+tc.c.HTTPAddr().String()+"/v1/calls/handover/events", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("watch: %v %v", err, res)
+	}
+	defer res.Body.Close()
+	sse := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(res.Body); sse <- string(b) }()
+	for _, bad := range []string{`{"to":"ghost"}`, `{"to":"sup"}`, `{"to":"bad\nname"}`} {
+		if got, body := tc.api(t, "POST", "/v1/calls/handover/transfer", testSupervisor, bad); got != 400 {
+			t.Errorf("transfer %s: %d %s, want 400", bad, got, body)
+		}
+	}
 	if got, body := tc.api(t, "POST", "/v1/calls/handover/transfer", testSupervisor, `{"to":"console-b"}`); got != 200 {
 		t.Fatalf("transfer: %d %s", got, body)
 	}
 	a.expectError(proto.CodeTransferred)
+	// The former owner's stream can no longer end the call…
+	_ = a.w.WriteJSON(proto.TEnd, proto.End{Frames: []uint32{3}})
+	time.Sleep(200 * time.Millisecond)
+	if rec, _ := tc.c.Store().Call("handover"); rec.State != store.StateStreaming {
+		t.Fatalf("the former owner ended the call: %s", rec.State)
+	}
+	// …and its view of the call is closed.
+	select {
+	case body := <-sse:
+		if !strings.Contains(body, "transferred") {
+			t.Errorf("the former owner's event stream ended without saying why: %q", body)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the former owner still watches the call a second after the transfer")
+	}
 	b := tc.stream(t)
 	h := hello("handover")
 	h.Token = testTokenB
@@ -444,5 +476,35 @@ func TestWHIPRevocationAndHijack(t *testing.T) {
 	}
 	if !sawRevoked {
 		t.Error("the console was not told its credential was revoked")
+	}
+}
+
+// A credential taken out of the configuration (a reload) ends its live
+// sessions as a revocation does.
+func TestReloadEndsRemovedCredentials(t *testing.T) {
+	tc := startCoordinator(t)
+	s := tc.stream(t)
+	h := hello("reloaded")
+	h.Token = testTokenC
+	s.open(h)
+	s.audio(0, 0)
+	s.expectAck(1)
+	var creds []auth.Static
+	for _, c := range testCredentials() {
+		if c.Name != "console-c" {
+			creds = append(creds, c)
+		}
+	}
+	tc.c.Reload(Reloadable{Credentials: creds})
+	s.st.SetReadDeadline(time.Now().Add(time.Second))
+	m := s.next()
+	var e proto.Error
+	if m.Type != proto.TError || json.Unmarshal(m.Body, &e) != nil || e.Code != proto.CodeUnauthorized {
+		t.Fatalf("stream of a removed credential: type %d %s", m.Type, m.Body)
+	}
+	_ = s.w.WriteJSON(proto.TEnd, proto.End{Frames: []uint32{1}})
+	time.Sleep(200 * time.Millisecond)
+	if rec, _ := tc.c.Store().Call("reloaded"); rec.State == store.StateFinalised || rec.State == store.StateEnded {
+		t.Fatalf("a removed credential's stream ended the call: %s", rec.State)
 	}
 }

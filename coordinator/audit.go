@@ -10,6 +10,7 @@ import (
 
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/proto"
 )
 
 // Actors that are not a request's principal.
@@ -113,7 +114,11 @@ func (a *auditWriter) WriteHeader(code int) {
 	case code >= 400:
 		outcome = "error: " + strconv.Itoa(code) + " " + http.StatusText(code)
 	}
-	err := a.c.Audit(a.r.Context(), a.action, a.r.PathValue("id"), outcome, "")
+	target := a.r.PathValue("id")
+	if !proto.ValidID(target) && target != "" {
+		target = strconv.QuoteToASCII(target) // never raw control characters in the trail
+	}
+	err := a.c.Audit(a.r.Context(), a.action, target, outcome, "")
 	if err != nil && code < 400 {
 		a.refused = true
 		a.cancel()

@@ -728,6 +728,12 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 	for cl.writingLocked() { // frames sent before the end settle first
 		cl.idle.Wait()
 	}
+	if s.closed || cl.sess != s {
+		// Replaced, transferred or revoked: this stream no longer holds
+		// the call, and may not end it.
+		cl.mu.Unlock()
+		return perr(proto.CodeForbidden, "this stream no longer holds call %s: it cannot end it", cl.id)
+	}
 	if len(e.Frames) != len(cl.chans) {
 		cl.mu.Unlock()
 		return perr(proto.CodeBadRequest, "end lists %d channels, call has %d", len(e.Frames), len(cl.chans))

@@ -211,7 +211,11 @@ type Coordinator struct {
 	// responses (server-sent events).
 	closing chan struct{}
 
-	auth       *auth.Registry
+	auth *auth.Registry
+	// deniedAt rate-limits audit entries of refused requests per
+	// credential (audithooks.go).
+	deniedMu   sync.Mutex
+	deniedAt   map[string]time.Time
 	vocabulary atomic.Pointer[[]proto.Word]
 
 	exportKick chan struct{}

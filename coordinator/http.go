@@ -272,7 +272,6 @@ func (c *Coordinator) readable(w http.ResponseWriter, r *http.Request, id proto.
 	}
 	if p, _ := auth.FromContext(r.Context()); !mayRead(p, rec) {
 		c.log.Warn("API request refused: another console's call", "path", r.URL.Path, "name", p.Name, "call", id, "remote", r.RemoteAddr)
-		c.denied(r.Context(), p, r.Method+" "+r.URL.Path, "another console's call")
 		httpError(w, http.StatusForbidden, fmt.Sprintf("call %s belongs to another console", id))
 		return nil
 	}

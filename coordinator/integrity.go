@@ -28,6 +28,11 @@ func (c *Coordinator) loadDigest(rec *store.Call, i int, n uint32) (integrity.Di
 	case ok && rec.AudioDeleted != nil:
 		return d, nil // the frames are gone, the digest stands
 	case ok && d.Next < n:
+		// Legitimate only when a crash cut a commit after its frames and
+		// before its digest; otherwise frames were added to the store
+		// behind the coordinator's back. Said loudly either way.
+		c.log.Warn("integrity: frames stored past the frame digest: extending it over them (a commit cut by a crash, or frames written outside the coordinator)",
+			"call", rec.ID, "channel", i, "digest_frames", d.Next, "stored", n)
 		err = c.store.Frames(rec.ID, i, d.Next, 0, func(f store.Frame) error { return d.Add(f.Seq, f.Capture, f.Payload) })
 	case ok:
 		c.log.Error("integrity: the frame digest covers frames that are no longer stored: recomputing it from the frames that are",

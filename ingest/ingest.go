@@ -192,7 +192,10 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 				return
 			}
 		}
+		// The session is over (finalised, replaced, transferred or
+		// revoked): nothing more is read from this stream.
 		_ = st.Close()
+		st.CancelRead(0)
 	}()
 
 	// A call without any audio yet is being set up: the console must start

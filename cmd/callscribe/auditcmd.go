@@ -94,7 +94,7 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 			default:
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Actor, dash(e.Role), dash(e.Remote), e.Action, dash(e.Target), e.Outcome, e.Detail)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), printable(e.Actor), dash(printable(e.Role)), dash(printable(e.Remote)), printable(e.Action), dash(printable(e.Target)), printable(e.Outcome), printable(e.Detail))
 			}
 			if e.Seq <= cur {
 				return fmt.Errorf("the coordinator sent seq %d after asking for entries after %d", e.Seq, cur)
@@ -122,6 +122,19 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "audit chain intact: %d entries, head %d %s\n", chain.Len(), last.Seq, last.Hash)
 	return nil
+}
+
+// printable shows a field on one terminal line: control characters (a
+// newline, an escape sequence) are quoted, so an entry cannot forge
+// another line of the table.
+func printable(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			q := strconv.QuoteToASCII(s)
+			return q[1 : len(q)-1]
+		}
+	}
+	return s
 }
 
 func dash(s string) string {

@@ -263,11 +263,11 @@ func (s *Server) logBusy() (bool, int) {
 
 // bearer returns the request's bearer token.
 func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(t)
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") { // case-insensitive (RFC 9110 §11.1)
+		return ""
 	}
-	return ""
+	return strings.TrimSpace(tok)
 }
 
 // param reads a setting from a header (X-Callscribe-NAME) or the query.

@@ -102,6 +102,10 @@ type Registry struct {
 	tickets map[string]ticket
 }
 
+// maxTicketsPerCredential bounds the tickets one credential may hold
+// unredeemed (a browser needs one per event stream it opens).
+const maxTicketsPerCredential = 16
+
 type ticket struct {
 	p       Principal
 	expires time.Time
@@ -149,9 +153,25 @@ func (r *Registry) SetStatic(static []Static) error {
 		}
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	var before []Credential
+	if a := r.active.Load(); a != nil {
+		before = *a
+	}
 	r.static = slices.Clone(static)
 	r.rebuildLocked()
+	after := *r.active.Load()
+	r.mu.Unlock()
+	// A credential taken out of the files or the configuration is revoked
+	// like any other: its live sessions end.
+	for _, c := range before {
+		if c.Source == "api" || slices.ContainsFunc(after, func(a Credential) bool { return a.ID == c.ID }) {
+			continue
+		}
+		r.o.Logger.Info("credential removed from the configuration: its sessions end", "name", c.Name, "role", c.Role, "id", c.ID)
+		if r.o.OnRevoke != nil {
+			r.o.OnRevoke(c)
+		}
+	}
 	return nil
 }
 
@@ -187,9 +207,6 @@ func (r *Registry) Token(token string, remote netip.Addr) (Principal, error) {
 	if token == "" {
 		return Principal{}, ErrNoCredential
 	}
-	if wait := r.limit.blocked(remote); wait > 0 {
-		return Principal{}, &ThrottledError{RetryAfter: wait}
-	}
 	sum := sha256.Sum256([]byte(token))
 	var found *Credential
 	act := *r.active.Load()
@@ -201,11 +218,19 @@ func (r *Registry) Token(token string, remote netip.Addr) (Principal, error) {
 			found = &act[i]
 		}
 	}
+	// An address that failed too often is refused whatever it presents,
+	// except a credential that already succeeded from it: guessing gains
+	// nothing, and a console behind the same address as a guesser (a NAT)
+	// keeps working.
+	if wait := r.limit.blocked(remote); wait > 0 && (found == nil || !r.limit.knownGood(remote, found.ID)) {
+		return Principal{}, &ThrottledError{RetryAfter: wait}
+	}
 	if found == nil {
 		r.limit.fail(remote)
 		r.o.Logger.Warn("authentication failed: invalid or revoked token", "remote", remote)
 		return Principal{}, ErrInvalid
 	}
+	r.limit.good(remote, found.ID)
 	return Principal{Name: found.Name, Role: found.Role, Cred: found.ID, Remote: remote}, nil
 }
 
@@ -239,6 +264,27 @@ func (r *Registry) Active(p Principal) bool {
 		}
 	}
 	return false
+}
+
+// IsConsole reports whether name has an active console token (client
+// certificates are not registered: a certificate's name is unknown here).
+func (r *Registry) IsConsole(name string) bool {
+	for _, c := range *r.active.Load() {
+		if c.Name == name && c.Role == Console {
+			return true
+		}
+	}
+	return false
+}
+
+// RoleOf returns the role of name's active tokens ("" when it has none).
+func (r *Registry) RoleOf(name string) Role {
+	for _, c := range *r.active.Load() {
+		if c.Name == name {
+			return c.Role
+		}
+	}
+	return ""
 }
 
 func cutPrefix(s, p string) (string, bool) {
@@ -313,7 +359,7 @@ func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error
 	// Client certificates are not registered when issued: revoking a
 	// console name also refuses certificates with that common name.
 	var cert *Credential
-	if !certs[name] && (len(out) == 0 || out[0].Role == Console) {
+	if !certs[name] {
 		cert = &Credential{ID: "cert:" + name, Name: name, Role: Console, Source: "certificate", Created: now, Revoked: &now}
 	}
 	if cert != nil {
@@ -378,7 +424,15 @@ func (r *Registry) Ticket(p Principal) (string, time.Duration) {
 			delete(r.tickets, k)
 		}
 	}
-	if len(r.tickets) >= 10000 { // bounded: a flood of tickets pushes out none but itself
+	mine := 0
+	for _, v := range r.tickets {
+		if v.p.Cred == p.Cred {
+			mine++
+		}
+	}
+	// Bounded per credential and in all: one client asking for tickets in
+	// a loop exhausts only its own allowance.
+	if mine >= maxTicketsPerCredential || len(r.tickets) >= 10000 {
 		return "", 0
 	}
 	r.tickets[HashToken(t)] = ticket{p: p, expires: now.Add(r.o.TicketTTL)}
@@ -403,23 +457,70 @@ func (r *Registry) Redeem(t string, remote netip.Addr) (Principal, error) {
 	return tk.p, nil
 }
 
-// limiter counts failed authentications per address over a window.
+// limiter counts failed authentications per address over a window (an
+// IPv6 address by its /64: one host holds a whole prefix), and remembers
+// which credentials succeeded from where.
 type limiter struct {
-	mu     sync.Mutex
-	max    int
-	window time.Duration
-	fails  map[netip.Addr][]time.Time
+	mu        sync.Mutex
+	max       int
+	window    time.Duration
+	fails     map[netip.Addr][]time.Time
+	goods     map[goodKey]time.Time
+	lastSweep time.Time
 }
 
+type goodKey struct {
+	addr netip.Addr
+	cred string
+}
+
+// maxTracked bounds the addresses (and credential/address pairs) the
+// limiter remembers.
+const maxTracked = 100000
+
 func newLimiter(max int, window time.Duration) *limiter {
-	return &limiter{max: max, window: window, fails: map[netip.Addr][]time.Time{}}
+	return &limiter{max: max, window: window, fails: map[netip.Addr][]time.Time{}, goods: map[goodKey]time.Time{}}
+}
+
+// key is what failures are counted under.
+func key(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a.Unmap()
+}
+
+// good remembers that cred authenticated from remote (for an hour).
+func (l *limiter) good(remote netip.Addr, cred string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.goods) >= maxTracked {
+		now := time.Now()
+		for k, t := range l.goods {
+			if now.Sub(t) > time.Hour {
+				delete(l.goods, k)
+			}
+		}
+		if len(l.goods) >= maxTracked {
+			return
+		}
+	}
+	l.goods[goodKey{key(remote), cred}] = time.Now()
+}
+
+func (l *limiter) knownGood(remote netip.Addr, cred string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.goods[goodKey{key(remote), cred}]
+	return ok && time.Since(t) < time.Hour
 }
 
 // blocked returns how long remote must wait (0: it may try).
 func (l *limiter) blocked(remote netip.Addr) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.prune(remote, time.Now())
+	f := l.prune(key(remote), time.Now())
 	if len(f) < l.max {
 		return 0
 	}
@@ -430,12 +531,21 @@ func (l *limiter) fail(remote netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if len(l.fails) >= 100000 { // bounded memory under a spray of addresses
-		for a := range l.fails {
-			l.prune(a, now)
+	k := key(remote)
+	if _, ok := l.fails[k]; !ok && len(l.fails) >= maxTracked {
+		// Bounded memory under a spray of addresses: sweep at most once
+		// a second, and past the bound, track no new address.
+		if now.Sub(l.lastSweep) > time.Second {
+			l.lastSweep = now
+			for a := range l.fails {
+				l.prune(a, now)
+			}
+		}
+		if len(l.fails) >= maxTracked {
+			return
 		}
 	}
-	l.fails[remote] = append(l.prune(remote, now), now)
+	l.fails[k] = append(l.prune(k, now), now)
 }
 
 // prune drops failures older than the window. Caller holds l.mu.

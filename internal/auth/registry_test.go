@@ -98,7 +98,8 @@ func TestRegistry(t *testing.T) {
 
 func TestTicketsAndThrottle(t *testing.T) {
 	p := &memPersister{m: map[string]Credential{}}
-	r, err := NewRegistry(p, []Static{{Name: "c", Role: Console, Token: "console-token-0123456", Source: "config"}}, Options{FailuresPerMinute: 2, TicketTTL: 50 * time.Millisecond})
+	r, err := NewRegistry(p, []Static{{Name: "c", Role: Console, Token: "console-token-0123456", Source: "config"},
+		{Name: "d", Role: Console, Token: "other-console-token-01", Source: "config"}}, Options{FailuresPerMinute: 2, TicketTTL: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,9 +118,17 @@ func TestTicketsAndThrottle(t *testing.T) {
 	}
 	// home has failed twice now (the reused ticket and… one more guess).
 	_, _ = r.Token("guess-guess-guess-guess", home)
+	// Throttled: any token not yet seen working from here, valid or not…
 	var te *ThrottledError
-	if _, err := r.Token("console-token-0123456", home); !errors.As(err, &te) || te.RetryAfter <= 0 {
+	if _, err := r.Token("other-console-token-01", home); !errors.As(err, &te) || te.RetryAfter <= 0 {
 		t.Fatalf("after the failures: %v, want throttled", err)
+	}
+	if _, err := r.Token("guess-guess-guess-guess-2", home); !errors.As(err, &te) {
+		t.Fatalf("a guess after the failures: %v, want throttled", err)
+	}
+	// …but a console that already worked from this address goes on.
+	if _, err := r.Token("console-token-0123456", home); err != nil {
+		t.Fatalf("a known console behind the guesser's address: %v", err)
 	}
 	if _, err := r.Token("console-token-0123456", netip.MustParseAddr("10.0.0.2")); err != nil {
 		t.Fatalf("another address: %v", err)
