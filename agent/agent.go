@@ -18,6 +18,7 @@ import (
 	"github.com/callscribe/callscribe/agent/host"
 	"github.com/callscribe/callscribe/agent/supervisor"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -262,8 +263,8 @@ func (a *Agent) applyProfile() {
 }
 
 func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
-	dctx, cancel := context.WithTimeout(ctx, time.Second) // see worker.serve
-	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 2 * time.Second, KeepAlivePeriod: 500 * time.Millisecond})
+	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
+	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: tuning.AgentQUICIdle, KeepAlivePeriod: tuning.AgentQUICKeepAlive})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)
@@ -285,7 +286,7 @@ func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
 	}
 	interval := time.Duration(wel.IntervalMS) * time.Millisecond
 	if interval <= 0 {
-		interval = time.Second
+		interval = tuning.AgentHeartbeatFallback
 	}
 	a.log.Info("registered with coordinator", "addr", a.cfg.Coordinator, "heartbeat", interval, "ttl_ms", wel.TTLMS)
 	errc := make(chan error, 1)

@@ -198,7 +198,7 @@ func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.Co
 			cl.rec.Console = from
 		}
 		cl.mu.Unlock()
-		return "", perr(proto.CodeStorage, "transfer not recorded: %v", err)
+		return "", proto.Wrap(proto.CodeStorage, err, "transfer not recorded")
 	}
 	c.log.Info("call transferred", "call", id, "from", from, "to", to)
 	return from, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/internal/loop"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 )
 
@@ -136,9 +137,10 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	}
 	m, err := c.cfg.Models.Get(h.Model)
 	if err != nil {
-		return nil, nil, perr(proto.CodeUnknownModel, "%v", err)
+		return nil, nil, proto.Wrap(proto.CodeUnknownModel, err, "model %q", h.Model)
 	}
 	var cl *call
+	var finals [][]store.Final
 	resumed := false
 	for {
 		cl, err = c.callByID(h.CallID)
@@ -154,26 +156,26 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		case err != nil:
 			return nil, nil, err
 		}
-		cl.mu.Lock()
-		if !cl.isGone() {
-			break
+		// Frames of an earlier stream still on their way to the disk
+		// settle first, so the welcome's next_seq is exact.
+		finals, err = c.lockCaughtUp(cl, h.NextFinal, true, func() error {
+			if cl.isGone() {
+				return errGone
+			}
+			return c.mayStreamLocked(cl, h, resumed)
+		})
+		if errors.Is(err, errGone) {
+			continue // dropped while we looked it up: open it anew
 		}
-		cl.mu.Unlock() // dropped while we looked it up: open it anew
+		if err != nil {
+			return nil, nil, err
+		}
+		break
 	}
+	// Nothing below can fail: a session is installed only when it is
+	// returned.
 	defer cl.mu.Unlock()
-	// Frames of an earlier stream still on their way to the disk settle
-	// first, so the welcome's next_seq is exact.
-	for cl.writingLocked() {
-		cl.idle.Wait()
-	}
 	rec := cl.rec
-	if rec.Console != h.ConsoleID {
-		c.log.Warn("call refused: it belongs to another console", "call", h.CallID, "console", h.ConsoleID, "owner", rec.Console, "remote", h.Remote)
-		return nil, nil, perr(proto.CodeForbidden, "call %s belongs to another console: only the console that opened it (or one a supervisor transferred it to) may stream to it, resume it or end it", h.CallID)
-	}
-	if resumed && (rec.Codec != h.Codec || len(rec.Channels) != len(h.Channels)) {
-		return nil, nil, perr(proto.CodeBadRequest, "call %s was opened with codec %s and %d channels", h.CallID, rec.Codec, len(rec.Channels))
-	}
 	if cl.sess != nil {
 		c.log.Info("console reconnected: replacing its previous stream", "call", h.CallID)
 		cl.sess.closeLocked()
@@ -190,10 +192,77 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 			s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindResumed, Channel: i, Label: ch.label}})
 		}
 	}
-	if err := c.catchUpLocked(s); err != nil {
-		return nil, nil, err
-	}
+	s.catchUpLocked(finals)
 	return s, wel, nil
+}
+
+// errGone is lockCaughtUp's check refusing a call dropped meanwhile.
+var errGone = errors.New("call dropped")
+
+// mayStreamLocked refuses a hello for a call that belongs to another
+// console or does not match how the call was opened. Caller holds cl.mu.
+func (c *Coordinator) mayStreamLocked(cl *call, h *proto.Hello, resumed bool) error {
+	rec := cl.rec
+	if rec.Console != h.ConsoleID {
+		c.log.Warn("call refused: it belongs to another console", "call", h.CallID, "console", h.ConsoleID, "owner", rec.Console, "remote", h.Remote)
+		return perr(proto.CodeForbidden, "call %s belongs to another console: only the console that opened it (or one a supervisor transferred it to) may stream to it, resume it or end it", h.CallID)
+	}
+	if resumed && (rec.Codec != h.Codec || len(rec.Channels) != len(h.Channels)) {
+		return perr(proto.CodeBadRequest, "call %s was opened with codec %s and %d channels", h.CallID, rec.Codec, len(rec.Channels))
+	}
+	return nil
+}
+
+// lockCaughtUp locks cl and returns, with cl.mu held, each channel's finals
+// from from[i] up to the channel's count of persisted finals. The finals
+// are read from the store without the lock (no disk read under a call's
+// lock); if more were persisted meanwhile, the rest is read and the lock
+// taken again. With settle, it first waits (lock released) until no frames
+// are on their way to the store. check runs with the lock held before
+// anything is read; its error is returned, unlocked.
+func (c *Coordinator) lockCaughtUp(cl *call, from []uint32, settle bool, check func() error) ([][]store.Final, error) {
+	n := len(cl.chans)
+	finals := make([][]store.Final, n)
+	next := make([]uint32, n)
+	copy(next, from)
+	want := make([]uint32, n)
+	for {
+		cl.mu.Lock()
+		for settle && cl.writingLocked() {
+			cl.idle.Wait()
+		}
+		if check != nil {
+			if err := check(); err != nil {
+				cl.mu.Unlock()
+				return nil, err
+			}
+		}
+		short := false
+		for i, ch := range cl.chans {
+			want[i] = ch.finals
+			short = short || next[i] < ch.finals
+		}
+		if !short {
+			return finals, nil
+		}
+		cl.mu.Unlock()
+		for i := range want {
+			if next[i] >= want[i] {
+				continue
+			}
+			fs, err := c.store.Finals(cl.id, i, next[i])
+			if err != nil {
+				return nil, proto.Wrap(proto.CodeStorage, err, "read finals")
+			}
+			for _, f := range fs {
+				if f.Index >= want[i] {
+					break
+				}
+				finals[i] = append(finals[i], f)
+			}
+			next[i] = want[i]
+		}
+	}
 }
 
 // isGone reports whether the call was dropped. Caller holds cl.mu.
@@ -300,7 +369,10 @@ func (c *Coordinator) Watch(p auth.Principal, id proto.CallID, nextFinal []uint3
 	if err != nil {
 		return nil, err
 	}
-	cl.mu.Lock()
+	finals, err := c.lockCaughtUp(cl, nextFinal, false, nil)
+	if err != nil {
+		return nil, err
+	}
 	defer cl.mu.Unlock()
 	s := c.newSessionLocked(cl, p, nextFinal)
 	s.watch = true
@@ -308,9 +380,7 @@ func (c *Coordinator) Watch(p auth.Principal, id proto.CallID, nextFinal []uint3
 		cl.watchers = map[*session]struct{}{}
 	}
 	cl.watchers[s] = struct{}{}
-	if err := c.catchUpLocked(s); err != nil {
-		return nil, err
-	}
+	s.catchUpLocked(finals)
 	return s, nil
 }
 
@@ -333,40 +403,29 @@ func (c *Coordinator) callByID(id proto.CallID) (*call, error) {
 		cl, err = c.loadCall(rec)
 	}
 	if err != nil {
-		return nil, perr(proto.CodeStorage, "load call: %v", err)
+		return nil, proto.Wrap(proto.CodeStorage, err, "load call")
 	}
 	return cl, nil
 }
 
 func (c *Coordinator) newSessionLocked(cl *call, p auth.Principal, nextFinal []uint32) *session {
-	s := &session{c: c, call: cl, principal: p, events: make(chan ingest.Event, 4096), nextFinal: make([]uint32, len(cl.chans))}
+	s := &session{c: c, call: cl, principal: p, events: make(chan ingest.Event, tuning.SessionEvents), nextFinal: make([]uint32, len(cl.chans))}
 	copy(s.nextFinal, nextFinal)
 	return s
 }
 
-// catchUpLocked sends a new session the finals it has not got, and the end
-// of a finalised call.
-func (c *Coordinator) catchUpLocked(s *session) error {
+// catchUpLocked sends a new session the finals it has not got (read by
+// lockCaughtUp), and the end of a finalised call.
+func (s *session) catchUpLocked(finals [][]store.Final) {
 	cl := s.call
-	for i, ch := range cl.chans {
-		if s.nextFinal[i] >= ch.finals {
-			continue
-		}
-		fs, err := c.store.Finals(cl.id, i, s.nextFinal[i])
-		if err != nil {
-			return perr(proto.CodeStorage, "read finals: %v", err)
-		}
+	for _, fs := range finals {
 		for _, f := range fs {
-			if f.Index >= ch.finals {
-				break
-			}
 			s.sendFinalLocked(cl, f)
 		}
 	}
 	if cl.rec.State == store.StateFinalised {
 		s.finalisedLocked(cl)
 	}
-	return nil
 }
 
 // eachLocked calls f for the console's session and every watcher.
@@ -395,7 +454,7 @@ func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string)
 		c.mu.Lock()
 		delete(c.calls, h.CallID)
 		c.mu.Unlock()
-		return nil, perr(proto.CodeStorage, "store call: %v", err)
+		return nil, proto.Wrap(proto.CodeStorage, err, "store call")
 	}
 	c.log.Info("call opened", "call", h.CallID, "console", h.ConsoleID, "codec", h.Codec, "channels", h.Channels, "model", model)
 	c.startCall(cl)
@@ -481,12 +540,6 @@ func (c *Coordinator) startCall(cl *call) {
 	}
 }
 
-// maxQueuedFrames bounds the frames of one channel waiting for the store
-// (about 40 s of 20 ms packets): past it the disk cannot carry the call,
-// and the console is told to retry rather than the coordinator buffering
-// without end.
-const maxQueuedFrames = 2048
-
 // Append implements ingest.Session: Submit, then wait for the outcome.
 func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) {
 	type result struct {
@@ -541,7 +594,7 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 		refuse = perr(proto.CodeBadRequest, "channel %d has ended at frame %d", a.Channel, ch.nextSeq)
 	case a.Seq > ch.queuedNext:
 		refuse = perr(proto.CodeOutOfOrder, "channel %d: frame %d arrived, expected %d", a.Channel, a.Seq, ch.queuedNext)
-	case len(ch.queued) >= maxQueuedFrames:
+	case len(ch.queued) >= tuning.MaxQueuedFrames:
 		refuse = perr(proto.CodeUnavailable, "channel %d: %d frames are waiting for the disk: retry shortly", a.Channel, len(ch.queued))
 	}
 	if refuse != nil {
@@ -740,7 +793,7 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 	}
 	cl.mu.Unlock()
 	if err := s.c.endCall(ctx, cl, ""); err != nil {
-		return perr(proto.CodeStorage, "store end: %v", err)
+		return proto.Wrap(proto.CodeStorage, err, "store end")
 	}
 	s.c.log.Info("call ended by console", "call", cl.id, "frames", e.Frames)
 	return nil
@@ -788,7 +841,7 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 func (c *Coordinator) janitor(ctx context.Context) {
 	// Every 2 s at most: calls that never started (recovered after a
 	// restart with no console) are dropped promptly.
-	loop.Every(ctx, min(c.cfg.AbandonAfter/4, 2*time.Second), nil, func() { c.endAbandoned(ctx) })
+	loop.Every(ctx, min(c.cfg.AbandonAfter/4, tuning.JanitorMaxInterval), nil, func() { c.endAbandoned(ctx) })
 }
 
 func (c *Coordinator) endAbandoned(ctx context.Context) {

@@ -32,6 +32,7 @@ import (
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -146,18 +147,18 @@ func (l Limits) withDefaults() Limits {
 		}
 	}
 	if l.MaxSettingUp == 0 {
-		l.MaxSettingUp = 64
+		l.MaxSettingUp = tuning.MaxSettingUp
 	}
 	if l.MaxSettingUpPerConsole == 0 {
-		l.MaxSettingUpPerConsole = 8
+		l.MaxSettingUpPerConsole = tuning.MaxSettingUpPerConsole
 	}
 	if l.MaxSettingUpPerRemote == 0 {
-		l.MaxSettingUpPerRemote = 16
+		l.MaxSettingUpPerRemote = tuning.MaxSettingUpPerRemote
 	}
-	def(&l.FirstAudio, 10*time.Second)
-	def(&l.IdleRelease, 5*time.Second)
-	def(&l.WorkerPing, 100*time.Millisecond)
-	def(&l.WorkerTimeout, 600*time.Millisecond)
+	def(&l.FirstAudio, tuning.FirstAudio)
+	def(&l.IdleRelease, tuning.IdleRelease)
+	def(&l.WorkerPing, tuning.WorkerPing)
+	def(&l.WorkerTimeout, tuning.WorkerTimeout)
 	return l
 }
 
@@ -247,23 +248,23 @@ func New(cfg Config) (*Coordinator, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.HeartbeatInterval == 0 {
-		cfg.HeartbeatInterval = 250 * time.Millisecond
+		cfg.HeartbeatInterval = tuning.HeartbeatInterval
 	}
 	if cfg.HeartbeatTTL == 0 {
-		cfg.HeartbeatTTL = 850 * time.Millisecond // + up to 10 % jitter: lost within 1 s
+		cfg.HeartbeatTTL = tuning.HeartbeatTTL
 	}
 	if cfg.AbandonAfter == 0 {
-		cfg.AbandonAfter = 2 * time.Minute
+		cfg.AbandonAfter = tuning.AbandonAfter
 	}
 	if cfg.RetentionInterval == 0 {
-		cfg.RetentionInterval = 10 * time.Minute
+		cfg.RetentionInterval = tuning.RetentionInterval
 	}
 	if cfg.CheckInterval == 0 {
-		cfg.CheckInterval = time.Second
+		cfg.CheckInterval = tuning.CheckInterval
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Scaling == nil {
-		cfg.Scaling = map[string]scaling.Policy{models.Default: {TargetIdle: cfg.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: cfg.MinWorkers}}
+		cfg.Scaling = map[string]scaling.Policy{models.Default: {TargetIdle: cfg.IdleSlots, Hysteresis: tuning.ScalingHysteresis, Cooldown: tuning.ScalingCooldown, Min: cfg.MinWorkers}}
 	}
 	if cfg.Models == nil {
 		cat, err := models.Load("")
@@ -342,9 +343,9 @@ func (c *Coordinator) Listen() error {
 	}
 	c.qt = &quic.Transport{Conn: udp, StatelessResetKey: &srk}
 	ql, err := c.qt.Listen(tc, &quic.Config{
-		MaxIdleTimeout:        5 * time.Second,
-		KeepAlivePeriod:       time.Second,
-		MaxIncomingStreams:    4096,
+		MaxIdleTimeout:        tuning.CoordinatorQUICIdle,
+		KeepAlivePeriod:       tuning.CoordinatorQUICKeepAlive,
+		MaxIncomingStreams:    tuning.CoordinatorQUICStreams,
 		MaxIncomingUniStreams: -1,
 	})
 	if err != nil {
@@ -427,7 +428,7 @@ func (c *Coordinator) recover() error {
 // Serve runs until ctx is cancelled, then shuts down: it stops accepting,
 // lets in-flight writes finish and closes the store.
 func (c *Coordinator) Serve(ctx context.Context) error {
-	c.httpSrv = &http.Server{Handler: c.routes(), ReadHeaderTimeout: 10 * time.Second}
+	c.httpSrv = &http.Server{Handler: c.routes(), ReadHeaderTimeout: tuning.ReadHeaderTimeout}
 	errc := make(chan error, 2)
 	go func() {
 		if err := c.httpSrv.Serve(c.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -466,7 +467,7 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 }
 
 func (c *Coordinator) shutdown() {
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), tuning.ShutdownTimeout)
 	defer cancel()
 	close(c.closing)
 	c.whip.Close()
@@ -478,10 +479,14 @@ func (c *Coordinator) shutdown() {
 	// close every connection so consoles and workers reconnect elsewhere (or
 	// to this coordinator once restarted).
 	c.mu.Lock()
+	conns := make([]*quic.Conn, 0, len(c.conns))
 	for conn := range c.conns {
-		_ = conn.CloseWithError(0, "coordinator shutting down")
+		conns = append(conns, conn)
 	}
 	c.mu.Unlock()
+	for _, conn := range conns {
+		_ = conn.CloseWithError(0, "coordinator shutting down")
+	}
 	c.wg.Wait()
 	if err := c.store.Close(); err != nil {
 		c.log.Error("store close", "err", err)
@@ -524,7 +529,7 @@ func (c *Coordinator) acceptLoop() error {
 // serveNode handles an agent's or a worker's connection. Its first stream
 // carries the hello and, for agents, heartbeats and commands.
 func (c *Coordinator) serveNode(conn *quic.Conn) {
-	hctx, cancel := context.WithTimeout(c.runCtx, 10*time.Second)
+	hctx, cancel := context.WithTimeout(c.runCtx, tuning.NodeHelloTimeout)
 	st, err := conn.AcceptStream(hctx)
 	cancel()
 	if err != nil {
@@ -536,11 +541,11 @@ func (c *Coordinator) serveNode(conn *quic.Conn) {
 		c.log.Warn("node refused: no node certificate", "remote", conn.RemoteAddr().String())
 		_ = w.WriteJSON(proto.TError, &proto.Error{Code: proto.CodeUnauthorized, Message: "a node certificate from this coordinator's CA is required", Fatal: true})
 		_ = st.Close()
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(tuning.RefusalLinger)
 		_ = conn.CloseWithError(1, proto.CodeUnauthorized)
 		return
 	}
-	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = st.SetReadDeadline(time.Now().Add(tuning.NodeHelloTimeout))
 	m, err := r.Read()
 	if err != nil {
 		_ = conn.CloseWithError(1, "no hello")
@@ -551,7 +556,7 @@ func (c *Coordinator) serveNode(conn *quic.Conn) {
 		c.log.Warn("node refused", "remote", conn.RemoteAddr().String(), "code", code, "why", msg)
 		_ = w.WriteJSON(proto.TError, &proto.Error{Code: code, Message: msg, Fatal: true})
 		_ = st.Close()
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(tuning.RefusalLinger)
 		_ = conn.CloseWithError(1, code)
 	}
 	switch m.Type {
@@ -636,7 +641,7 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 	log := c.log.With("node", h.NodeID)
 	// Each node gets its own TTL, jittered by up to 10 %, so that nodes
 	// registered together are not all judged in the same instant.
-	ttl := c.cfg.HeartbeatTTL + time.Duration(rand.Int64N(int64(c.cfg.HeartbeatTTL/10)+1))
+	ttl := c.cfg.HeartbeatTTL + time.Duration(rand.Int64N(int64(float64(c.cfg.HeartbeatTTL)*tuning.HeartbeatJitter)+1))
 	welcome := proto.AgentWelcome{Version: proto.Version, IntervalMS: c.cfg.HeartbeatInterval.Milliseconds(), TTLMS: ttl.Milliseconds()}
 	if err := w.WriteJSON(proto.TAgentWelcome, welcome); err != nil {
 		return
@@ -656,14 +661,18 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 		_ = conn.CloseWithError(2, "node lost")
 	}
 	c.reg.mu.Lock()
+	var replaced *quic.Conn
 	if old, ok := c.reg.nodes[h.NodeID]; ok && old.ttl != nil {
 		old.ttl.Stop()
 		old.lost = true
-		_ = old.conn.CloseWithError(0, "replaced by a new agent session")
+		replaced = old.conn
 	}
 	c.reg.nodes[h.NodeID] = n
 	n.ttl = time.AfterFunc(ttl, func() { lost("no heartbeat within TTL") })
 	c.reg.mu.Unlock()
+	if replaced != nil {
+		_ = replaced.CloseWithError(0, "replaced by a new agent session")
+	}
 	log.Info("agent registered", "cpu_only", h.CPUOnly, "gpus", len(h.GPUs), "host", h.Host.Hostname, "cpus", h.Host.CPUs)
 
 	// Adopt the workers the agent already runs (after a reconnect or a
@@ -772,7 +781,7 @@ func (c *Coordinator) Reload(r Reloadable) {
 	}
 	c.reg.mu.Unlock()
 	c.reg.kickReconcile()
-	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	actx, cancel := context.WithTimeout(context.Background(), tuning.AuditTimeout)
 	defer cancel()
 	_ = c.AuditAs(actx, ActorSystem, audit.ActionConfigReload, "", audit.OutcomeOK,
 		fmt.Sprintf("%d static credentials, %d vocabulary words, abandon after %s", len(r.ConsoleTokens)+len(r.Credentials), len(vocab), r.AbandonAfter))
@@ -794,10 +803,10 @@ func (c *Coordinator) Healthy(ctx context.Context) error {
 func (c *Coordinator) probe(ctx context.Context) error {
 	c.probeMu.Lock()
 	defer c.probeMu.Unlock()
-	if time.Since(c.probeAt) < time.Second {
+	if time.Since(c.probeAt) < tuning.ProbeEvery {
 		return c.probeErr
 	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, tuning.ProbeTimeout)
 	defer cancel()
 	c.probeErr = c.store.Probe(pctx)
 	c.probeAt = time.Now()

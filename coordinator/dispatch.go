@@ -10,6 +10,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 )
 
@@ -93,9 +94,9 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 		}
 		// Failing again and again at the same point is not a reason to
 		// spin: back off, up to 30 s, and say so once each time it grows.
-		delay := min(time.Duration(failures)*10*time.Millisecond, 500*time.Millisecond)
-		if failures >= 3 {
-			delay = min(time.Second<<min(failures-3, 5), 30*time.Second)
+		delay := min(time.Duration(failures)*tuning.RetryStep, tuning.RetryQuickMax)
+		if failures >= tuning.RetrySlowAfter {
+			delay = min(tuning.RetrySlowBase<<min(failures-tuning.RetrySlowAfter, 5), tuning.RetrySlowMax)
 			log.Error("channel keeps failing at the same point: backing off", "from_seq", from, "failures", failures, "retry_in", delay)
 		}
 		select {
@@ -309,9 +310,14 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 		}
 		cl.mu.Unlock()
 		if seq < next {
-			// At most 64 frames per read transaction: a slow worker must
-			// not hold one open.
-			err := c.store.Frames(cl.id, ch.idx, seq, int(min(next-seq, 64)), func(f store.Frame) error {
+			// At most FramesPerRead frames per read transaction: a slow
+			// worker must not hold one open.
+			// The frames are encoded (copied) inside the read transaction
+			// and written to the worker after it: no network write holds a
+			// transaction open.
+			from := seq
+			buf = buf[:0]
+			err := c.store.Frames(cl.id, ch.idx, seq, int(min(next-seq, tuning.FramesPerRead)), func(f store.Frame) error {
 				if f.Seq != seq {
 					return fmt.Errorf("frame %d missing from the store (found %d)", seq, f.Seq)
 				}
@@ -319,23 +325,26 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 				if slices.Contains(skip, f.Seq) {
 					a.Payload = nil
 				}
-				buf = proto.AppendAudio(buf[:0], a)
-				if _, err := pw.WriteRaw(buf); err != nil {
-					return err
-				}
-				cl.mu.Lock()
-				if t, ok := ch.recvAt[f.Seq]; ok {
-					c.metrics.observeToWorker(time.Since(t))
-					delete(ch.recvAt, f.Seq)
-				}
-				ch.fed = max(ch.fed, f.Seq+1)
-				cl.mu.Unlock()
+				buf = proto.AppendAudio(buf, a)
 				seq++
 				return nil
 			})
+			if err == nil && len(buf) > 0 {
+				_, err = pw.WriteRaw(buf)
+			}
 			if err != nil {
 				return fmt.Errorf("send frames: %w", err)
 			}
+			now := time.Now()
+			cl.mu.Lock()
+			for s := from; s < seq; s++ {
+				if t, ok := ch.recvAt[s]; ok {
+					c.metrics.observeToWorker(now.Sub(t))
+					delete(ch.recvAt, s)
+				}
+			}
+			ch.fed = max(ch.fed, seq)
+			cl.mu.Unlock()
 			idle.Reset(idleAfter)
 			continue
 		}
@@ -480,7 +489,7 @@ func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
 		if c.runCtx.Err() != nil {
 			return
 		}
-		time.Sleep(time.Second)
+		time.Sleep(tuning.FinaliseRetry)
 	}
 	cl.mu.Lock()
 	settle()
@@ -492,7 +501,7 @@ func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
 	c.log.Info("call finalised", "call", cl.id)
 	// Keep a finalised call in memory a while for a console that is still
 	// collecting its transcript; after that it is served from the store.
-	time.AfterFunc(time.Minute, func() {
+	time.AfterFunc(tuning.FinalisedLinger, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		cl.mu.Lock()

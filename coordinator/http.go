@@ -15,6 +15,7 @@ import (
 	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -108,7 +109,7 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fl.Flush()
-	keep := time.NewTicker(15 * time.Second)
+	keep := time.NewTicker(tuning.SSEKeepAlive)
 	defer keep.Stop()
 	for {
 		select {

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/callscribe/callscribe/internal/tuning"
 )
 
 // metrics are the coordinator's counters and latency windows, served at
@@ -58,7 +60,7 @@ func (m *metrics) inc(f func(*prom)) {
 	}
 }
 
-// window keeps the last 8192 observations.
+// window keeps the last tuning.StatsWindow observations.
 type window struct {
 	mu  sync.Mutex
 	buf []time.Duration
@@ -70,7 +72,7 @@ func (w *window) add(d time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.buf == nil {
-		w.buf = make([]time.Duration, 0, 8192)
+		w.buf = make([]time.Duration, 0, tuning.StatsWindow)
 	}
 	if len(w.buf) < cap(w.buf) {
 		w.buf = append(w.buf, d)

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
+	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -148,34 +149,48 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedAudio), "audio")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedMeta), "meta")
 	ch <- prometheus.MustNewConstMetric(descEncrypt, prometheus.GaugeValue, b2f(c.store.Encrypted()))
+	// The registry is copied under its lock and the metrics sent after:
+	// a slow scrape must not hold up heartbeats and dispatch.
+	type nodeState struct {
+		id             proto.NodeID
+		lost, draining bool
+		workers        []proto.WorkerStatus
+		gpus           []proto.GPU
+	}
 	c.reg.mu.Lock()
-	defer c.reg.mu.Unlock()
 	used, free := 0, 0
 	for _, w := range c.reg.workers {
 		used += w.used
 		free += w.hello.Slots - w.used
 	}
+	nodes := make([]nodeState, 0, len(c.reg.nodes))
+	for _, n := range c.reg.nodes {
+		// Heartbeats replace n.last whole; its slices are not changed in
+		// place, so they are safe to read after the lock.
+		nodes = append(nodes, nodeState{id: n.id, lost: n.lost, draining: c.reg.draining[n.id], workers: n.last.Workers, gpus: n.last.GPUs})
+	}
+	c.reg.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(used), "used")
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(free), "free")
-	for _, n := range c.reg.nodes {
+	for _, n := range nodes {
 		node := string(n.id)
 		up := 1.0
 		if n.lost {
 			up = 0
 		}
 		drain := "false"
-		if c.reg.draining[n.id] {
+		if n.draining {
 			drain = "true"
 		}
 		ch <- prometheus.MustNewConstMetric(descNode, prometheus.GaugeValue, up, node, drain)
 		byState := map[string]int{}
-		for _, w := range n.last.Workers {
+		for _, w := range n.workers {
 			byState[w.State]++
 		}
 		for st, k := range byState {
 			ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(k), node, st)
 		}
-		for _, g := range n.last.GPUs {
+		for _, g := range n.gpus {
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemTotalMB<<20), node, g.UUID, "total")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemUsedMB<<20), node, g.UUID, "used")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemFreeMB<<20), node, g.UUID, "free")

@@ -10,6 +10,7 @@ import (
 	"github.com/callscribe/callscribe/coordinator/placement"
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/internal/loop"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -53,8 +54,8 @@ func (c *Coordinator) placementViewLocked() ([]placement.Node, []placement.Insta
 			host = n.hello.Host
 		}
 		mem := host.MemTotalMB
-		if mem > 1024 {
-			mem -= 1024 // keep 1 GB for the system and the agent
+		if mem > tuning.NodeMemReserveMB {
+			mem -= tuning.NodeMemReserveMB
 		}
 		pn := placement.Node{ID: string(n.id), Draining: c.reg.draining[n.id], Lost: n.lost, CPUs: host.CPUs, MemMB: mem}
 		gpus := n.last.GPUs
@@ -193,7 +194,7 @@ func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, n
 	need, fallback := needsOf(m), c.fallbackNeeds()
 	// Capacity: how many more instances fit (CPU fallback included).
 	sim := append([]placement.Instance(nil), placed...)
-	for st.Capacity < 64 {
+	for st.Capacity < tuning.MaxCapacityProbe {
 		d, err := placement.Place(nodes, sim, need, fallback)
 		if err != nil {
 			break
@@ -300,8 +301,9 @@ func (c *Coordinator) send(cmds []nodeCommand) {
 	for _, nc := range cmds {
 		c.reg.mu.Lock()
 		n := c.reg.nodes[nc.node]
+		skip := n == nil || n.lost
 		c.reg.mu.Unlock()
-		if n == nil || n.lost {
+		if skip {
 			continue
 		}
 		if err := n.send(nc.cmd); err != nil {
