@@ -517,8 +517,12 @@ func TestHTTPAPIPlaintextOnlyOnLoopback(t *testing.T) {
 		t.Fatalf("https: %v", err)
 	}
 	resp.Body.Close()
-	if resp, err := http.Get("http://" + url); err == nil && resp.StatusCode == 200 {
-		t.Fatal("plain HTTP answered on a TLS listener")
+	client.CloseIdleConnections()
+	if resp, err := http.Get("http://" + url); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP answered on a TLS listener")
+		}
 	}
 }
 

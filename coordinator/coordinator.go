@@ -349,16 +349,24 @@ func (c *Coordinator) Listen() error {
 		MaxIncomingUniStreams: -1,
 	})
 	if err != nil {
+		_ = c.qt.Close()
 		udp.Close()
 		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
 	}
+	// A failed Listen leaves nothing running: the transport's goroutines
+	// end with it.
+	closeQUIC := func() {
+		_ = ql.Close()
+		_ = c.qt.Close()
+		_ = udp.Close()
+	}
 	if !c.cfg.HTTPTLS && !loopback(c.cfg.HTTPAddr) {
-		ql.Close()
+		closeQUIC()
 		return fmt.Errorf("coordinator: plain HTTP on %s would send transcripts in the clear: set http_tls = true or listen on loopback", c.cfg.HTTPAddr)
 	}
 	hl, err := net.Listen("tcp", c.cfg.HTTPAddr)
 	if err != nil {
-		ql.Close()
+		closeQUIC()
 		return fmt.Errorf("coordinator: listen http %s: %w", c.cfg.HTTPAddr, err)
 	}
 	if c.cfg.HTTPTLS {
@@ -373,15 +381,24 @@ func (c *Coordinator) Listen() error {
 	}
 	c.ql, c.httpLn = ql, hl
 	nodes, err := c.store.Nodes()
-	if err != nil {
-		return fmt.Errorf("coordinator: load nodes: %w", err)
-	}
-	for _, n := range nodes {
-		if n.Draining {
-			c.reg.draining[n.ID] = true
+	if err == nil {
+		for _, n := range nodes {
+			if n.Draining {
+				c.reg.draining[n.ID] = true
+			}
 		}
+		err = c.recover()
+	} else {
+		err = fmt.Errorf("coordinator: load nodes: %w", err)
 	}
-	return c.recover()
+	if err != nil {
+		// Recovery may have started dispatchers: stop and wait for them.
+		c.stop()
+		c.wg.Wait()
+		closeQUIC()
+		_ = hl.Close()
+	}
+	return err
 }
 
 // loopback reports whether a listen address is on the loopback interface.
@@ -429,13 +446,20 @@ func (c *Coordinator) recover() error {
 // lets in-flight writes finish and closes the store.
 func (c *Coordinator) Serve(ctx context.Context) error {
 	c.httpSrv = &http.Server{Handler: c.routes(), ReadHeaderTimeout: tuning.ReadHeaderTimeout}
+	// Every goroutine below, and every one they start (connections,
+	// streams, dispatchers, writers), is in c.wg: shutdown waits for all.
 	errc := make(chan error, 2)
+	c.wg.Add(2)
 	go func() {
+		defer c.wg.Done()
 		if err := c.httpSrv.Serve(c.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	}()
-	go func() { errc <- c.acceptLoop() }()
+	go func() {
+		defer c.wg.Done()
+		errc <- c.acceptLoop()
+	}()
 	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
@@ -466,6 +490,19 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 	return err
 }
 
+// shutdown stops the coordinator in this order:
+//
+//  1. Stop accepting: event streams end (closing), WHIP sessions close
+//     (their calls go on; consoles resume them), the HTTP server stops
+//     and waits for its handlers, the QUIC listener closes.
+//  2. End sessions: the run context is cancelled, which ends the janitor,
+//     reconciler, retention and exporter loops and every dispatcher; every
+//     console, agent and worker connection is closed, which ends their
+//     streams (sessions close, a worker's assignment fails).
+//  3. Wait for every goroutine (c.wg): frame writers settle their last
+//     writes with the store still open.
+//  4. Close the store last: its committer drains, failing any write still
+//     queued with store.ErrClosed, and Badger closes.
 func (c *Coordinator) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), tuning.ShutdownTimeout)
 	defer cancel()
@@ -654,6 +691,7 @@ func (c *Coordinator) serveAgent(conn *quic.Conn, h proto.AgentHello, r *proto.R
 			return
 		}
 		n.lost = true
+		n.ttl.Stop()
 		c.reg.mu.Unlock()
 		log.Warn("node lost", "why", why)
 		c.reg.nodeLost(h.NodeID, "node lost: "+why)

@@ -197,12 +197,26 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 		cl.mu.Unlock()
 		c.metrics.observeResume(time.Since(lostAt))
 	}
+	// The sender is this assignment's: it is stopped and waited for
+	// before dispatchOnce returns (a write blocked on a worker that does
+	// not read is cancelled).
 	sendErr := make(chan error, 1)
+	sendDone := make(chan struct{})
 	go func() {
+		defer close(sendDone)
 		err := c.sendFrames(actx, cl, ch, a.FromSeq, pw)
 		sendErr <- err
 		if err != nil {
 			cancel() // ends the read below
+		}
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-sendDone:
+		default:
+			st.CancelWrite(0)
+			<-sendDone
 		}
 	}()
 	for {

@@ -45,6 +45,8 @@ func (c *Coordinator) exporter(ctx context.Context) {
 		maxBack = time.Minute
 	}
 	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ec.RootCAs, MinVersion: tls.VersionTLS12}}}
+	// Its kept-alive connections' goroutines end with the exporter.
+	defer client.CloseIdleConnections()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		entries, err := c.store.Outbox()

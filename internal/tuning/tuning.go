@@ -72,6 +72,9 @@ const (
 	HeartbeatTTL = 850 * time.Millisecond
 	// HeartbeatJitter is the fraction of the TTL added at random per node.
 	HeartbeatJitter = 0.10
+	// AgentStopTimeout bounds an agent's stopping of its workers when it
+	// stops (each gets SIGTERM, then SIGKILL).
+	AgentStopTimeout = 10 * time.Second
 	// AgentHeartbeatFallback is the interval an agent uses when a
 	// coordinator of an old protocol version names none.
 	AgentHeartbeatFallback = time.Second
@@ -105,6 +108,10 @@ const (
 	// (about 40 s of 20 ms packets): past it the disk cannot carry the
 	// call, and the console is told to retry.
 	MaxQueuedFrames = 2048
+	// StreamDrain is how long a console stream that has ended may take to
+	// write its last transcript events; a console that does not read them
+	// is cut off after it, so its stream's goroutines end.
+	StreamDrain = 5 * time.Second
 	// FramesPerRead bounds the frames read for a worker in one store read
 	// transaction: a slow worker must not hold a transaction open.
 	FramesPerRead = 64
