@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/coordinator/scaling"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
@@ -225,8 +226,10 @@ type Coordinator struct {
 	// exporter's goroutine only).
 	auditExportFails int
 
+	// calls is the live-call path (package calls).
+	calls *calls.Manager
+
 	mu    sync.Mutex
-	calls map[proto.CallID]*call
 	conns map[*quic.Conn]struct{}
 
 	runCtx context.Context
@@ -280,7 +283,7 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		cfg.Signer = key
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), calls: map[proto.CallID]*call{}, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, reg: newRegistry(cfg.Logger.With("component", "registry")), conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
 	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve,
 		Key: cfg.StoreKey, KeyFile: cfg.StoreKeyFile})
@@ -297,9 +300,26 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	vocab := slices.Clone(cfg.Vocabulary)
 	c.vocabulary.Store(&vocab)
-	c.ingest = &ingest.Server{Sink: c, Log: cfg.Logger.With("component", "ingest"), Auth: c.Authenticate, FirstAudio: cfg.Limits.FirstAudio}
+	lim := cfg.Limits
+	c.calls = calls.New(calls.Config{Store: st, Workers: rackWorkers{c.reg}, Observer: &c.metrics, Models: cfg.Models, Log: cfg.Logger,
+		Limits: calls.Limits{MaxSettingUp: lim.MaxSettingUp, MaxSettingUpPerConsole: lim.MaxSettingUpPerConsole, MaxSettingUpPerRemote: lim.MaxSettingUpPerRemote, IdleRelease: lim.IdleRelease},
+		AbandonAfter: func() time.Duration {
+			c.reg.mu.Lock() // AbandonAfter is reloadable
+			defer c.reg.mu.Unlock()
+			return c.cfg.AbandonAfter
+		},
+		Vocabulary: func() []proto.Word { return *c.vocabulary.Load() },
+		Export:     cfg.Export.URL != "",
+		Seal:       c.sealTranscript,
+		OnFinalised: func() {
+			select {
+			case c.exportKick <- struct{}{}:
+			default:
+			}
+		}})
+	c.ingest = &ingest.Server{Sink: c.calls, Log: cfg.Logger.With("component", "ingest"), Auth: c.Authenticate, FirstAudio: cfg.Limits.FirstAudio}
 	c.closing = make(chan struct{})
-	c.whip, err = whip.New(whip.Config{Sink: c, Auth: c.Authenticate, Log: cfg.Logger.With("component", "whip"),
+	c.whip, err = whip.New(whip.Config{Sink: c.calls, Auth: c.Authenticate, Log: cfg.Logger.With("component", "whip"),
 		MaxSessions: cfg.WebRTC.MaxSessions, UDPPortMin: cfg.WebRTC.UDPPortMin, UDPPortMax: cfg.WebRTC.UDPPortMax, Loopback: true,
 		AllowedNetworks: cfg.WebRTC.AllowedNetworks, AllowMDNS: cfg.WebRTC.AllowMDNS, MaxCandidates: cfg.WebRTC.MaxCandidates,
 		ConnectTimeout: cfg.WebRTC.ConnectTimeout, IdleTimeout: cfg.WebRTC.IdleTimeout,
@@ -387,7 +407,9 @@ func (c *Coordinator) Listen() error {
 				c.reg.draining[n.ID] = true
 			}
 		}
-		err = c.recover()
+		if err = c.calls.Recover(); err != nil {
+			err = fmt.Errorf("coordinator: %w", err)
+		}
 	} else {
 		err = fmt.Errorf("coordinator: load nodes: %w", err)
 	}
@@ -395,6 +417,7 @@ func (c *Coordinator) Listen() error {
 		// Recovery may have started dispatchers: stop and wait for them.
 		c.stop()
 		c.wg.Wait()
+		c.calls.Stop()
 		closeQUIC()
 		_ = hl.Close()
 	}
@@ -419,28 +442,6 @@ func (c *Coordinator) QUICAddr() net.Addr { return c.ql.Addr() }
 
 // HTTPAddr is the bound HTTP address.
 func (c *Coordinator) HTTPAddr() net.Addr { return c.httpLn.Addr() }
-
-// recover reloads every call that was not finalised.
-func (c *Coordinator) recover() error {
-	calls, err := c.store.Calls()
-	if err != nil {
-		return fmt.Errorf("coordinator: recover: %w", err)
-	}
-	n := 0
-	for _, rec := range calls {
-		if rec.State == store.StateFinalised {
-			continue
-		}
-		if _, err := c.loadCall(rec); err != nil {
-			return fmt.Errorf("coordinator: recover call %s: %w", rec.ID, err)
-		}
-		n++
-	}
-	if n > 0 {
-		c.log.Info("recovered in-flight calls", "calls", n)
-	}
-	return nil
-}
 
 // Serve runs until ctx is cancelled, then shuts down: it stops accepting,
 // lets in-flight writes finish and closes the store.
@@ -476,11 +477,7 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 			c.exporter(c.runCtx)
 		}()
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.janitor(c.runCtx)
-	}()
+	c.calls.Run()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -499,8 +496,10 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 //     reconciler, retention and exporter loops and every dispatcher; every
 //     console, agent and worker connection is closed, which ends their
 //     streams (sessions close, a worker's assignment fails).
-//  3. Wait for every goroutine (c.wg): frame writers settle their last
-//     writes with the store still open.
+//  3. Wait for every goroutine (c.wg), then stop the live-call path
+//     (calls.Manager.Stop: dispatchers, frame writers and the janitor end
+//     and are waited for, the writers settling their last writes with the
+//     store still open).
 //  4. Close the store last: its committer drains, failing any write still
 //     queued with store.ErrClosed, and Badger closes.
 func (c *Coordinator) shutdown() {
@@ -525,6 +524,7 @@ func (c *Coordinator) shutdown() {
 		_ = conn.CloseWithError(0, "coordinator shutting down")
 	}
 	c.wg.Wait()
+	c.calls.Stop()
 	if err := c.store.Close(); err != nil {
 		c.log.Error("store close", "err", err)
 	}

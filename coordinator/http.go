@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
@@ -89,7 +91,7 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if c.readable(w, r, proto.CallID(id)) == nil {
 		return
 	}
-	wt, err := c.Watch(p, proto.CallID(id), from)
+	wt, err := c.calls.Watch(p, proto.CallID(id), from)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		httpError(w, http.StatusNotFound, "no such call")
@@ -135,6 +137,11 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+func marshalIndent(v any) []byte {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return append(b, '\n')
+}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -167,24 +174,14 @@ func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
 // CallView is a call as the API shows it.
 type CallView struct {
 	*store.Call
-	Live        bool          `json:"live"`
-	ChannelInfo []channelJSON `json:"channel_info"`
+	Live        bool                `json:"live"`
+	ChannelInfo []calls.ChannelInfo `json:"channel_info"`
 }
 
 func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 	v := CallView{Call: rec}
-	c.mu.Lock()
-	cl, live := c.calls[rec.ID]
-	c.mu.Unlock()
-	if live {
-		cl.mu.Lock()
-		cp := *cl.rec
-		v.Call, v.Live = &cp, cl.rec.State != store.StateFinalised
-		for _, ch := range cl.chans {
-			cj := channelJSON{Label: ch.label, Received: ch.received, Concealed: ch.concealed, Undecodable: ch.undecodable, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
-			v.ChannelInfo = append(v.ChannelInfo, cj)
-		}
-		cl.mu.Unlock()
+	if cp, chans, live := c.calls.View(rec.ID); live {
+		v.Call, v.Live, v.ChannelInfo = &cp, cp.State != store.StateFinalised, chans
 	} else {
 		for i, l := range rec.Channels {
 			n, err := c.store.NextSeq(rec.ID, i)
@@ -195,7 +192,7 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 			if err != nil {
 				return v, err
 			}
-			cj := channelJSON{Label: l, Stored: n}
+			cj := calls.ChannelInfo{Label: l, Stored: n}
 			if i < len(rec.Received) {
 				cj.Received = rec.Received[i]
 			}
@@ -360,15 +357,7 @@ type Status struct {
 func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
 	var s Status
 	s.Nodes, s.Workers = c.reg.snapshot()
-	c.mu.Lock()
-	for _, cl := range c.calls {
-		cl.mu.Lock()
-		if cl.rec.State != store.StateFinalised {
-			s.Calls.Live++
-		}
-		cl.mu.Unlock()
-	}
-	c.mu.Unlock()
+	s.Calls.Live = c.calls.Live()
 	s.Stats = c.metrics.stats()
 	writeJSON(w, http.StatusOK, s)
 }

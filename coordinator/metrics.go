@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/internal/tuning"
 )
 
@@ -52,6 +53,36 @@ func (m *metrics) observeToConsole(d time.Duration) {
 		m.p.finals.Inc()
 	}
 }
+
+var _ calls.Observer = (*metrics)(nil)
+
+func (m *metrics) FrameReceived()  { m.inc(func(p *prom) { p.framesRecv.Inc() }) }
+func (m *metrics) FrameDuplicate() { m.inc(func(p *prom) { p.framesDup.Inc() }) }
+func (m *metrics) FrameConcealed() { m.inc(func(p *prom) { p.framesConceal.Inc() }) }
+func (m *metrics) FrameLost()      { m.inc(func(p *prom) { p.framesLost.Inc() }) }
+func (m *metrics) FrameUndecodable() {
+	m.inc(func(p *prom) { p.framesUndecodable.Inc() })
+}
+func (m *metrics) FramesDecoded(n uint32) { m.inc(func(p *prom) { p.framesDec.Add(float64(n)) }) }
+func (m *metrics) Acked(d time.Duration)  { m.observeAck(d) }
+func (m *metrics) ToWorker(d time.Duration) {
+	m.observeToWorker(d)
+}
+func (m *metrics) Resumed(d time.Duration) { m.observeResume(d) }
+func (m *metrics) FinalSent(d time.Duration) {
+	m.observeToConsole(d)
+	m.finals.Add(1)
+}
+func (m *metrics) StoreError() { m.storeErrors.Add(1) }
+func (m *metrics) Failover() {
+	m.failovers.Add(1)
+	m.inc(func(p *prom) { p.failovers.Inc() })
+}
+func (m *metrics) IdleRelease() { m.inc(func(p *prom) { p.idleReleases.Inc() }) }
+func (m *metrics) Refused(reason string) {
+	m.inc(func(p *prom) { p.admissions.WithLabelValues(reason).Inc() })
+}
+func (m *metrics) Finalised() { m.finalised.Add(1) }
 
 // inc bumps a Prometheus counter when metrics are enabled.
 func (m *metrics) inc(f func(*prom)) {

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"time"
 
-	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -119,15 +118,7 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c := s.c
-	states := map[string]int{store.StateOpen: 0, store.StateStreaming: 0, store.StateEnded: 0, store.StateFinalised: 0}
-	c.mu.Lock()
-	for _, cl := range c.calls {
-		cl.mu.Lock()
-		states[cl.rec.State]++
-		cl.mu.Unlock()
-	}
-	c.mu.Unlock()
-	for st, n := range states {
+	for st, n := range c.calls.States() {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
 	d := c.store.Disk()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -20,6 +21,32 @@ type workerConn struct {
 	since  time.Time
 	closed bool
 }
+
+// ID implements calls.Worker.
+func (w *workerConn) ID() proto.WorkerID { return w.hello.WorkerID }
+
+// OpenStream implements calls.Worker.
+func (w *workerConn) OpenStream(ctx context.Context) (calls.Stream, error) {
+	return w.conn.OpenStreamSync(ctx)
+}
+
+// Broken implements calls.Worker.
+func (w *workerConn) Broken() bool { return w.conn.Context().Err() != nil }
+
+// rackWorkers lends the registry's workers to the live-call path.
+type rackWorkers struct{ r *registry }
+
+var _ calls.Workers = rackWorkers{}
+
+func (rw rackWorkers) Acquire(ctx context.Context, model string) (calls.Worker, func(), error) {
+	w, release, err := rw.r.acquire(ctx, model)
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, release, nil
+}
+
+func (rw rackWorkers) Remove(w calls.Worker, why string) { rw.r.removeWorker(w.(*workerConn), why) }
 
 // node is a registered agent.
 type node struct {

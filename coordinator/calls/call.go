@@ -1,4 +1,4 @@
-package coordinator
+package calls
 
 import (
 	"context"
@@ -103,7 +103,7 @@ func (ch *channel) signal() {
 
 // session is a console's attachment to a call.
 type session struct {
-	c         *Coordinator
+	m         *Manager
 	call      *call
 	principal auth.Principal // who opened it (revocation ends it)
 	events    chan ingest.Event
@@ -112,14 +112,10 @@ type session struct {
 	watch     bool     // a read-only watcher, not the console
 }
 
-var _ ingest.Sink = (*Coordinator)(nil)
-
-func perr(code, format string, a ...any) *proto.Error {
-	return &proto.Error{Code: code, Message: fmt.Sprintf(format, a...)}
-}
+var _ ingest.Sink = (*Manager)(nil)
 
 // Open implements ingest.Sink: it opens a new call or resumes an existing one.
-func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *proto.Welcome, error) {
+func (m *Manager) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *proto.Welcome, error) {
 	// The call belongs to the console the credential names, whatever the
 	// hello claims.
 	if h.Principal.Role != auth.Console {
@@ -135,7 +131,7 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	if len(h.Channels) < 1 || len(h.Channels) > proto.MaxChannels {
 		return nil, nil, perr(proto.CodeBadRequest, "a call has 1 or 2 channels, got %d", len(h.Channels))
 	}
-	m, err := c.cfg.Models.Get(h.Model)
+	mf, err := m.cfg.Models.Get(h.Model)
 	if err != nil {
 		return nil, nil, proto.Wrap(proto.CodeUnknownModel, err, "model %q", h.Model)
 	}
@@ -143,14 +139,14 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	var finals [][]store.Final
 	resumed := false
 	for {
-		cl, err = c.callByID(h.CallID)
+		cl, err = m.callByID(h.CallID)
 		resumed = err == nil
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			if err := c.admit(h.ConsoleID, h.Remote); err != nil {
+			if err := m.admit(h.ConsoleID, h.Remote); err != nil {
 				return nil, nil, err
 			}
-			if cl, err = c.newCall(ctx, h, m.Name); err != nil {
+			if cl, err = m.newCall(ctx, h, mf.Name); err != nil {
 				return nil, nil, err
 			}
 		case err != nil:
@@ -158,11 +154,11 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 		}
 		// Frames of an earlier stream still on their way to the disk
 		// settle first, so the welcome's next_seq is exact.
-		finals, err = c.lockCaughtUp(cl, h.NextFinal, true, func() error {
+		finals, err = m.lockCaughtUp(cl, h.NextFinal, true, func() error {
 			if cl.isGone() {
 				return errGone
 			}
-			return c.mayStreamLocked(cl, h, resumed)
+			return m.mayStreamLocked(cl, h, resumed)
 		})
 		if errors.Is(err, errGone) {
 			continue // dropped while we looked it up: open it anew
@@ -177,10 +173,10 @@ func (c *Coordinator) Open(ctx context.Context, h *proto.Hello) (ingest.Session,
 	defer cl.mu.Unlock()
 	rec := cl.rec
 	if cl.sess != nil {
-		c.log.Info("console reconnected: replacing its previous stream", "call", h.CallID)
+		m.log.Info("console reconnected: replacing its previous stream", "call", h.CallID)
 		cl.sess.closeLocked()
 	}
-	s := c.newSessionLocked(cl, h.Principal, h.NextFinal)
+	s := m.newSessionLocked(cl, h.Principal, h.NextFinal)
 	cl.sess = s
 	cl.lastActive = time.Now()
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
@@ -201,10 +197,10 @@ var errGone = errors.New("call dropped")
 
 // mayStreamLocked refuses a hello for a call that belongs to another
 // console or does not match how the call was opened. Caller holds cl.mu.
-func (c *Coordinator) mayStreamLocked(cl *call, h *proto.Hello, resumed bool) error {
+func (m *Manager) mayStreamLocked(cl *call, h *proto.Hello, resumed bool) error {
 	rec := cl.rec
 	if rec.Console != h.ConsoleID {
-		c.log.Warn("call refused: it belongs to another console", "call", h.CallID, "console", h.ConsoleID, "owner", rec.Console, "remote", h.Remote)
+		m.log.Warn("call refused: it belongs to another console", "call", h.CallID, "console", h.ConsoleID, "owner", rec.Console, "remote", h.Remote)
 		return perr(proto.CodeForbidden, "call %s belongs to another console: only the console that opened it (or one a supervisor transferred it to) may stream to it, resume it or end it", h.CallID)
 	}
 	if resumed && (rec.Codec != h.Codec || len(rec.Channels) != len(h.Channels)) {
@@ -220,7 +216,7 @@ func (c *Coordinator) mayStreamLocked(cl *call, h *proto.Hello, resumed bool) er
 // taken again. With settle, it first waits (lock released) until no frames
 // are on their way to the store. check runs with the lock held before
 // anything is read; its error is returned, unlocked.
-func (c *Coordinator) lockCaughtUp(cl *call, from []uint32, settle bool, check func() error) ([][]store.Final, error) {
+func (m *Manager) lockCaughtUp(cl *call, from []uint32, settle bool, check func() error) ([][]store.Final, error) {
 	n := len(cl.chans)
 	finals := make([][]store.Final, n)
 	next := make([]uint32, n)
@@ -250,7 +246,7 @@ func (c *Coordinator) lockCaughtUp(cl *call, from []uint32, settle bool, check f
 			if next[i] >= want[i] {
 				continue
 			}
-			fs, err := c.store.Finals(cl.id, i, next[i])
+			fs, err := m.store.Finals(cl.id, i, next[i])
 			if err != nil {
 				return nil, proto.Wrap(proto.CodeStorage, err, "read finals")
 			}
@@ -305,11 +301,11 @@ func (cl *call) settingUpLocked() bool {
 // hellos or offers that never send audio cannot crowd out real calls (the
 // address bound holds whatever console ids a flood claims). Calls already
 // carrying audio, and resumes, are never refused here.
-func (c *Coordinator) admit(console proto.ConsoleID, remote netip.Addr) error {
-	lim := c.limits()
+func (m *Manager) admit(console proto.ConsoleID, remote netip.Addr) error {
+	lim := m.limits()
 	total, mine, here := 0, 0, 0
-	c.mu.Lock()
-	for _, cl := range c.calls {
+	m.mu.Lock()
+	for _, cl := range m.calls {
 		cl.mu.Lock()
 		if cl.settingUpLocked() && !cl.isGone() {
 			total++
@@ -322,16 +318,16 @@ func (c *Coordinator) admit(console proto.ConsoleID, remote netip.Addr) error {
 		}
 		cl.mu.Unlock()
 	}
-	c.mu.Unlock()
+	m.mu.Unlock()
 	switch {
 	case lim.MaxSettingUp > 0 && total >= lim.MaxSettingUp:
-		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("global_limit").Inc() })
+		m.obs.Refused("global_limit")
 		return perr(proto.CodeUnavailable, "%d calls are being set up (the limit): retry shortly", total)
 	case lim.MaxSettingUpPerConsole > 0 && mine >= lim.MaxSettingUpPerConsole:
-		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("console_limit").Inc() })
+		m.obs.Refused("console_limit")
 		return perr(proto.CodeUnavailable, "console %s has %d calls being set up (the limit): retry shortly", console, mine)
 	case lim.MaxSettingUpPerRemote > 0 && here >= lim.MaxSettingUpPerRemote:
-		c.metrics.inc(func(p *prom) { p.admissions.WithLabelValues("remote_limit").Inc() })
+		m.obs.Refused("remote_limit")
 		return perr(proto.CodeUnavailable, "%d calls from %s are being set up (the limit): retry shortly", here, remote)
 	}
 	return nil
@@ -339,24 +335,24 @@ func (c *Coordinator) admit(console proto.ConsoleID, remote netip.Addr) error {
 
 // dropIfUnstarted forgets a call that never received audio once no console
 // is attached: a hello or offer that came to nothing leaves nothing behind.
-func (c *Coordinator) dropIfUnstarted(cl *call) {
-	c.mu.Lock()
+func (m *Manager) dropIfUnstarted(cl *call) {
+	m.mu.Lock()
 	cl.mu.Lock()
-	drop := c.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 && cl.settingUpLocked() && !cl.isGone()
+	drop := m.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 && cl.settingUpLocked() && !cl.isGone()
 	if drop {
 		close(cl.gone)
-		delete(c.calls, cl.id)
+		delete(m.calls, cl.id)
 	}
 	cl.mu.Unlock()
-	c.mu.Unlock()
+	m.mu.Unlock()
 	if !drop {
 		return
 	}
-	if err := c.store.DeleteCall(c.runCtx, cl.id); err != nil && c.runCtx.Err() == nil {
-		c.log.Warn("cannot delete a call that never received audio", "call", cl.id, "err", err)
+	if err := m.store.DeleteCall(m.runCtx, cl.id); err != nil && m.runCtx.Err() == nil {
+		m.log.Warn("cannot delete a call that never received audio", "call", cl.id, "err", err)
 		return
 	}
-	c.log.Info("call dropped: its console left before sending audio", "call", cl.id)
+	m.log.Info("call dropped: its console left before sending audio", "call", cl.id)
 }
 
 // Watch follows a call's transcript read-only, as a supervisor does: the
@@ -364,17 +360,17 @@ func (c *Coordinator) dropIfUnstarted(cl *call) {
 // live, then the Finalised event. It does not disturb the console's session.
 // Watch follows a call's transcript for p (the caller checked p may read
 // it); revoking p's credential ends it.
-func (c *Coordinator) Watch(p auth.Principal, id proto.CallID, nextFinal []uint32) (ingest.Watcher, error) {
-	cl, err := c.callByID(id)
+func (m *Manager) Watch(p auth.Principal, id proto.CallID, nextFinal []uint32) (ingest.Watcher, error) {
+	cl, err := m.callByID(id)
 	if err != nil {
 		return nil, err
 	}
-	finals, err := c.lockCaughtUp(cl, nextFinal, false, nil)
+	finals, err := m.lockCaughtUp(cl, nextFinal, false, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.mu.Unlock()
-	s := c.newSessionLocked(cl, p, nextFinal)
+	s := m.newSessionLocked(cl, p, nextFinal)
 	s.watch = true
 	if cl.watchers == nil {
 		cl.watchers = map[*session]struct{}{}
@@ -386,21 +382,21 @@ func (c *Coordinator) Watch(p auth.Principal, id proto.CallID, nextFinal []uint3
 
 // callByID returns a call from memory or, loading it, from the store.
 // Errors are *proto.Error; an unknown call wraps store.ErrNotFound.
-func (c *Coordinator) callByID(id proto.CallID) (*call, error) {
-	c.mu.Lock()
-	cl, ok := c.calls[id]
-	c.mu.Unlock()
+func (m *Manager) callByID(id proto.CallID) (*call, error) {
+	m.mu.Lock()
+	cl, ok := m.calls[id]
+	m.mu.Unlock()
 	if ok {
 		return cl, nil
 	}
-	rec, err := c.store.Call(id)
+	rec, err := m.store.Call(id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("call %s: %w", id, err)
 	}
 	if err == nil {
 		// A call we know but do not hold: finalised calls are not kept in
 		// memory. Load it to serve its transcript.
-		cl, err = c.loadCall(rec)
+		cl, err = m.loadCall(rec)
 	}
 	if err != nil {
 		return nil, proto.Wrap(proto.CodeStorage, err, "load call")
@@ -408,8 +404,8 @@ func (c *Coordinator) callByID(id proto.CallID) (*call, error) {
 	return cl, nil
 }
 
-func (c *Coordinator) newSessionLocked(cl *call, p auth.Principal, nextFinal []uint32) *session {
-	s := &session{c: c, call: cl, principal: p, events: make(chan ingest.Event, tuning.SessionEvents), nextFinal: make([]uint32, len(cl.chans))}
+func (m *Manager) newSessionLocked(cl *call, p auth.Principal, nextFinal []uint32) *session {
+	s := &session{m: m, call: cl, principal: p, events: make(chan ingest.Event, tuning.SessionEvents), nextFinal: make([]uint32, len(cl.chans))}
 	copy(s.nextFinal, nextFinal)
 	return s
 }
@@ -438,30 +434,30 @@ func (cl *call) eachLocked(f func(s *session)) {
 	}
 }
 
-func (c *Coordinator) newCall(ctx context.Context, h *proto.Hello, model string) (*call, error) {
-	c.mu.Lock()
-	if cl, ok := c.calls[h.CallID]; ok { // lost a race with another Hello
-		c.mu.Unlock()
+func (m *Manager) newCall(ctx context.Context, h *proto.Hello, model string) (*call, error) {
+	m.mu.Lock()
+	if cl, ok := m.calls[h.CallID]; ok { // lost a race with another Hello
+		m.mu.Unlock()
 		return cl, nil
 	}
-	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model, Vocabulary: *c.vocabulary.Load(),
+	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model, Vocabulary: m.cfg.Vocabulary(),
 		State: store.StateOpen, Created: time.Now().UTC(), Decoded: make([]uint32, len(h.Channels)), Complete: make([]bool, len(h.Channels))}
-	cl := c.buildCall(rec)
+	cl := m.buildCall(rec)
 	cl.remote = h.Remote
-	c.calls[h.CallID] = cl
-	c.mu.Unlock()
-	if err := c.store.PutCall(ctx, rec); err != nil {
-		c.mu.Lock()
-		delete(c.calls, h.CallID)
-		c.mu.Unlock()
+	m.calls[h.CallID] = cl
+	m.mu.Unlock()
+	if err := m.store.PutCall(ctx, rec); err != nil {
+		m.mu.Lock()
+		delete(m.calls, h.CallID)
+		m.mu.Unlock()
 		return nil, proto.Wrap(proto.CodeStorage, err, "store call")
 	}
-	c.log.Info("call opened", "call", h.CallID, "console", h.ConsoleID, "codec", h.Codec, "channels", h.Channels, "model", model)
-	c.startCall(cl)
+	m.log.Info("call opened", "call", h.CallID, "console", h.ConsoleID, "codec", h.Codec, "channels", h.Channels, "model", model)
+	m.startCall(cl)
 	return cl, nil
 }
 
-func (c *Coordinator) buildCall(rec *store.Call) *call {
+func (m *Manager) buildCall(rec *store.Call) *call {
 	cl := &call{id: rec.ID, rec: rec, done: make(chan struct{}), gone: make(chan struct{}), lastActive: time.Now()}
 	cl.idle = sync.NewCond(&cl.mu)
 	for len(rec.Decoded) < len(rec.Channels) {
@@ -482,19 +478,19 @@ func (c *Coordinator) buildCall(rec *store.Call) *call {
 
 // loadCall rebuilds a call from the store (after a restart, or for a
 // finalised call a console asks about).
-func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
-	cl := c.buildCall(rec)
+func (m *Manager) loadCall(rec *store.Call) (*call, error) {
+	cl := m.buildCall(rec)
 	cl.recovered = true
 	for i, ch := range cl.chans {
-		n, err := c.store.NextSeq(rec.ID, i)
+		n, err := m.store.NextSeq(rec.ID, i)
 		if err != nil {
 			return nil, err
 		}
 		ch.nextSeq, ch.queuedNext = n, n
-		if ch.digest, err = c.loadDigest(rec, i, n); err != nil {
+		if ch.digest, err = m.loadDigest(rec, i, n); err != nil {
 			// The call goes on; its statement will not match its audio,
 			// which is what a verifier must be told.
-			c.log.Error("integrity: the frame digest cannot cover the stored frames: the call continues, and its audio will not verify",
+			m.log.Error("integrity: the frame digest cannot cover the stored frames: the call continues, and its audio will not verify",
 				"call", rec.ID, "channel", i, "frames", n, "err", err)
 			ch.digest.Next = n
 		}
@@ -507,7 +503,7 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 		if i < len(rec.Undecodable) {
 			ch.undecodable = rec.Undecodable[i]
 		}
-		last, err := c.store.LastFinal(rec.ID, i)
+		last, err := m.store.LastFinal(rec.ID, i)
 		if err != nil {
 			return nil, err
 		}
@@ -516,27 +512,23 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 		}
 		ch.ended = rec.State == store.StateEnded || rec.State == store.StateFinalised
 	}
-	c.mu.Lock()
-	if cur, ok := c.calls[rec.ID]; ok {
-		c.mu.Unlock()
+	m.mu.Lock()
+	if cur, ok := m.calls[rec.ID]; ok {
+		m.mu.Unlock()
 		return cur, nil
 	}
-	c.calls[rec.ID] = cl
-	c.mu.Unlock()
+	m.calls[rec.ID] = cl
+	m.mu.Unlock()
 	if rec.State != store.StateFinalised {
-		c.startCall(cl)
+		m.startCall(cl)
 	}
 	return cl, nil
 }
 
 // startCall starts one dispatcher per channel.
-func (c *Coordinator) startCall(cl *call) {
+func (m *Manager) startCall(cl *call) {
 	for i := range cl.chans {
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			c.runChannel(c.runCtx, cl, i)
-		}()
+		m.group.Go(func() { m.runChannel(m.runCtx, cl, i) })
 	}
 }
 
@@ -579,13 +571,13 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 		return
 	}
 	ch.received++
-	s.c.metrics.inc(func(p *prom) { p.framesRecv.Inc() })
+	s.m.obs.FrameReceived()
 	var refuse *proto.Error
 	switch {
 	case a.Seq < ch.nextSeq: // a resend of a durable frame: ack, do not store again
 		next := ch.nextSeq
 		cl.mu.Unlock()
-		s.c.metrics.inc(func(p *prom) { p.framesDup.Inc() })
+		s.m.obs.FrameDuplicate()
 		done(proto.Ack{Channel: a.Channel, NextSeq: next}, nil)
 		return
 	case a.Seq < ch.queuedNext:
@@ -614,11 +606,11 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 	default:
 	}
 	if start {
-		s.c.wg.Add(1)
-		go func() {
-			defer s.c.wg.Done()
-			s.c.writeFrames(cl, ch)
-		}()
+		if !s.m.group.Go(func() { s.m.writeFrames(cl, ch) }) {
+			// Stopping: nothing is written any more; the frames are
+			// refused (the console resends them to the next coordinator).
+			s.m.framesWritten(cl, ch, nil, integrity.Digest{}, store.ErrClosed)
+		}
 	}
 }
 
@@ -630,7 +622,7 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 // does the second, unwritten, and so does every frame queued behind them:
 // nothing is stored across a gap, and the console resends them all from
 // the next welcome.
-func (c *Coordinator) writeFrames(cl *call, ch *channel) {
+func (m *Manager) writeFrames(cl *call, ch *channel) {
 	type flight struct {
 		batch []queuedFrame
 		d     integrity.Digest // the channel's digest after the batch
@@ -679,7 +671,7 @@ func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 				}
 			}
 			if err == nil {
-				p, err = c.store.SubmitFramesDigest(c.runCtx, cl.id, ch.idx, fs, d, after)
+				p, err = m.store.SubmitFramesDigest(m.runCtx, cl.id, ch.idx, fs, d, after)
 			}
 			if err == nil {
 				tip = d
@@ -703,7 +695,7 @@ func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 			}
 		}
 		inflight = inflight[1:]
-		c.framesWritten(cl, ch, f.batch, f.d, err)
+		m.framesWritten(cl, ch, f.batch, f.d, err)
 		if err != nil {
 			cl.mu.Lock()
 			tip = ch.digest
@@ -715,7 +707,7 @@ func (c *Coordinator) writeFrames(cl *call, ch *channel) {
 // framesWritten settles one write of a channel's frames: acks on success
 // (d, the digest written with them, becomes the channel's durable digest);
 // on failure the frames, and every frame queued behind them, are refused.
-func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, d integrity.Digest, err error) {
+func (m *Manager) framesWritten(cl *call, ch *channel, batch []queuedFrame, d integrity.Digest, err error) {
 	now := time.Now()
 	cl.mu.Lock()
 	var rec store.Call
@@ -731,7 +723,7 @@ func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, 
 			ch.recvAt[q.a.Seq] = q.at
 			if len(q.a.Payload) == 0 {
 				ch.concealed++
-				c.metrics.inc(func(p *prom) { p.framesConceal.Inc() })
+				m.obs.FrameConcealed()
 			}
 		}
 		if first = cl.rec.State == store.StateOpen; first {
@@ -745,8 +737,8 @@ func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, 
 			return
 		}
 		if !errors.Is(err, store.ErrPredecessor) {
-			c.log.Error("frames not stored", "call", cl.id, "channel", ch.idx, "from", batch[0].a.Seq, "frames", len(batch), "err", err)
-			c.metrics.storeErrors.Add(1)
+			m.log.Error("frames not stored", "call", cl.id, "channel", ch.idx, "from", batch[0].a.Seq, "frames", len(batch), "err", err)
+			m.obs.StoreError()
 		}
 		code := proto.CodeStorage
 		msg := fmt.Sprintf("frames from %d not stored: %v", batch[0].a.Seq, err)
@@ -754,19 +746,19 @@ func (c *Coordinator) framesWritten(cl *call, ch *channel, batch []queuedFrame, 
 			code, msg = proto.CodeUnavailable, "coordinator shutting down"
 		}
 		for _, q := range batch {
-			c.metrics.inc(func(p *prom) { p.framesLost.Inc() })
+			m.obs.FrameLost()
 			q.done(proto.Ack{}, &proto.Error{Code: code, Message: msg})
 		}
 		return
 	}
 	ch.signal()
 	for _, q := range batch {
-		c.metrics.observeAck(now.Sub(q.at))
+		m.obs.Acked(now.Sub(q.at))
 		q.done(proto.Ack{Channel: q.a.Channel, NextSeq: q.a.Seq + 1}, nil)
 	}
 	if first { // open → streaming is durable too
-		if err := c.store.PutCall(c.runCtx, &rec); err != nil {
-			c.log.Error("cannot record streaming state", "call", cl.id, "err", err)
+		if err := m.store.PutCall(m.runCtx, &rec); err != nil {
+			m.log.Error("cannot record streaming state", "call", cl.id, "err", err)
 		}
 	}
 }
@@ -792,10 +784,10 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 		}
 	}
 	cl.mu.Unlock()
-	if err := s.c.endCall(ctx, cl, ""); err != nil {
+	if err := s.m.endCall(ctx, cl, ""); err != nil {
 		return proto.Wrap(proto.CodeStorage, err, "store end")
 	}
-	s.c.log.Info("call ended by console", "call", cl.id, "frames", e.Frames)
+	s.m.log.Info("call ended by console", "call", cl.id, "frames", e.Frames)
 	return nil
 }
 
@@ -804,7 +796,7 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 // workers finish decoding while it is being made durable, and the record
 // that finalises the call, queued later, is written after it. why is
 // recorded when the coordinator, not the console, ends it.
-func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
+func (m *Manager) endCall(ctx context.Context, cl *call, why string) error {
 	cl.mu.Lock()
 	if cl.rec.State == store.StateEnded || cl.rec.State == store.StateFinalised || cl.finalising {
 		cl.mu.Unlock()
@@ -822,7 +814,7 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 	}
 	rec := *cl.rec
 	cl.mu.Unlock()
-	p, err := c.store.SubmitCall(ctx, &rec)
+	p, err := m.store.SubmitCall(ctx, &rec)
 	cl.mu.Lock()
 	for _, ch := range cl.chans {
 		ch.ended = true
@@ -838,20 +830,18 @@ func (c *Coordinator) endCall(ctx context.Context, cl *call, why string) error {
 // janitor ends calls whose console has been gone, with no audio, for
 // AbandonAfter (they are finalised with what was received), and drops calls
 // that never received audio and have no console.
-func (c *Coordinator) janitor(ctx context.Context) {
+func (m *Manager) janitor(ctx context.Context) {
 	// Every 2 s at most: calls that never started (recovered after a
 	// restart with no console) are dropped promptly.
-	loop.Every(ctx, min(c.cfg.AbandonAfter/4, tuning.JanitorMaxInterval), nil, func() { c.endAbandoned(ctx) })
+	loop.Every(ctx, min(m.cfg.AbandonAfter()/4, tuning.JanitorMaxInterval), nil, func() { m.endAbandoned(ctx) })
 }
 
-func (c *Coordinator) endAbandoned(ctx context.Context) {
-	c.reg.mu.Lock() // AbandonAfter is reloadable
-	after := c.cfg.AbandonAfter
-	c.reg.mu.Unlock()
-	c.mu.Lock()
+func (m *Manager) endAbandoned(ctx context.Context) {
+	after := m.cfg.AbandonAfter() // reloadable
+	m.mu.Lock()
 	var idle []*call
 	var unstarted []*call
-	for _, cl := range c.calls {
+	for _, cl := range m.calls {
 		cl.mu.Lock()
 		live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
 		switch {
@@ -862,17 +852,17 @@ func (c *Coordinator) endAbandoned(ctx context.Context) {
 		}
 		cl.mu.Unlock()
 	}
-	c.mu.Unlock()
+	m.mu.Unlock()
 	for _, cl := range unstarted {
-		c.dropIfUnstarted(cl)
+		m.dropIfUnstarted(cl)
 	}
 	for _, cl := range idle {
 		why := fmt.Sprintf("console gone for %v", after)
-		if err := c.endCall(ctx, cl, why); err != nil {
-			c.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
+		if err := m.endCall(ctx, cl, why); err != nil {
+			m.log.Error("cannot end abandoned call", "call", cl.id, "err", err)
 			continue
 		}
-		c.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
+		m.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
 	}
 }
 
@@ -892,7 +882,7 @@ func (s *session) Close() {
 	unstarted := cl.sess == nil && cl.settingUpLocked()
 	cl.mu.Unlock()
 	if unstarted {
-		s.c.dropIfUnstarted(cl)
+		s.m.dropIfUnstarted(cl)
 	}
 }
 
@@ -912,7 +902,7 @@ func (s *session) pushLocked(ev ingest.Event) {
 	select {
 	case s.events <- ev:
 	default:
-		s.c.log.Warn("console too slow for its transcript: disconnecting it", "call", s.call.id, "watcher", s.watch)
+		s.m.log.Warn("console too slow for its transcript: disconnecting it", "call", s.call.id, "watcher", s.watch)
 		s.closeLocked()
 	}
 }
@@ -923,7 +913,7 @@ func (s *session) sendFinalLocked(cl *call, f store.Final) {
 	}
 	s.nextFinal[f.Channel]++
 	s.pushLocked(ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindFinal, Channel: f.Channel, Label: cl.chans[f.Channel].label,
-		Index: f.Index, Text: f.Text, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End)}})
+		Index: f.Index, Text: f.Text, StartMS: SamplesToMS(f.Start), EndMS: SamplesToMS(f.End)}})
 }
 
 func (s *session) finalisedLocked(cl *call) {
@@ -934,5 +924,3 @@ func (s *session) finalisedLocked(cl *call) {
 	s.pushLocked(ingest.Event{Finalised: fin})
 	s.closeLocked()
 }
-
-func samplesToMS(n int64) int64 { return n * 1000 / 16000 }
