@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/callscribe/callscribe/coordinator/rack"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/audit"
@@ -129,6 +130,14 @@ func (c *Coordinator) revoked(cr auth.Credential) {
 		c.log.Info("sessions of a revoked credential ended", "name", cr.Name, "id", cr.ID, "sessions", n)
 	}
 }
+
+// SetDraining drains (or undrains) a node (see rack.Rack.SetDraining).
+func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
+	return c.rack.SetDraining(ctx, node, drain)
+}
+
+// ErrUnknownNode is returned for a node the coordinator has never seen.
+var ErrUnknownNode = rack.ErrUnknownNode
 
 // Transfer hands a call to another console (see calls.Manager.Transfer).
 func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.ConsoleID) (proto.ConsoleID, error) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/calls"
+	"github.com/callscribe/callscribe/coordinator/rack"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
@@ -161,7 +162,7 @@ func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
 	} else if err := c.probe(r.Context()); err != nil {
 		why = append(why, "store not writable: "+err.Error())
 	}
-	if c.reg.readyWorkers() == 0 {
+	if c.rack.ReadyWorkers() == 0 {
 		why = append(why, "no worker has passed a test decode yet")
 	}
 	if len(why) > 0 {
@@ -346,8 +347,8 @@ func (c *Coordinator) Stats() Stats { return c.metrics.stats() }
 
 // Status is the /v1/status document.
 type Status struct {
-	Nodes   []NodeInfo   `json:"nodes"`
-	Workers []WorkerInfo `json:"workers"`
+	Nodes   []rack.NodeInfo   `json:"nodes"`
+	Workers []rack.WorkerInfo `json:"workers"`
 	Calls   struct {
 		Live int `json:"live"`
 	} `json:"calls"`
@@ -356,7 +357,7 @@ type Status struct {
 
 func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
 	var s Status
-	s.Nodes, s.Workers = c.reg.snapshot()
+	s.Nodes, s.Workers = c.rack.Snapshot()
 	s.Calls.Live = c.calls.Live()
 	s.Stats = c.metrics.stats()
 	writeJSON(w, http.StatusOK, s)
@@ -382,7 +383,7 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 		if err := c.SetDraining(r.Context(), id, drain); err != nil {
 			_ = c.Audit(r.Context(), action, string(id), audit.ErrorOutcome(err), "failed after it was recorded")
 			code := http.StatusInternalServerError
-			if errors.Is(err, ErrUnknownNode) {
+			if errors.Is(err, rack.ErrUnknownNode) {
 				code = http.StatusNotFound
 			}
 			httpError(w, code, err.Error())
@@ -390,8 +391,4 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"node": id, "draining": drain})
 	}
-}
-
-func storeNode(id proto.NodeID, drain bool) store.Node {
-	return store.Node{ID: id, Draining: drain, Updated: time.Now().UTC()}
 }

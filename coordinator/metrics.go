@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/calls"
+	"github.com/callscribe/callscribe/coordinator/rack"
 	"github.com/callscribe/callscribe/internal/tuning"
 )
 
@@ -54,7 +55,15 @@ func (m *metrics) observeToConsole(d time.Duration) {
 	}
 }
 
-var _ calls.Observer = (*metrics)(nil)
+var (
+	_ calls.Observer = (*metrics)(nil)
+	_ rack.Observer  = (*metrics)(nil)
+)
+
+func (m *metrics) Placed(kind string) {
+	m.inc(func(p *prom) { p.placements.WithLabelValues(kind).Inc() })
+}
+func (m *metrics) WorkerUnresponsive() { m.inc(func(p *prom) { p.workersUnresponsive.Inc() }) }
 
 func (m *metrics) FrameReceived()  { m.inc(func(p *prom) { p.framesRecv.Inc() }) }
 func (m *metrics) FrameDuplicate() { m.inc(func(p *prom) { p.framesDup.Inc() }) }

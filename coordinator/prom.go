@@ -3,7 +3,6 @@ package coordinator
 import (
 	"time"
 
-	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -142,46 +141,28 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEncrypt, prometheus.GaugeValue, b2f(c.store.Encrypted()))
 	// The registry is copied under its lock and the metrics sent after:
 	// a slow scrape must not hold up heartbeats and dispatch.
-	type nodeState struct {
-		id             proto.NodeID
-		lost, draining bool
-		workers        []proto.WorkerStatus
-		gpus           []proto.GPU
-	}
-	c.reg.mu.Lock()
-	used, free := 0, 0
-	for _, w := range c.reg.workers {
-		used += w.used
-		free += w.hello.Slots - w.used
-	}
-	nodes := make([]nodeState, 0, len(c.reg.nodes))
-	for _, n := range c.reg.nodes {
-		// Heartbeats replace n.last whole; its slices are not changed in
-		// place, so they are safe to read after the lock.
-		nodes = append(nodes, nodeState{id: n.id, lost: n.lost, draining: c.reg.draining[n.id], workers: n.last.Workers, gpus: n.last.GPUs})
-	}
-	c.reg.mu.Unlock()
+	used, free, nodes := c.rack.Gauges()
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(used), "used")
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(free), "free")
 	for _, n := range nodes {
-		node := string(n.id)
+		node := string(n.ID)
 		up := 1.0
-		if n.lost {
+		if n.Lost {
 			up = 0
 		}
 		drain := "false"
-		if n.draining {
+		if n.Draining {
 			drain = "true"
 		}
 		ch <- prometheus.MustNewConstMetric(descNode, prometheus.GaugeValue, up, node, drain)
 		byState := map[string]int{}
-		for _, w := range n.workers {
+		for _, w := range n.Workers {
 			byState[w.State]++
 		}
 		for st, k := range byState {
 			ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(k), node, st)
 		}
-		for _, g := range n.gpus {
+		for _, g := range n.GPUs {
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemTotalMB<<20), node, g.UUID, "total")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemUsedMB<<20), node, g.UUID, "used")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemFreeMB<<20), node, g.UUID, "free")
