@@ -88,6 +88,10 @@ func (s *session) Submit(a proto.Audio, done func(proto.Ack, error)) {
 		if !s.m.group.Go(func() { s.m.writeFrames(cl, ch) }) {
 			// Stopping: nothing is written any more; the frames are
 			// refused (the console resends them to the next coordinator).
+			cl.mu.Lock()
+			ch.writing = false
+			cl.idle.Broadcast()
+			cl.mu.Unlock()
 			s.m.framesWritten(cl, ch, nil, integrity.Digest{}, store.ErrClosed)
 		}
 	}
