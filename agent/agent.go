@@ -17,7 +17,9 @@ import (
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/agent/host"
 	"github.com/callscribe/callscribe/agent/supervisor"
+	"github.com/callscribe/callscribe/internal/owner"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -146,7 +148,7 @@ func (a *Agent) nudge() {
 // every worker.
 func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), tuning.AgentStopTimeout)
 		defer cancel()
 		a.sup.StopAll(sctx)
 		if a.gpus != nil {
@@ -154,12 +156,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Info("agent stopped")
 	}()
+	// Run owns its goroutines: on return they are stopped (cancel, run
+	// first) and waited for, before the workers are stopped.
+	var group owner.Group
+	defer group.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if w, ok := a.gpus.(healthWatcher); ok {
-		go func() {
+		group.Go(func() {
 			if err := w.WatchHealth(ctx, gpu.HealthConfig{IgnoredXIDs: a.cfg.IgnoredXIDs, Log: a.log.With("component", "gpu-health")}); err != nil {
 				a.log.Error("GPU health watcher stopped", "err", err)
 			}
-		}()
+		})
 	}
 	pool, err := pki.CertPool(a.cfg.CAFile)
 	if err != nil {
@@ -262,8 +270,8 @@ func (a *Agent) applyProfile() {
 }
 
 func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
-	dctx, cancel := context.WithTimeout(ctx, time.Second) // see worker.serve
-	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: 2 * time.Second, KeepAlivePeriod: 500 * time.Millisecond})
+	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
+	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: tuning.AgentQUICIdle, KeepAlivePeriod: tuning.AgentQUICKeepAlive})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)
@@ -285,11 +293,21 @@ func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
 	}
 	interval := time.Duration(wel.IntervalMS) * time.Millisecond
 	if interval <= 0 {
-		interval = time.Second
+		interval = tuning.AgentHeartbeatFallback
 	}
 	a.log.Info("registered with coordinator", "addr", a.cfg.Coordinator, "heartbeat", interval, "ttl_ms", wel.TTLMS)
+	// The command reader ends when the connection closes; it is waited for
+	// (this defer runs before the plain close above).
 	errc := make(chan error, 1)
-	go func() { errc <- a.commands(ctx, r) }()
+	cmdDone := make(chan struct{})
+	go func() {
+		defer close(cmdDone)
+		errc <- a.commands(ctx, r)
+	}()
+	defer func() {
+		_ = conn.CloseWithError(0, "agent session ended")
+		<-cmdDone
+	}()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	var seq uint64

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/callscribe/callscribe/coordinator/rack"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/audit"
@@ -133,98 +134,24 @@ func mayRead(p auth.Principal, rec *store.Call) bool {
 // revoked ends every live session a revoked credential opened: console
 // streams (QUIC and WebRTC) and transcript watchers (server-sent events).
 func (c *Coordinator) revoked(cr auth.Credential) {
-	n := c.endSessions(func(s *session) bool { return s.principal.Cred == cr.ID },
+	n := c.calls.EndSessions(func(p auth.Principal) bool { return p.Cred == cr.ID },
 		&proto.Error{Code: proto.CodeUnauthorized, Message: "credential revoked", Fatal: true})
 	if n > 0 {
 		c.log.Info("sessions of a revoked credential ended", "name", cr.Name, "id", cr.ID, "sessions", n)
 	}
 }
 
-// endSessions tells the sessions that match why and closes them.
-func (c *Coordinator) endSessions(match func(*session) bool, why *proto.Error) int {
-	c.mu.Lock()
-	calls := make([]*call, 0, len(c.calls))
-	for _, cl := range c.calls {
-		calls = append(calls, cl)
-	}
-	c.mu.Unlock()
-	n := 0
-	for _, cl := range calls {
-		cl.mu.Lock()
-		if s := cl.sess; s != nil && match(s) {
-			s.pushLocked(ingest.Event{Error: why})
-			s.closeLocked()
-			cl.sess = nil
-			n++
-		}
-		for s := range cl.watchers {
-			if match(s) {
-				s.pushLocked(ingest.Event{Error: why})
-				s.closeLocked()
-				delete(cl.watchers, s)
-				n++
-			}
-		}
-		cl.mu.Unlock()
-	}
-	return n
+// SetDraining drains (or undrains) a node (see rack.Rack.SetDraining).
+func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
+	return c.rack.SetDraining(ctx, node, drain)
 }
 
-// Transfer hands a call to another console (a supervisor's act): the
-// current console's stream is told and closed, and only the new console
-// may stream to, resume or end the call from now on.
-func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.ConsoleID) (from proto.ConsoleID, err error) {
-	if !proto.ValidID(string(to)) {
-		return "", perr(proto.CodeBadRequest, "console %q is not a valid console id", to)
-	}
-	cl, err := c.callByID(id)
-	if err != nil {
-		return "", err
-	}
-	cl.mu.Lock()
-	if cl.rec.State == store.StateFinalised || cl.rec.State == store.StateEnded {
-		cl.mu.Unlock()
-		return "", perr(proto.CodeCallInUse, "call %s has %s: there is nothing to transfer", id, cl.rec.State)
-	}
-	if cl.settingUpLocked() {
-		cl.mu.Unlock()
-		return "", perr(proto.CodeCallInUse, "call %s has no audio yet: there is nothing to transfer (the new console opens its own call)", id)
-	}
-	from = cl.rec.Console
-	if from == to {
-		cl.mu.Unlock()
-		return from, nil
-	}
-	// Memory first, so that any later write of the record carries the new
-	// owner; then the record, durably, before the answer.
-	cl.rec.Console = to
-	rec := *cl.rec
-	gone := &proto.Error{Code: proto.CodeTransferred, Fatal: true, Message: fmt.Sprintf("call %s was transferred to console %s", id, to)}
-	if s := cl.sess; s != nil {
-		s.pushLocked(ingest.Event{Error: gone})
-		s.closeLocked()
-		cl.sess = nil
-	}
-	// The former owner's views of the call end too: it may no longer read
-	// it (supervisors' views go on).
-	for s := range cl.watchers {
-		if s.principal.Role == auth.Console && s.principal.Name == string(from) {
-			s.pushLocked(ingest.Event{Error: gone})
-			s.closeLocked()
-			delete(cl.watchers, s)
-		}
-	}
-	cl.mu.Unlock()
-	if err := c.store.PutCall(ctx, &rec); err != nil {
-		cl.mu.Lock()
-		if cl.rec.Console == to {
-			cl.rec.Console = from
-		}
-		cl.mu.Unlock()
-		return "", perr(proto.CodeStorage, "transfer not recorded: %v", err)
-	}
-	c.log.Info("call transferred", "call", id, "from", from, "to", to)
-	return from, nil
+// ErrUnknownNode is returned for a node the coordinator has never seen.
+var ErrUnknownNode = rack.ErrUnknownNode
+
+// Transfer hands a call to another console (see calls.Manager.Transfer).
+func (c *Coordinator) Transfer(ctx context.Context, id proto.CallID, to proto.ConsoleID) (proto.ConsoleID, error) {
+	return c.calls.Transfer(ctx, id, to)
 }
 
 func (c *Coordinator) handleTransfer(w http.ResponseWriter, r *http.Request) {

@@ -380,6 +380,7 @@ func TestAuthFailuresThrottled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer other.CloseIdleConnections()
 	res.Body.Close()
 	if res.StatusCode != 200 {
 		t.Fatalf("from 127.0.0.2: %d, want 200", res.StatusCode)

@@ -62,7 +62,7 @@ func TestAuditTrailRecordsAndFailsClosed(t *testing.T) {
 	c := tc.c
 	putTestCall(t, c, "aud-1")
 	for _, n := range []proto.NodeID{"n1", "n2"} { // nodes seen before
-		if err := c.store.PutNode(t.Context(), storeNode(n, false)); err != nil {
+		if err := c.store.PutNode(t.Context(), store.Node{ID: n, Updated: time.Now().UTC()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -119,9 +119,7 @@ func TestAuditTrailRecordsAndFailsClosed(t *testing.T) {
 	if code, body := apiDo(t, tc, "POST", "/v1/nodes/n2/drain"); code != http.StatusServiceUnavailable {
 		t.Fatalf("drain without an audit trail: %d %s", code, body)
 	}
-	c.reg.mu.Lock()
-	drained := c.reg.draining["n2"]
-	c.reg.mu.Unlock()
+	drained := c.rack.Draining("n2")
 	if drained {
 		t.Fatal("a drain that could not be recorded was carried out")
 	}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/proto"
@@ -45,6 +46,8 @@ func (c *Coordinator) exporter(ctx context.Context) {
 		maxBack = time.Minute
 	}
 	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ec.RootCAs, MinVersion: tls.VersionTLS12}}}
+	// Its kept-alive connections' goroutines end with the exporter.
+	defer client.CloseIdleConnections()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		entries, err := c.store.Outbox()
@@ -182,7 +185,7 @@ func (c *Coordinator) export(ctx context.Context, client *http.Client, id proto.
 			return err
 		}
 		for _, f := range fs {
-			doc.Utterances = append(doc.Utterances, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text})
+			doc.Utterances = append(doc.Utterances, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: calls.SamplesToMS(f.Start), EndMS: calls.SamplesToMS(f.End), Text: f.Text})
 		}
 	}
 	sortUtterances(doc.Utterances)

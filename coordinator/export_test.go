@@ -85,11 +85,7 @@ func TestOutboxDeliversExactlyOnceAcrossRestart(t *testing.T) {
 			Created: time.Now(), Decoded: []uint32{10}, Complete: []bool{true}}
 		a.c.store.PutCall(t.Context(), rec)
 		a.c.store.PutFinal(t.Context(), id, store.Final{Channel: 0, Index: 0, Text: "words of " + string(id)}, nil)
-		cl := a.c.buildCall(rec)
-		a.c.mu.Lock()
-		a.c.calls[id] = cl
-		a.c.mu.Unlock()
-		a.c.channelComplete(cl, nil) // the real finalisation path
+		a.c.calls.FinaliseRecord(rec) // the real finalisation path
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()

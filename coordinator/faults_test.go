@@ -103,7 +103,7 @@ func (fw *fakeWorker) state() ([]proto.Assign, [][]uint32, []bool) {
 }
 
 func (tc *testCoord) usedSlots() int {
-	_, ws := tc.c.reg.snapshot()
+	_, ws := tc.c.rack.Snapshot()
 	n := 0
 	for _, w := range ws {
 		n += w.Used
@@ -208,7 +208,7 @@ func TestFrozenWorkerIsDropped(t *testing.T) {
 	if live.conn.Context().Err() != nil {
 		t.Fatal("a pinging worker was dropped")
 	}
-	_, ws := tc.c.reg.snapshot()
+	_, ws := tc.c.rack.Snapshot()
 	if len(ws) != 1 || ws[0].ID != "n1-live" {
 		t.Fatalf("registered workers %+v", ws)
 	}

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
+	"github.com/callscribe/callscribe/coordinator/rack"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/ingest/whip"
 	"github.com/callscribe/callscribe/internal/audit"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -88,7 +92,7 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if c.readable(w, r, proto.CallID(id)) == nil {
 		return
 	}
-	wt, err := c.Watch(p, proto.CallID(id), from)
+	wt, err := c.calls.Watch(p, proto.CallID(id), from)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		httpError(w, http.StatusNotFound, "no such call")
@@ -108,7 +112,7 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fl.Flush()
-	keep := time.NewTicker(15 * time.Second)
+	keep := time.NewTicker(tuning.SSEKeepAlive)
 	defer keep.Stop()
 	for {
 		select {
@@ -134,6 +138,11 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+func marshalIndent(v any) []byte {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return append(b, '\n')
+}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -153,7 +162,7 @@ func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
 	} else if err := c.probe(r.Context()); err != nil {
 		why = append(why, "store not writable: "+err.Error())
 	}
-	if c.reg.readyWorkers() == 0 {
+	if c.rack.ReadyWorkers() == 0 {
 		why = append(why, "no worker has passed a test decode yet")
 	}
 	if len(why) > 0 {
@@ -166,24 +175,14 @@ func (c *Coordinator) handleReady(w http.ResponseWriter, r *http.Request) {
 // CallView is a call as the API shows it.
 type CallView struct {
 	*store.Call
-	Live        bool          `json:"live"`
-	ChannelInfo []channelJSON `json:"channel_info"`
+	Live        bool                `json:"live"`
+	ChannelInfo []calls.ChannelInfo `json:"channel_info"`
 }
 
 func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 	v := CallView{Call: rec}
-	c.mu.Lock()
-	cl, live := c.calls[rec.ID]
-	c.mu.Unlock()
-	if live {
-		cl.mu.Lock()
-		cp := *cl.rec
-		v.Call, v.Live = &cp, cl.rec.State != store.StateFinalised
-		for _, ch := range cl.chans {
-			cj := channelJSON{Label: ch.label, Received: ch.received, Concealed: ch.concealed, Undecodable: ch.undecodable, Stored: ch.nextSeq, Decoded: ch.decoded, Finals: ch.finals, Complete: ch.complete}
-			v.ChannelInfo = append(v.ChannelInfo, cj)
-		}
-		cl.mu.Unlock()
+	if cp, chans, live := c.calls.View(rec.ID); live {
+		v.Call, v.Live, v.ChannelInfo = &cp, cp.State != store.StateFinalised, chans
 	} else {
 		for i, l := range rec.Channels {
 			n, err := c.store.NextSeq(rec.ID, i)
@@ -194,7 +193,7 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 			if err != nil {
 				return v, err
 			}
-			cj := channelJSON{Label: l, Stored: n}
+			cj := calls.ChannelInfo{Label: l, Stored: n}
 			if i < len(rec.Received) {
 				cj.Received = rec.Received[i]
 			}
@@ -347,8 +346,8 @@ func (c *Coordinator) Stats() Stats { return c.metrics.stats() }
 
 // Status is the /v1/status document.
 type Status struct {
-	Nodes   []NodeInfo   `json:"nodes"`
-	Workers []WorkerInfo `json:"workers"`
+	Nodes   []rack.NodeInfo   `json:"nodes"`
+	Workers []rack.WorkerInfo `json:"workers"`
 	Calls   struct {
 		Live int `json:"live"`
 	} `json:"calls"`
@@ -357,16 +356,8 @@ type Status struct {
 
 func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
 	var s Status
-	s.Nodes, s.Workers = c.reg.snapshot()
-	c.mu.Lock()
-	for _, cl := range c.calls {
-		cl.mu.Lock()
-		if cl.rec.State != store.StateFinalised {
-			s.Calls.Live++
-		}
-		cl.mu.Unlock()
-	}
-	c.mu.Unlock()
+	s.Nodes, s.Workers = c.rack.Snapshot()
+	s.Calls.Live = c.calls.Live()
 	s.Stats = c.metrics.stats()
 	writeJSON(w, http.StatusOK, s)
 }
@@ -391,7 +382,7 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 		if err := c.SetDraining(r.Context(), id, drain); err != nil {
 			_ = c.Audit(r.Context(), action, string(id), audit.ErrorOutcome(err), "failed after it was recorded")
 			code := http.StatusInternalServerError
-			if errors.Is(err, ErrUnknownNode) {
+			if errors.Is(err, rack.ErrUnknownNode) {
 				code = http.StatusNotFound
 			}
 			httpError(w, code, err.Error())
@@ -399,8 +390,4 @@ func (c *Coordinator) handleDrain(drain bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"node": id, "draining": drain})
 	}
-}
-
-func storeNode(id proto.NodeID, drain bool) store.Node {
-	return store.Node{ID: id, Draining: drain, Updated: time.Now().UTC()}
 }

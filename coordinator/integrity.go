@@ -8,52 +8,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/integrity"
 )
-
-// loadDigest returns channel i's durable frame digest for a call loaded
-// from the store, n its stored frames. The digest is written with every
-// batch of frames; frames stored after it (a commit Badger split at a
-// crash) extend it; a call stored before digests were kept has it computed
-// once from its frames and stored.
-func (c *Coordinator) loadDigest(rec *store.Call, i int, n uint32) (integrity.Digest, error) {
-	d, ok, err := c.store.Digest(rec.ID, i)
-	if err != nil {
-		return d, err
-	}
-	switch {
-	case ok && d.Next == n:
-		return d, nil
-	case ok && rec.AudioDeleted != nil:
-		return d, nil // the frames are gone, the digest stands
-	case ok && d.Next < n:
-		// Legitimate only when a crash cut a commit after its frames and
-		// before its digest; otherwise frames were added to the store
-		// behind the coordinator's back. Said loudly either way.
-		c.log.Warn("integrity: frames stored past the frame digest: extending it over them (a commit cut by a crash, or frames written outside the coordinator)",
-			"call", rec.ID, "channel", i, "digest_frames", d.Next, "stored", n)
-		err = c.store.Frames(rec.ID, i, d.Next, 0, func(f store.Frame) error { return d.Add(f.Seq, f.Capture, f.Payload) })
-	case ok:
-		c.log.Error("integrity: the frame digest covers frames that are no longer stored: recomputing it from the frames that are",
-			"call", rec.ID, "channel", i, "digest_frames", d.Next, "stored", n)
-		d, err = c.store.ComputeDigest(rec.ID, i)
-	case rec.AudioDeleted != nil || n == 0:
-		return d, nil
-	default:
-		d, err = c.store.ComputeDigest(rec.ID, i)
-	}
-	if err == nil && d.Next != n {
-		err = fmt.Errorf("its frames stop at %d of %d", d.Next, n)
-	}
-	if err != nil {
-		return d, fmt.Errorf("integrity: frame digest of call %s channel %d: %w", rec.ID, i, err)
-	}
-	if err := c.store.PutDigest(c.runCtx, rec.ID, i, d); err != nil {
-		return d, fmt.Errorf("integrity: store frame digest of call %s channel %d: %w", rec.ID, i, err)
-	}
-	return d, nil
-}
 
 // digestSnapshot returns a call's record and, per channel, the frame digest
 // of what is durable now (ok false where none is known: a call whose audio
@@ -61,16 +19,11 @@ func (c *Coordinator) loadDigest(rec *store.Call, i int, n uint32) (integrity.Di
 func (c *Coordinator) digestSnapshot(rec *store.Call) (store.Call, []integrity.Digest, []bool, error) {
 	ds := make([]integrity.Digest, len(rec.Channels))
 	known := make([]bool, len(rec.Channels))
-	c.mu.Lock()
-	cl, live := c.calls[rec.ID]
-	c.mu.Unlock()
-	if live {
-		cl.mu.Lock()
-		cp := *cl.rec
-		for i, ch := range cl.chans {
-			ds[i], known[i] = ch.digest, true
+	if cp, live, ok := c.calls.Digests(rec.ID); ok {
+		copy(ds, live)
+		for i := range known {
+			known[i] = i < len(live)
 		}
-		cl.mu.Unlock()
 		rec = &cp
 	}
 	for i := range ds {
@@ -96,7 +49,7 @@ func (c *Coordinator) digestSnapshot(rec *store.Call) (store.Call, []integrity.D
 			if err != nil {
 				return *rec, nil, nil, err
 			}
-			if d, err = c.loadDigest(rec, i, n); err != nil {
+			if d, err = c.calls.LoadDigest(rec, i, n); err != nil {
 				return *rec, nil, nil, err
 			}
 			ok = true
@@ -115,7 +68,7 @@ func (c *Coordinator) transcriptOf(rec *store.Call) ([]Utterance, error) {
 			return nil, err
 		}
 		for _, f := range fs {
-			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: samplesToMS(f.Start), EndMS: samplesToMS(f.End), Text: f.Text, Heard: f.Heard})
+			out = append(out, Utterance{Channel: i, Label: l, Index: f.Index, StartMS: calls.SamplesToMS(f.Start), EndMS: calls.SamplesToMS(f.End), Text: f.Text, Heard: f.Heard})
 		}
 	}
 	return out, nil

@@ -207,13 +207,10 @@ func TestIntegrityStatementCoversEveryFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	b.c.mu.Lock()
-	cl := b.c.calls[id]
-	b.c.mu.Unlock()
-	cl.mu.Lock()
-	cl.rec.AudioDeleted = &now
-	cp := *cl.rec
-	cl.mu.Unlock()
+	cp, ok := b.c.calls.SetAudioDeleted(proto.CallID(id), now)
+	if !ok {
+		t.Fatal("call not in memory")
+	}
 	if err := b.c.store.PutCall(t.Context(), &cp); err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +266,7 @@ func TestIntegrityTranscriptIsSealed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cl := tc.c.buildCall(rec)
-	tc.c.mu.Lock()
-	tc.c.calls[id] = cl
-	tc.c.mu.Unlock()
-	tc.c.channelComplete(cl, nil) // the real finalisation path
+	tc.c.calls.FinaliseRecord(rec) // the real finalisation path
 	var us []integrity.Utterance
 	for _, f := range finals {
 		us = append(us, integrity.Utterance{Channel: f.Channel, Index: f.Index, StartMS: f.Start / 16, EndMS: f.End / 16, Text: f.Text, Heard: f.Heard})

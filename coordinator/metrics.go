@@ -5,6 +5,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/callscribe/callscribe/coordinator/calls"
+	"github.com/callscribe/callscribe/coordinator/rack"
+	"github.com/callscribe/callscribe/internal/tuning"
 )
 
 // metrics are the coordinator's counters and latency windows, served at
@@ -51,6 +55,44 @@ func (m *metrics) observeToConsole(d time.Duration) {
 	}
 }
 
+var (
+	_ calls.Observer = (*metrics)(nil)
+	_ rack.Observer  = (*metrics)(nil)
+)
+
+func (m *metrics) Placed(kind string) {
+	m.inc(func(p *prom) { p.placements.WithLabelValues(kind).Inc() })
+}
+func (m *metrics) WorkerUnresponsive() { m.inc(func(p *prom) { p.workersUnresponsive.Inc() }) }
+
+func (m *metrics) FrameReceived()  { m.inc(func(p *prom) { p.framesRecv.Inc() }) }
+func (m *metrics) FrameDuplicate() { m.inc(func(p *prom) { p.framesDup.Inc() }) }
+func (m *metrics) FrameConcealed() { m.inc(func(p *prom) { p.framesConceal.Inc() }) }
+func (m *metrics) FrameLost()      { m.inc(func(p *prom) { p.framesLost.Inc() }) }
+func (m *metrics) FrameUndecodable() {
+	m.inc(func(p *prom) { p.framesUndecodable.Inc() })
+}
+func (m *metrics) FramesDecoded(n uint32) { m.inc(func(p *prom) { p.framesDec.Add(float64(n)) }) }
+func (m *metrics) Acked(d time.Duration)  { m.observeAck(d) }
+func (m *metrics) ToWorker(d time.Duration) {
+	m.observeToWorker(d)
+}
+func (m *metrics) Resumed(d time.Duration) { m.observeResume(d) }
+func (m *metrics) FinalSent(d time.Duration) {
+	m.observeToConsole(d)
+	m.finals.Add(1)
+}
+func (m *metrics) StoreError() { m.storeErrors.Add(1) }
+func (m *metrics) Failover() {
+	m.failovers.Add(1)
+	m.inc(func(p *prom) { p.failovers.Inc() })
+}
+func (m *metrics) IdleRelease() { m.inc(func(p *prom) { p.idleReleases.Inc() }) }
+func (m *metrics) Refused(reason string) {
+	m.inc(func(p *prom) { p.admissions.WithLabelValues(reason).Inc() })
+}
+func (m *metrics) Finalised() { m.finalised.Add(1) }
+
 // inc bumps a Prometheus counter when metrics are enabled.
 func (m *metrics) inc(f func(*prom)) {
 	if m.p != nil {
@@ -58,7 +100,7 @@ func (m *metrics) inc(f func(*prom)) {
 	}
 }
 
-// window keeps the last 8192 observations.
+// window keeps the last tuning.StatsWindow observations.
 type window struct {
 	mu  sync.Mutex
 	buf []time.Duration
@@ -70,7 +112,7 @@ func (w *window) add(d time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.buf == nil {
-		w.buf = make([]time.Duration, 0, 8192)
+		w.buf = make([]time.Duration, 0, tuning.StatsWindow)
 	}
 	if len(w.buf) < cap(w.buf) {
 		w.buf = append(w.buf, d)

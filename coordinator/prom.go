@@ -3,7 +3,6 @@ package coordinator
 import (
 	"time"
 
-	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -118,15 +117,7 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c := s.c
-	states := map[string]int{store.StateOpen: 0, store.StateStreaming: 0, store.StateEnded: 0, store.StateFinalised: 0}
-	c.mu.Lock()
-	for _, cl := range c.calls {
-		cl.mu.Lock()
-		states[cl.rec.State]++
-		cl.mu.Unlock()
-	}
-	c.mu.Unlock()
-	for st, n := range states {
+	for st, n := range c.calls.States() {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
 	d := c.store.Disk()
@@ -148,34 +139,30 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedAudio), "audio")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedMeta), "meta")
 	ch <- prometheus.MustNewConstMetric(descEncrypt, prometheus.GaugeValue, b2f(c.store.Encrypted()))
-	c.reg.mu.Lock()
-	defer c.reg.mu.Unlock()
-	used, free := 0, 0
-	for _, w := range c.reg.workers {
-		used += w.used
-		free += w.hello.Slots - w.used
-	}
+	// The registry is copied under its lock and the metrics sent after:
+	// a slow scrape must not hold up heartbeats and dispatch.
+	used, free, nodes := c.rack.Gauges()
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(used), "used")
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(free), "free")
-	for _, n := range c.reg.nodes {
-		node := string(n.id)
+	for _, n := range nodes {
+		node := string(n.ID)
 		up := 1.0
-		if n.lost {
+		if n.Lost {
 			up = 0
 		}
 		drain := "false"
-		if c.reg.draining[n.id] {
+		if n.Draining {
 			drain = "true"
 		}
 		ch <- prometheus.MustNewConstMetric(descNode, prometheus.GaugeValue, up, node, drain)
 		byState := map[string]int{}
-		for _, w := range n.last.Workers {
+		for _, w := range n.Workers {
 			byState[w.State]++
 		}
 		for st, k := range byState {
 			ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(k), node, st)
 		}
-		for _, g := range n.last.GPUs {
+		for _, g := range n.GPUs {
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemTotalMB<<20), node, g.UUID, "total")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemUsedMB<<20), node, g.UUID, "used")
 			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(g.MemFreeMB<<20), node, g.UUID, "free")

@@ -38,9 +38,7 @@ func (c *Coordinator) applyRetention(ctx context.Context, now time.Time) {
 				c.log.Error("retention: delete call", "call", rec.ID, "err", err)
 				continue
 			}
-			c.mu.Lock()
-			delete(c.calls, rec.ID)
-			c.mu.Unlock()
+			c.calls.Forget(rec.ID)
 			c.log.Info("retention: call deleted", "call", rec.ID, "finalised", rec.Finalised)
 		case c.cfg.AudioRetention > 0 && age > c.cfg.AudioRetention && rec.AudioDeleted == nil:
 			n, err := c.store.DeleteAudio(ctx, rec.ID)

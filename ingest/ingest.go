@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -86,9 +87,12 @@ type Server struct {
 	FirstAudio time.Duration
 }
 
-// ServeConn serves every stream of one console connection until it closes.
+// ServeConn serves every stream of one console connection until it closes,
+// and returns once every stream's goroutine has returned.
 func (s *Server) ServeConn(ctx context.Context, conn *quic.Conn) {
 	log := s.Log.With("remote", conn.RemoteAddr().String())
+	var streams sync.WaitGroup
+	defer streams.Wait()
 	for {
 		st, err := conn.AcceptStream(ctx)
 		if err != nil {
@@ -98,7 +102,11 @@ func (s *Server) ServeConn(ctx context.Context, conn *quic.Conn) {
 			return
 		}
 		cs := conn.ConnectionState().TLS
-		go s.ServeStream(ctx, st, remoteAddr(conn.RemoteAddr()), &cs, log)
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			s.ServeStream(ctx, st, remoteAddr(conn.RemoteAddr()), &cs, log)
+		}()
 	}
 }
 
@@ -108,6 +116,7 @@ type Stream interface {
 	Close() error
 	CancelRead(quic.StreamErrorCode)
 	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 }
 
 var _ Stream = (*quic.Stream)(nil)
@@ -167,15 +176,27 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 		fail(AsProtoError(err))
 		return
 	}
-	defer sess.Close()
+	// The events goroutine below is waited for: the session's end closes
+	// its events, and what is left of them gets tuning.StreamDrain to be
+	// written before a console that does not read is cut off.
+	evDone := make(chan struct{})
+	defer func() {
+		sess.Close()
+		select {
+		case <-evDone:
+		case <-time.After(tuning.StreamDrain):
+			_ = st.SetWriteDeadline(time.Now())
+			<-evDone
+		}
+	}()
 	if err := w.WriteJSON(proto.TWelcome, wel); err != nil {
+		close(evDone)
 		return
 	}
 	log.Info("console stream open", "resumed", wel.Resumed, "next_seq", wel.NextSeq)
 
 	// Events flow to the console until the session ends; then the stream is
 	// closed so the console sees the end.
-	evDone := make(chan struct{})
 	go func() {
 		defer close(evDone)
 		for ev := range sess.Events() {

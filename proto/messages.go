@@ -216,9 +216,21 @@ type Error struct {
 	Fatal   bool   `json:"fatal"`
 	// RetryAfterMS is set with CodeThrottled.
 	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	// cause is the error behind it on this side (never sent): errors.Is
+	// and errors.As see through an Error to, say, a storage error.
+	cause error
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// Unwrap returns the error behind e on this side (nil for one received).
+func (e *Error) Unwrap() error { return e.cause }
+
+// Wrap returns an Error of code whose message is the formatted text, a
+// colon and err's text, and which unwraps to err.
+func Wrap(code string, err error, format string, a ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, a...) + ": " + err.Error(), cause: err}
+}
 
 // Retryable reports whether a console should reconnect after this error.
 func (e *Error) Retryable() bool {

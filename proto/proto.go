@@ -223,7 +223,7 @@ func (r *Reader) ReadJSON(want Type, v any) error {
 // by the receiver.
 func Unmarshal(m Msg, v any) error {
 	if err := json.Unmarshal(m.Body, v); err != nil {
-		return fmt.Errorf("%w: type %d: %v", ErrMalformed, m.Type, err)
+		return fmt.Errorf("%w: type %d: %w", ErrMalformed, m.Type, err)
 	}
 	return nil
 }

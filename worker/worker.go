@@ -15,6 +15,7 @@ import (
 
 	"github.com/callscribe/callscribe/internal/audio"
 	"github.com/callscribe/callscribe/internal/pki"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/internal/wer"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/models/asr"
@@ -141,12 +142,9 @@ func SelfTest(ctx context.Context, pool *engine.Pool, m *models.Manifest) (strin
 func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
 	// A dial to a dead coordinator gets no ICMP answer over QUIC: keep the
 	// timeout short and retry, so a restarted coordinator is found at once.
-	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
 	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{
-		// Keep-alives every 300 ms and a 1.5 s idle timeout: a coordinator
-		// that died is noticed within 1.5 s even where no stateless reset
-		// reaches an idle connection (seen in the chaos suite).
-		MaxIdleTimeout: 1500 * time.Millisecond, KeepAlivePeriod: 300 * time.Millisecond, MaxIncomingStreams: 1024})
+		MaxIdleTimeout: tuning.WorkerQUICIdle, KeepAlivePeriod: tuning.WorkerQUICKeepAlive, MaxIncomingStreams: tuning.WorkerQUICStreams})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)

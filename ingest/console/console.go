@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
 )
@@ -210,8 +211,8 @@ func (c *Call) Run(ctx context.Context) error {
 func (c *Call) session(ctx context.Context, tc *tls.Config, resume bool, lastOK *time.Time) (bool, error) {
 	// QUIC gets no ICMP answer from a dead server: a short dial timeout and
 	// quick retries find a restarted coordinator at once.
-	dctx, cancel := context.WithTimeout(ctx, time.Second)
-	conn, err := quic.DialAddr(dctx, c.cfg.Server, tc, &quic.Config{MaxIdleTimeout: 3 * time.Second, KeepAlivePeriod: 500 * time.Millisecond})
+	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
+	conn, err := quic.DialAddr(dctx, c.cfg.Server, tc, &quic.Config{MaxIdleTimeout: tuning.ConsoleQUICIdle, KeepAlivePeriod: tuning.ConsoleQUICKeepAlive})
 	cancel()
 	if err != nil {
 		return false, err

@@ -32,6 +32,7 @@ import (
 
 	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/auth"
+	"github.com/callscribe/callscribe/internal/owner"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -120,6 +121,9 @@ type Server struct {
 	// 503s logged: when last, and how many not since
 	busyLogged time.Time
 	busyQuiet  int
+	// group owns every goroutine of every session (forwarding, track
+	// readers, closes); Close waits for them.
+	group owner.Group
 }
 
 // New returns a WHIP endpoint.
@@ -218,6 +222,9 @@ func (s *Server) Close() {
 	for _, x := range ss {
 		x.close("coordinator shutting down")
 	}
+	// Every session is closed: their goroutines end (events closed, peer
+	// connections closed) and none starts any more.
+	s.group.Wait()
 }
 
 // Sessions is the number of live WebRTC sessions.
@@ -573,7 +580,8 @@ func (s *Server) answer(ctx context.Context, off *offer, sdp string, sess ingest
 		x.connectTimer = time.AfterFunc(s.cfg.ConnectTimeout, x.connectExpired)
 	}
 	x.mu.Unlock()
-	go x.forward()
+	// Refused only once Close has begun, which closes this session too.
+	s.group.Go(x.forward)
 	x.log.Info("whip session open", "codec", off.codec, "tracks", len(off.mids), "data_channel", off.data, "resumed", wel.Resumed, "next_seq", wel.NextSeq)
 	return x, pc.LocalDescription().SDP, nil
 }
@@ -854,7 +862,7 @@ func (x *session) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 		return
 	}
 	x.log.Debug("whip track", "channel", ch.idx, "mid", ch.mid, "ssrc", t.SSRC(), "codec", t.Codec().MimeType)
-	go x.read(t, ch)
+	x.srv.group.Go(func() { x.read(t, ch) })
 }
 
 // read is a track's loop: RTP → sequencer → durable frames.
@@ -949,7 +957,7 @@ func (x *session) appendLocked(ch *channel, frames [][]byte) {
 			if ch.setFailed(err) {
 				x.log.Warn("whip: frame refused", "channel", ch.idx, "seq", a.Seq, "err", err)
 				x.send(ingest.Event{Error: ingest.AsProtoError(err)})
-				go x.close("a frame could not be stored")
+				x.srv.group.Go(func() { x.close("a frame could not be stored") })
 			}
 		}
 		if pipelined {
@@ -1058,11 +1066,11 @@ func (x *session) onDataChannel(dc *webrtc.DataChannel) {
 		}
 		switch msg.Type {
 		case "end":
-			go func() {
+			x.srv.group.Go(func() {
 				if err := x.end(context.Background(), msg.Packets); err != nil {
 					x.send(ingest.Event{Error: ingest.AsProtoError(err)})
 				}
-			}()
+			})
 		default:
 			x.send(ingest.Event{Error: &proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("unknown data channel message %q", msg.Type)}})
 		}
@@ -1180,7 +1188,9 @@ func (x *session) close(why string) {
 	x.mu.Unlock()
 	x.srv.removed(x)
 	x.sess.Close()
-	go func() { _ = x.pc.Close() }()
+	// Not inline: close may run in a pion callback. Refused only after
+	// Close's wait began, when every peer connection is closed already.
+	x.srv.group.Go(func() { _ = x.pc.Close() })
 	x.log.Info("whip session closed", "why", why, "lasted", time.Since(x.opened).Round(time.Millisecond),
 		"connected", x.connectedAt.Load() != 0, "remote", x.remote, "candidates", candidates, "candidates_dropped", dropped)
 }

@@ -1,4 +1,4 @@
-package coordinator
+package rack
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/calls"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -20,6 +21,32 @@ type workerConn struct {
 	since  time.Time
 	closed bool
 }
+
+// ID implements calls.Worker.
+func (w *workerConn) ID() proto.WorkerID { return w.hello.WorkerID }
+
+// OpenStream implements calls.Worker.
+func (w *workerConn) OpenStream(ctx context.Context) (calls.Stream, error) {
+	return w.conn.OpenStreamSync(ctx)
+}
+
+// Broken implements calls.Worker.
+func (w *workerConn) Broken() bool { return w.conn.Context().Err() != nil }
+
+// rackWorkers lends the registry's workers to the live-call path.
+type rackWorkers struct{ r *registry }
+
+var _ calls.Workers = rackWorkers{}
+
+func (rw rackWorkers) Acquire(ctx context.Context, model string) (calls.Worker, func(), error) {
+	w, release, err := rw.r.acquire(ctx, model)
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, release, nil
+}
+
+func (rw rackWorkers) Remove(w calls.Worker, why string) { rw.r.removeWorker(w.(*workerConn), why) }
 
 // node is a registered agent.
 type node struct {
@@ -63,14 +90,18 @@ func (r *registry) wakeLocked() {
 // addWorker registers a worker, replacing an earlier instance of the same ID.
 func (r *registry) addWorker(h proto.WorkerHello, conn *quic.Conn) *workerConn {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	var replaced *quic.Conn
 	if old, ok := r.workers[h.WorkerID]; ok {
 		old.closed = true
-		_ = old.conn.CloseWithError(0, "replaced by a newer instance")
+		replaced = old.conn
 	}
 	w := &workerConn{hello: h, conn: conn, since: time.Now()}
 	r.workers[h.WorkerID] = w
 	r.wakeLocked()
+	r.mu.Unlock()
+	if replaced != nil {
+		_ = replaced.CloseWithError(0, "replaced by a newer instance")
+	}
 	return w
 }
 
@@ -78,42 +109,60 @@ func (r *registry) addWorker(h proto.WorkerHello, conn *quic.Conn) *workerConn {
 // closes its connection, which fails its assignment streams at once.
 func (r *registry) removeWorker(w *workerConn, why string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.removeLocked(w, why)
+	removed := r.removeLocked(w, why)
+	r.mu.Unlock()
+	if removed {
+		_ = w.conn.CloseWithError(0, why)
+	}
 }
 
-func (r *registry) removeLocked(w *workerConn, why string) {
+// removeLocked unregisters w and reports whether it did; the caller closes
+// the connection of what was removed after unlocking (closeRemoved): no
+// network I/O under the registry's lock.
+func (r *registry) removeLocked(w *workerConn, why string) bool {
 	if w.closed {
-		return
+		return false
 	}
 	w.closed = true
 	if cur := r.workers[w.hello.WorkerID]; cur == w {
 		delete(r.workers, w.hello.WorkerID)
 	}
-	_ = w.conn.CloseWithError(0, why)
 	r.log.Info("worker removed", "worker", w.hello.WorkerID, "node", w.hello.NodeID, "why", why)
 	r.wakeLocked()
 	r.kickReconcile()
+	return true
+}
+
+// closeRemoved closes the connections of removed workers, which fails
+// their assignment streams at once. Call it without r.mu.
+func (r *registry) closeRemoved(ws []*workerConn, why string) {
+	for _, w := range ws {
+		_ = w.conn.CloseWithError(0, why)
+	}
 }
 
 // workerExited is called when an agent reports a worker is not running.
 func (r *registry) workerExited(id proto.WorkerID, why string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if w, ok := r.workers[id]; ok {
-		r.removeLocked(w, why)
+	var removed []*workerConn
+	if w, ok := r.workers[id]; ok && r.removeLocked(w, why) {
+		removed = append(removed, w)
 	}
+	r.mu.Unlock()
+	r.closeRemoved(removed, why)
 }
 
 // nodeLost removes every worker of a node.
 func (r *registry) nodeLost(id proto.NodeID, why string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	var removed []*workerConn
 	for _, w := range r.workers {
-		if w.hello.NodeID == id {
-			r.removeLocked(w, why)
+		if w.hello.NodeID == id && r.removeLocked(w, why) {
+			removed = append(removed, w)
 		}
 	}
+	r.mu.Unlock()
+	r.closeRemoved(removed, why)
 }
 
 // acquire waits for a worker of model with a free slot and takes the slot.

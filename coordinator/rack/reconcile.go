@@ -1,4 +1,4 @@
-package coordinator
+package rack
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/placement"
 	"github.com/callscribe/callscribe/coordinator/scaling"
-	"github.com/callscribe/callscribe/internal/loop"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -38,14 +38,8 @@ func (r *registry) kickReconcile() {
 	}
 }
 
-// reconcileLoop runs the scaling policy every CheckInterval and whenever
-// nodes or workers change.
-func (c *Coordinator) reconcileLoop(ctx context.Context) {
-	loop.Every(ctx, c.cfg.CheckInterval, c.reg.kick, func() { c.reconcile(time.Now()) })
-}
-
 // placementView builds placement's picture of the rack. Caller holds reg.mu.
-func (c *Coordinator) placementViewLocked() ([]placement.Node, []placement.Instance) {
+func (c *Rack) placementViewLocked() ([]placement.Node, []placement.Instance) {
 	var ns []placement.Node
 	for _, n := range c.reg.nodes {
 		host := n.last.Host
@@ -53,8 +47,8 @@ func (c *Coordinator) placementViewLocked() ([]placement.Node, []placement.Insta
 			host = n.hello.Host
 		}
 		mem := host.MemTotalMB
-		if mem > 1024 {
-			mem -= 1024 // keep 1 GB for the system and the agent
+		if mem > tuning.NodeMemReserveMB {
+			mem -= tuning.NodeMemReserveMB
 		}
 		pn := placement.Node{ID: string(n.id), Draining: c.reg.draining[n.id], Lost: n.lost, CPUs: host.CPUs, MemMB: mem}
 		gpus := n.last.GPUs
@@ -93,7 +87,7 @@ type nodeCommand struct {
 // reconcile runs one round: workers on draining nodes or unhealthy GPUs are
 // stopped (their calls move), and each model's policy adds or removes
 // instances. Every change is logged with its reason.
-func (c *Coordinator) reconcile(now time.Time) {
+func (c *Rack) reconcile(now time.Time) {
 	var cmds []nodeCommand
 	c.reg.mu.Lock()
 	unhealthy := map[string]string{}
@@ -140,7 +134,7 @@ func (c *Coordinator) reconcile(now time.Time) {
 	c.send(cmds)
 }
 
-func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, now time.Time) []nodeCommand {
+func (c *Rack) scaleModelLocked(m *models.Manifest, pol scaling.Policy, now time.Time) []nodeCommand {
 	st := scaling.State{Slots: m.Resources.StreamsPerInstance, LastChange: c.reg.lastChange[m.Name]}
 	for _, p := range c.reg.planned {
 		if p.model == m.Name {
@@ -193,7 +187,7 @@ func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, n
 	need, fallback := needsOf(m), c.fallbackNeeds()
 	// Capacity: how many more instances fit (CPU fallback included).
 	sim := append([]placement.Instance(nil), placed...)
-	for st.Capacity < 64 {
+	for st.Capacity < tuning.MaxCapacityProbe {
 		d, err := placement.Place(nodes, sim, need, fallback)
 		if err != nil {
 			break
@@ -240,7 +234,7 @@ func (c *Coordinator) scaleModelLocked(m *models.Manifest, pol scaling.Policy, n
 			case dec.GPU != "":
 				kind = "gpu"
 			}
-			c.metrics.inc(func(p *prom) { p.placements.WithLabelValues(kind).Inc() })
+			c.obs.Placed(kind)
 			c.log.Info("scaling: starting worker", "worker", id, "model", model, "node", dec.Node, "gpu", dec.GPU, "degraded", dec.Degraded, "why", dec.Reason)
 			cmds = append(cmds, nodeCommand{p.node, proto.Command{Op: proto.OpStartWorker, WorkerID: id, Model: model, GPU: dec.GPU}})
 		}
@@ -274,7 +268,7 @@ func instanceOf(d placement.Decision, need, fallback placement.Needs) placement.
 	return placement.Instance{Node: d.Node, CPU: n.CPU, MemMB: n.MemMB}
 }
 
-func (c *Coordinator) fallbackNeeds() placement.Needs {
+func (c *Rack) fallbackNeeds() placement.Needs {
 	m, err := c.cfg.Models.Get(models.Default)
 	if err != nil {
 		return placement.Needs{CPU: 1, MemMB: 256}
@@ -283,7 +277,7 @@ func (c *Coordinator) fallbackNeeds() placement.Needs {
 }
 
 // newWorkerIDLocked returns an unused worker ID on a node.
-func (c *Coordinator) newWorkerIDLocked(node proto.NodeID) proto.WorkerID {
+func (c *Rack) newWorkerIDLocked(node proto.NodeID) proto.WorkerID {
 	for {
 		id := proto.WorkerID(fmt.Sprintf("%s-w%d", node, c.reg.seq))
 		c.reg.seq++
@@ -296,12 +290,13 @@ func (c *Coordinator) newWorkerIDLocked(node proto.NodeID) proto.WorkerID {
 }
 
 // send delivers commands to agents (outside the registry lock).
-func (c *Coordinator) send(cmds []nodeCommand) {
+func (c *Rack) send(cmds []nodeCommand) {
 	for _, nc := range cmds {
 		c.reg.mu.Lock()
 		n := c.reg.nodes[nc.node]
+		skip := n == nil || n.lost
 		c.reg.mu.Unlock()
-		if n == nil || n.lost {
+		if skip {
 			continue
 		}
 		if err := n.send(nc.cmd); err != nil {
@@ -316,7 +311,7 @@ var ErrUnknownNode = errors.New("unknown node")
 // SetDraining drains (or undrains) a node: no new calls go to it, its
 // workers stop, and their calls move to other nodes and resume. The state
 // survives a coordinator restart.
-func (c *Coordinator) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
+func (c *Rack) SetDraining(ctx context.Context, node proto.NodeID, drain bool) error {
 	if !proto.ValidID(string(node)) {
 		return fmt.Errorf("invalid node id %q", node)
 	}

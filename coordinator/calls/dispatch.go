@@ -1,8 +1,7 @@
-package coordinator
+package calls
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 )
 
@@ -30,9 +30,9 @@ func (e *workerError) Error() string { return "worker error: " + e.msg }
 // its end. A worker slot is taken only while the channel has audio to
 // decode. When the worker fails, the channel moves to another worker and
 // resumes from the checkpoint of its last persisted final.
-func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
+func (m *Manager) runChannel(ctx context.Context, cl *call, idx int) {
 	ch := cl.chans[idx]
-	log := c.log.With("call", cl.id, "channel", idx)
+	log := m.log.With("call", cl.id, "channel", idx)
 	failures := 0       // consecutive failed assignments
 	var failedAt uint32 // where the last failure resumed from
 	resumed := cl.recovered
@@ -42,29 +42,29 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 		complete := ch.complete
 		cl.mu.Unlock()
 		if complete {
-			c.channelComplete(cl, ch)
+			m.channelComplete(cl, ch)
 			return
 		}
-		if needAudio && !c.awaitAudio(ctx, cl, ch) {
+		if needAudio && !m.awaitAudio(ctx, cl, ch) {
 			return
 		}
 		needAudio = false
 		lost := time.Now()
-		w, release, err := c.reg.acquire(ctx, cl.rec.Model)
+		w, release, err := m.cfg.Workers.Acquire(ctx, cl.rec.Model)
 		if err != nil {
 			return
 		}
-		from, err := c.dispatchOnce(ctx, cl, ch, w, resumed, lost)
+		from, err := m.dispatchOnce(ctx, cl, ch, w, resumed, lost)
 		release()
 		switch {
 		case err == nil:
-			c.channelComplete(cl, ch)
+			m.channelComplete(cl, ch)
 			return
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, errIdle):
-			log.Info("channel idle: worker slot released", "worker", w.hello.WorkerID)
-			c.metrics.inc(func(p *prom) { p.idleReleases.Inc() })
+			log.Info("channel idle: worker slot released", "worker", w.ID())
+			m.obs.IdleRelease()
 			failures, resumed, needAudio = 0, false, true
 			continue
 		}
@@ -79,23 +79,23 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 			// A worker failed twice on the same frame: the frame is treated
 			// as lost (concealed) from now on rather than moving the channel
 			// for ever. It stays in the store untouched.
-			if c.skipFrame(ctx, cl, ch, *we.frame, we.msg) {
+			if m.skipFrame(ctx, cl, ch, *we.frame, we.msg) {
 				failures = 0
 			}
 		}
-		log.Warn("channel lost its worker: moving it", "worker", w.hello.WorkerID, "err", err, "failures_here", failures)
-		c.metrics.failovers.Add(1)
-		c.metrics.inc(func(p *prom) { p.failovers.Inc() })
+		log.Warn("channel lost its worker: moving it", "worker", w.ID(), "err", err, "failures_here", failures)
+		m.obs.Failover()
+
 		// A broken worker connection is removed at once so the next
 		// acquire does not pick it again.
-		if w.conn.Context().Err() != nil {
-			c.reg.removeWorker(w, "connection lost")
+		if w.Broken() {
+			m.cfg.Workers.Remove(w, "connection lost")
 		}
 		// Failing again and again at the same point is not a reason to
 		// spin: back off, up to 30 s, and say so once each time it grows.
-		delay := min(time.Duration(failures)*10*time.Millisecond, 500*time.Millisecond)
-		if failures >= 3 {
-			delay = min(time.Second<<min(failures-3, 5), 30*time.Second)
+		delay := min(time.Duration(failures)*tuning.RetryStep, tuning.RetryQuickMax)
+		if failures >= tuning.RetrySlowAfter {
+			delay = min(tuning.RetrySlowBase<<min(failures-tuning.RetrySlowAfter, 5), tuning.RetrySlowMax)
 			log.Error("channel keeps failing at the same point: backing off", "from_seq", from, "failures", failures, "retry_in", delay)
 		}
 		select {
@@ -110,7 +110,7 @@ func (c *Coordinator) runChannel(ctx context.Context, cl *call, idx int) {
 
 // awaitAudio waits until the channel has audio no worker has been sent yet,
 // or has ended. It reports false when the call is dropped or ctx ends.
-func (c *Coordinator) awaitAudio(ctx context.Context, cl *call, ch *channel) bool {
+func (m *Manager) awaitAudio(ctx context.Context, cl *call, ch *channel) bool {
 	for {
 		cl.mu.Lock()
 		ready := ch.ended || ch.nextSeq > ch.fed
@@ -131,7 +131,7 @@ func (c *Coordinator) awaitAudio(ctx context.Context, cl *call, ch *channel) boo
 // skipFrame records that frame seq of a channel is concealed instead of
 // decoded (durably, so a resumed channel decodes the same). It reports
 // whether the frame is now skipped.
-func (c *Coordinator) skipFrame(ctx context.Context, cl *call, ch *channel, seq uint32, why string) bool {
+func (m *Manager) skipFrame(ctx context.Context, cl *call, ch *channel, seq uint32, why string) bool {
 	cl.mu.Lock()
 	for len(cl.rec.Skipped) < len(cl.chans) {
 		cl.rec.Skipped = append(cl.rec.Skipped, nil)
@@ -144,24 +144,24 @@ func (c *Coordinator) skipFrame(ctx context.Context, cl *call, ch *channel, seq 
 	rec.Skipped = slices.Clone(rec.Skipped)
 	rec.Skipped[ch.idx] = append(slices.Clone(rec.Skipped[ch.idx]), seq)
 	cl.mu.Unlock()
-	if err := c.store.PutCall(ctx, &rec); err != nil {
-		c.log.Error("cannot record a skipped frame", "call", cl.id, "channel", ch.idx, "frame", seq, "err", err)
+	if err := m.store.PutCall(ctx, &rec); err != nil {
+		m.log.Error("cannot record a skipped frame", "call", cl.id, "channel", ch.idx, "frame", seq, "err", err)
 		return false
 	}
 	cl.mu.Lock()
 	cl.rec.Skipped = rec.Skipped
 	ch.undecodable++
 	cl.mu.Unlock()
-	c.metrics.inc(func(p *prom) { p.framesUndecodable.Inc() })
-	c.log.Error("frame concealed after workers failed on it twice", "call", cl.id, "channel", ch.idx, "frame", seq, "worker_error", why)
+	m.obs.FrameUndecodable()
+	m.log.Error("frame concealed after workers failed on it twice", "call", cl.id, "channel", ch.idx, "frame", seq, "worker_error", why)
 	return true
 }
 
 // dispatchOnce runs one assignment of a channel on worker w. It returns nil
 // once the worker has decoded the channel to its end, and the frame the
 // assignment resumed from.
-func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w *workerConn, resumed bool, lostAt time.Time) (uint32, error) {
-	last, err := c.resumePoint(cl.id, ch.idx)
+func (m *Manager) dispatchOnce(ctx context.Context, cl *call, ch *channel, w Worker, resumed bool, lostAt time.Time) (uint32, error) {
+	last, err := m.resumePoint(cl.id, ch.idx)
 	if err != nil {
 		return 0, err
 	}
@@ -171,7 +171,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	}
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := w.conn.OpenStreamSync(actx)
+	st, err := w.OpenStream(actx)
 	if err != nil {
 		return a.FromSeq, fmt.Errorf("open stream: %w", err)
 	}
@@ -184,7 +184,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 	if err := pw.WriteJSON(proto.TAssign, a); err != nil {
 		return a.FromSeq, fmt.Errorf("assign: %w", err)
 	}
-	c.log.Info("channel assigned", "call", cl.id, "channel", ch.idx, "worker", w.hello.WorkerID, "from_seq", a.FromSeq, "resumed", resumed)
+	m.log.Info("channel assigned", "call", cl.id, "channel", ch.idx, "worker", w.ID(), "from_seq", a.FromSeq, "resumed", resumed)
 	if resumed {
 		cl.mu.Lock()
 		cl.rec.Resumes++
@@ -194,18 +194,32 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 		}
 		cl.eachLocked(func(s *session) { s.pushLocked(ev) })
 		cl.mu.Unlock()
-		c.metrics.observeResume(time.Since(lostAt))
+		m.obs.Resumed(time.Since(lostAt))
 	}
+	// The sender is this assignment's: it is stopped and waited for
+	// before dispatchOnce returns (a write blocked on a worker that does
+	// not read is cancelled).
 	sendErr := make(chan error, 1)
+	sendDone := make(chan struct{})
 	go func() {
-		err := c.sendFrames(actx, cl, ch, a.FromSeq, pw)
+		defer close(sendDone)
+		err := m.sendFrames(actx, cl, ch, a.FromSeq, pw)
 		sendErr <- err
 		if err != nil {
 			cancel() // ends the read below
 		}
 	}()
+	defer func() {
+		cancel()
+		select {
+		case <-sendDone:
+		default:
+			st.CancelWrite(0)
+			<-sendDone
+		}
+	}()
 	for {
-		m, err := pr.Read()
+		msg, err := pr.Read()
 		if err != nil {
 			select {
 			case e := <-sendErr:
@@ -216,11 +230,11 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 			}
 			return a.FromSeq, fmt.Errorf("worker stream: %w", err)
 		}
-		if m.Type != proto.TWorkerEvent {
-			return a.FromSeq, fmt.Errorf("worker sent message type %d", m.Type)
+		if msg.Type != proto.TWorkerEvent {
+			return a.FromSeq, fmt.Errorf("worker sent message type %d", msg.Type)
 		}
 		var ev proto.WorkerEvent
-		if err := proto.Unmarshal(m, &ev); err != nil {
+		if err := proto.Unmarshal(msg, &ev); err != nil {
 			return a.FromSeq, err
 		}
 		switch ev.Kind {
@@ -228,20 +242,20 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 			cl.mu.Lock()
 			if ev.Index >= ch.finals {
 				pe := ingest.Event{Transcript: &proto.Transcript{Kind: proto.KindPartial, Channel: ch.idx, Label: ch.label,
-					Index: ev.Index, Text: ev.Text, StartMS: samplesToMS(ev.Start), EndMS: samplesToMS(ev.End)}}
+					Index: ev.Index, Text: ev.Text, StartMS: SamplesToMS(ev.Start), EndMS: SamplesToMS(ev.End)}}
 				cl.eachLocked(func(s *session) { s.pushLocked(pe) })
 			}
 			cl.mu.Unlock()
 		case proto.WorkerFinal:
-			if err := c.persistFinal(ctx, cl, ch, ev, w.hello.WorkerID); err != nil {
+			if err := m.persistFinal(ctx, cl, ch, ev, w.ID()); err != nil {
 				return a.FromSeq, err
 			}
 		case proto.WorkerUndecodable:
 			if ev.Frame != nil {
-				c.undecodable(cl, ch, *ev.Frame, ev.Error)
+				m.undecodable(cl, ch, *ev.Frame, ev.Error)
 			}
 		case proto.WorkerDone:
-			return a.FromSeq, c.persistComplete(ctx, cl, ch, ev.Decoded)
+			return a.FromSeq, m.persistComplete(ctx, cl, ch, ev.Decoded)
 		case proto.WorkerError:
 			return a.FromSeq, &workerError{msg: ev.Error, frame: ev.Frame}
 		default:
@@ -252,7 +266,7 @@ func (c *Coordinator) dispatchOnce(ctx context.Context, cl *call, ch *channel, w
 
 // undecodable counts a frame a worker could not decode (once, however
 // often the channel is replayed over it).
-func (c *Coordinator) undecodable(cl *call, ch *channel, seq uint32, why string) {
+func (m *Manager) undecodable(cl *call, ch *channel, seq uint32, why string) {
 	cl.mu.Lock()
 	fresh := seq >= ch.undecodableNext
 	if fresh {
@@ -265,21 +279,21 @@ func (c *Coordinator) undecodable(cl *call, ch *channel, seq uint32, why string)
 	}
 	cl.mu.Unlock()
 	if fresh {
-		c.metrics.inc(func(p *prom) { p.framesUndecodable.Inc() })
-		c.log.Warn("undecodable frame concealed", "call", cl.id, "channel", ch.idx, "frame", seq, "err", why)
+		m.obs.FrameUndecodable()
+		m.log.Warn("undecodable frame concealed", "call", cl.id, "channel", ch.idx, "frame", seq, "err", why)
 	}
 }
 
 // resumePoint is the last final that carries a checkpoint, or nil to start
 // the channel from its first frame.
-func (c *Coordinator) resumePoint(id proto.CallID, ch int) (*store.Final, error) {
-	last, err := c.store.LastFinal(id, ch)
+func (m *Manager) resumePoint(id proto.CallID, ch int) (*store.Final, error) {
+	last, err := m.store.LastFinal(id, ch)
 	if err != nil || last == nil || len(last.Checkpoint) > 0 {
 		return last, err
 	}
 	// The last final closed the channel without a checkpoint; continue from
 	// the one before it (its finals are recognised as duplicates).
-	fs, err := c.store.Finals(id, ch, 0)
+	fs, err := m.store.Finals(id, ch, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -295,9 +309,9 @@ func (c *Coordinator) resumePoint(id proto.CallID, ch int) (*store.Final, error)
 // has ended the call and every frame is sent. Frames the call skips go as
 // loss markers. It returns errIdle when no new frame has come for
 // Limits.IdleRelease.
-func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq uint32, pw *proto.Writer) error {
+func (m *Manager) sendFrames(ctx context.Context, cl *call, ch *channel, seq uint32, pw *proto.Writer) error {
 	var buf []byte
-	idleAfter := c.limits().IdleRelease
+	idleAfter := m.limits().IdleRelease
 	idle := time.NewTimer(idleAfter)
 	defer idle.Stop()
 	for {
@@ -309,9 +323,14 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 		}
 		cl.mu.Unlock()
 		if seq < next {
-			// At most 64 frames per read transaction: a slow worker must
-			// not hold one open.
-			err := c.store.Frames(cl.id, ch.idx, seq, int(min(next-seq, 64)), func(f store.Frame) error {
+			// At most FramesPerRead frames per read transaction: a slow
+			// worker must not hold one open.
+			// The frames are encoded (copied) inside the read transaction
+			// and written to the worker after it: no network write holds a
+			// transaction open.
+			from := seq
+			buf = buf[:0]
+			err := m.store.Frames(cl.id, ch.idx, seq, int(min(next-seq, tuning.FramesPerRead)), func(f store.Frame) error {
 				if f.Seq != seq {
 					return fmt.Errorf("frame %d missing from the store (found %d)", seq, f.Seq)
 				}
@@ -319,23 +338,26 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 				if slices.Contains(skip, f.Seq) {
 					a.Payload = nil
 				}
-				buf = proto.AppendAudio(buf[:0], a)
-				if _, err := pw.WriteRaw(buf); err != nil {
-					return err
-				}
-				cl.mu.Lock()
-				if t, ok := ch.recvAt[f.Seq]; ok {
-					c.metrics.observeToWorker(time.Since(t))
-					delete(ch.recvAt, f.Seq)
-				}
-				ch.fed = max(ch.fed, f.Seq+1)
-				cl.mu.Unlock()
+				buf = proto.AppendAudio(buf, a)
 				seq++
 				return nil
 			})
+			if err == nil && len(buf) > 0 {
+				_, err = pw.WriteRaw(buf)
+			}
 			if err != nil {
 				return fmt.Errorf("send frames: %w", err)
 			}
+			now := time.Now()
+			cl.mu.Lock()
+			for s := from; s < seq; s++ {
+				if t, ok := ch.recvAt[s]; ok {
+					m.obs.ToWorker(now.Sub(t))
+					delete(ch.recvAt, s)
+				}
+			}
+			ch.fed = max(ch.fed, seq)
+			cl.mu.Unlock()
 			idle.Reset(idleAfter)
 			continue
 		}
@@ -354,7 +376,7 @@ func (c *Coordinator) sendFrames(ctx context.Context, cl *call, ch *channel, seq
 
 // persistFinal stores a final (once: a resumed worker repeats finals the
 // store already has, and those are skipped) and sends it to the console.
-func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, ev proto.WorkerEvent, w proto.WorkerID) error {
+func (m *Manager) persistFinal(ctx context.Context, cl *call, ch *channel, ev proto.WorkerEvent, w proto.WorkerID) error {
 	got := time.Now()
 	cl.mu.Lock()
 	have := ch.finals
@@ -376,14 +398,14 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 		rec.Complete[ch.idx] = true
 	}
 	cl.mu.Unlock()
-	if err := c.store.PutFinal(ctx, cl.id, f, &rec); err != nil {
+	if err := m.store.PutFinal(ctx, cl.id, f, &rec); err != nil {
 		return fmt.Errorf("persist final: %w", err)
 	}
 	cl.mu.Lock()
 	ch.finals = ev.Index + 1
 	if ev.Decoded > ch.decoded {
 		d := ev.Decoded - ch.decoded
-		c.metrics.inc(func(p *prom) { p.framesDec.Add(float64(d)) })
+		m.obs.FramesDecoded(d)
 	}
 	ch.decoded = ev.Decoded
 	cl.rec.Decoded[ch.idx] = ev.Decoded
@@ -393,131 +415,6 @@ func (c *Coordinator) persistFinal(ctx context.Context, cl *call, ch *channel, e
 	}
 	cl.eachLocked(func(s *session) { s.sendFinalLocked(cl, f) })
 	cl.mu.Unlock()
-	c.metrics.observeToConsole(time.Since(got))
-	c.metrics.finals.Add(1)
+	m.obs.FinalSent(time.Since(got))
 	return nil
-}
-
-// persistComplete records that a channel is decoded to its end. When it
-// is the call's last channel, the same write finalises the call (one
-// commit less at the end of every call).
-func (c *Coordinator) persistComplete(ctx context.Context, cl *call, ch *channel, decoded uint32) error {
-	cl.mu.Lock()
-	rec := *cl.rec
-	rec.Decoded = append([]uint32(nil), rec.Decoded...)
-	rec.Complete = append([]bool(nil), rec.Complete...)
-	rec.Decoded[ch.idx], rec.Complete[ch.idx] = decoded, true
-	last := cl.rec.State != store.StateFinalised && !cl.finalising
-	for _, o := range cl.chans {
-		last = last && (o == ch || o.complete)
-	}
-	if last {
-		cl.finalising = true
-	}
-	cl.mu.Unlock()
-	settle := func() {
-		ch.complete, ch.decoded = true, decoded
-		cl.rec.Decoded[ch.idx], cl.rec.Complete[ch.idx] = decoded, true
-	}
-	if last {
-		c.finalise(cl, &rec, settle)
-		return nil
-	}
-	if err := c.store.PutCall(ctx, &rec); err != nil {
-		return fmt.Errorf("persist completion: %w", err)
-	}
-	cl.mu.Lock()
-	settle()
-	cl.mu.Unlock()
-	return nil
-}
-
-// channelComplete finalises the call when its last channel completes (if
-// that channel's completion did not already).
-func (c *Coordinator) channelComplete(cl *call, _ *channel) {
-	cl.mu.Lock()
-	for _, ch := range cl.chans {
-		if !ch.complete {
-			cl.mu.Unlock()
-			return
-		}
-	}
-	if cl.rec.State == store.StateFinalised || cl.finalising {
-		cl.mu.Unlock()
-		return
-	}
-	cl.finalising = true
-	rec := *cl.rec
-	cl.mu.Unlock()
-	c.finalise(cl, &rec, func() {})
-}
-
-// finalise makes rec, the call's record, durable as finalised (queued for
-// export in the same commit when export is on), then settles memory (with
-// cl.mu held, settle first) and tells every session. It retries: a
-// finalisation must not be lost to a passing storage error. The caller has
-// set cl.finalising, so only one finalise runs per call.
-func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
-	now := time.Now().UTC()
-	rec.State, rec.Finalised = store.StateFinalised, &now
-	c.sealTranscript(rec)
-	for attempt := 0; ; attempt++ {
-		put := c.store.PutCall
-		if c.cfg.Export.URL != "" {
-			put = c.store.PutCallExport // queued for export in the same commit
-		}
-		err := put(context.Background(), rec)
-		if err == nil {
-			select {
-			case c.exportKick <- struct{}{}:
-			default:
-			}
-			break
-		}
-		if attempt == 0 || errors.Is(err, context.Canceled) {
-			c.log.Error("cannot persist finalisation: retrying", "call", cl.id, "err", err)
-		}
-		if c.runCtx.Err() != nil {
-			return
-		}
-		time.Sleep(time.Second)
-	}
-	cl.mu.Lock()
-	settle()
-	cl.rec.State, cl.rec.Finalised, cl.rec.Transcript = rec.State, rec.Finalised, rec.Transcript
-	cl.eachLocked(func(s *session) { s.finalisedLocked(cl) })
-	close(cl.done)
-	cl.mu.Unlock()
-	c.metrics.finalised.Add(1)
-	c.log.Info("call finalised", "call", cl.id)
-	// Keep a finalised call in memory a while for a console that is still
-	// collecting its transcript; after that it is served from the store.
-	time.AfterFunc(time.Minute, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		cl.mu.Lock()
-		defer cl.mu.Unlock()
-		if c.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 {
-			delete(c.calls, cl.id)
-		}
-	})
-}
-
-// channelJSON is used by the HTTP API.
-type channelJSON struct {
-	Label     string `json:"label"`
-	Received  uint64 `json:"frames_received"`
-	Concealed uint64 `json:"frames_concealed,omitempty"`
-	// Undecodable counts frames no decoder could read (concealed).
-	Undecodable uint64 `json:"frames_undecodable,omitempty"`
-	Stored      uint32 `json:"frames_stored"`
-	Decoded     uint32 `json:"frames_decoded"`
-	Finals      uint32 `json:"finals"`
-	Complete    bool   `json:"complete"`
-	EndFrames   uint32 `json:"end_frames,omitempty"`
-}
-
-func marshalIndent(v any) []byte {
-	b, _ := json.MarshalIndent(v, "", "  ")
-	return append(b, '\n')
 }

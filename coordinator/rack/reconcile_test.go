@@ -1,4 +1,4 @@
-package coordinator
+package rack
 
 import (
 	"io"
@@ -28,6 +28,11 @@ memory_mb = 2000
 streams_per_instance = 8
 `
 
+type nopObserver struct{}
+
+func (nopObserver) Placed(string)       {}
+func (nopObserver) WorkerUnresponsive() {}
+
 type sent struct {
 	mu   sync.Mutex
 	cmds []proto.Command
@@ -44,7 +49,7 @@ func (s *sent) take() ([]proto.Command, []proto.NodeID) {
 
 // rack builds a coordinator without network: nodes are simulated DGX A100s
 // whose agents record the commands they are sent.
-func rack(t *testing.T, pol map[string]scaling.Policy, nodes ...string) (*Coordinator, *sent) {
+func rack(t *testing.T, pol map[string]scaling.Policy, nodes ...string) (*Rack, *sent) {
 	t.Helper()
 	cat, err := models.Load("")
 	if err != nil {
@@ -56,7 +61,7 @@ func rack(t *testing.T, pol map[string]scaling.Policy, nodes ...string) (*Coordi
 	}
 	cat[m.Name] = m
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c := &Coordinator{cfg: Config{Models: cat, Scaling: pol}, log: log, reg: newRegistry(log)}
+	c := &Rack{cfg: Config{Models: cat, Scaling: pol}, log: log, reg: newRegistry(log), obs: nopObserver{}}
 	out := &sent{}
 	for _, id := range nodes {
 		sim, _ := gpusim.New("dgxa100")
