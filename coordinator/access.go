@@ -34,13 +34,35 @@ func staticCredentials(consoleTokens []string, creds []auth.Static) []auth.Stati
 // Authenticate names who presents a credential (ingest.Authenticator): a
 // bearer token, else a verified console client certificate.
 func (c *Coordinator) Authenticate(token string, peer *tls.ConnectionState, remote netip.Addr) (auth.Principal, error) {
-	if token != "" {
-		return c.auth.Token(token, remote)
+	var p auth.Principal
+	var err error
+	switch {
+	case token != "":
+		p, err = c.auth.Token(token, remote)
+	case peer != nil && pki.HasKind(peer.VerifiedChains, pki.KindConsole):
+		p, err = c.auth.Certificate(peer.VerifiedChains, remote)
+	default:
+		err = auth.ErrNoCredential
 	}
-	if peer != nil && pki.HasKind(peer.VerifiedChains, pki.KindConsole) {
-		return c.auth.Certificate(peer.VerifiedChains, remote)
+	if err != nil {
+		c.refusedAuth(err)
 	}
-	return auth.Principal{}, auth.ErrNoCredential
+	return p, err
+}
+
+// refusedAuth counts a refusal by its reason (callscribe_auth_refused_total).
+func (c *Coordinator) refusedAuth(err error) {
+	var te *auth.ThrottledError
+	reason := "invalid"
+	switch {
+	case errors.Is(err, auth.ErrNoCredential):
+		reason = "no_credential"
+	case errors.As(err, &te):
+		reason = "throttled"
+	case errors.Is(err, auth.ErrForbidden):
+		reason = "forbidden"
+	}
+	c.metrics.p.authRefused.WithLabelValues(reason).Inc()
 }
 
 // Auth returns the coordinator's credential registry (tools in-process).
@@ -79,6 +101,7 @@ func (c *Coordinator) guarded(g guard, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if !slices.Contains(g.roles, p.Role) {
+			c.refusedAuth(auth.ErrForbidden)
 			c.log.Warn("API request refused: role may not", "method", r.Method, "path", r.URL.Path, "name", p.Name, "role", p.Role, "remote", r.RemoteAddr)
 			c.denied(r.Context(), p, r.Pattern, "role "+string(p.Role))
 			httpError(w, http.StatusForbidden, fmt.Sprintf("%s %s needs the role %s; credential %q is a %s", r.Method, r.URL.Path, roleList(g.roles), p.Name, p.Role))
@@ -137,6 +160,7 @@ func (c *Coordinator) revoked(cr auth.Credential) {
 	n := c.calls.EndSessions(func(p auth.Principal) bool { return p.Cred == cr.ID },
 		&proto.Error{Code: proto.CodeUnauthorized, Message: "credential revoked", Fatal: true})
 	if n > 0 {
+		c.metrics.p.sessionsEnded.WithLabelValues("revoked").Add(float64(n))
 		c.log.Info("sessions of a revoked credential ended", "name", cr.Name, "id", cr.ID, "sessions", n)
 	}
 }

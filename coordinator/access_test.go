@@ -385,6 +385,20 @@ func TestAuthFailuresThrottled(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Fatalf("from 127.0.0.2: %d, want 200", res.StatusCode)
 	}
+	// Counted for the operator's alerts.
+	req, _ = http.NewRequestWithContext(ctx, "GET", "http://"+tc.c.HTTPAddr().String()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testOperator)
+	res, err = other.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{`callscribe_auth_refused_total{reason="invalid"} 3`, `callscribe_auth_refused_total{reason="throttled"} 2`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 // A browser exchanges its token for a single-use ticket for EventSource.

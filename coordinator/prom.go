@@ -3,6 +3,7 @@ package coordinator
 import (
 	"time"
 
+	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -34,6 +35,11 @@ type prom struct {
 	idleReleases prometheus.Counter
 	// workersUnresponsive counts workers dropped for missing liveness pings.
 	workersUnresponsive prometheus.Counter
+	// authRefused counts requests and streams refused for their credential,
+	// by reason (no_credential, invalid, throttled, forbidden).
+	authRefused *prometheus.CounterVec
+	// sessionsEnded counts live sessions ended by a revocation or transfer.
+	sessionsEnded *prometheus.CounterVec
 }
 
 // commit observes one group commit of the store (store.Options.OnCommit).
@@ -75,11 +81,21 @@ func newProm(c *Coordinator) *prom {
 			Help: "New calls refused with a retryable error, by reason (global_limit, console_limit: too many calls being set up without audio)."}, []string{"reason"}),
 		idleReleases:        ctr("worker_slot_idle_releases_total", "Worker slots given back because a channel had no new audio (reassigned when audio returns)."),
 		workersUnresponsive: ctr("workers_unresponsive_total", "Workers dropped because they stopped sending liveness pings (frozen or wedged); their channels moved."),
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "callscribe", Name: "auth_refused_total",
+			Help: "Requests and console streams refused for their credential, by reason: no_credential, invalid (wrong or revoked), throttled (too many failures from the address), forbidden (valid, but not allowed)."}, []string{"reason"}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "callscribe", Name: "sessions_ended_total",
+			Help: "Live console streams and transcript streams ended by the coordinator, by why (revoked: their credential was revoked or removed)."}, []string{"why"}),
 	}
 	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.framesConceal, p.failovers, p.placements, p.finals,
 		p.ack, p.toWorker, p.toConsole, p.resume, p.commitTime, p.commitWrites,
-		p.framesUndecodable, p.admissions, p.idleReleases, p.workersUnresponsive, &stateCollector{c: c},
+		p.framesUndecodable, p.admissions, p.idleReleases, p.workersUnresponsive, p.authRefused, p.sessionsEnded, &stateCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every reason is exported from the start (at 0), so that rates and
+	// alerts see the first refusal.
+	for _, r := range []string{"no_credential", "invalid", "throttled", "forbidden"} {
+		p.authRefused.WithLabelValues(r)
+	}
+	p.sessionsEnded.WithLabelValues("revoked")
 	return p
 }
 
@@ -106,11 +122,12 @@ var (
 	descOutbox  = prometheus.NewDesc("callscribe_export_outbox_calls", "Finalised calls waiting in the durable export outbox (0 when export is off).", nil, nil)
 	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
+	descCreds   = prometheus.NewDesc("callscribe_credentials", "Active credentials (tokens) by role.", []string{"role"}, nil)
 	descEncrypt = prometheus.NewDesc("callscribe_store_encrypted", "1 when the store is encrypted at rest, 0 for a store written before encryption (see the README to migrate it).", nil, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt, descCreds} {
 		ch <- d
 	}
 }
@@ -139,6 +156,15 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedAudio), "audio")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(d.RefusedMeta), "meta")
 	ch <- prometheus.MustNewConstMetric(descEncrypt, prometheus.GaugeValue, b2f(c.store.Encrypted()))
+	roles := map[auth.Role]float64{auth.Console: 0, auth.Supervisor: 0, auth.Operator: 0}
+	for _, cr := range c.auth.List() {
+		if cr.Revoked == nil {
+			roles[cr.Role]++
+		}
+	}
+	for r, n := range roles {
+		ch <- prometheus.MustNewConstMetric(descCreds, prometheus.GaugeValue, n, string(r))
+	}
 	// The registry is copied under its lock and the metrics sent after:
 	// a slow scrape must not hold up heartbeats and dispatch.
 	used, free, nodes := c.rack.Gauges()
