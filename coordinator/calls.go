@@ -16,7 +16,7 @@ import (
 	"github.com/callscribe/callscribe/proto"
 )
 
-// call is a live (not yet finalised, or recently finalised) call.
+// call is a live call (or a finalised one while it is being served).
 type call struct {
 	id    proto.CallID
 	mu    sync.Mutex
@@ -462,11 +462,15 @@ func (c *Coordinator) loadCall(rec *store.Call) (*call, error) {
 		c.mu.Unlock()
 		return cur, nil
 	}
+	if rec.State == store.StateFinalised {
+		// Served once (a resume, a watch), never kept: memory holds live
+		// calls only (memory.go).
+		c.mu.Unlock()
+		return cl, nil
+	}
 	c.calls[rec.ID] = cl
 	c.mu.Unlock()
-	if rec.State != store.StateFinalised {
-		c.startCall(cl)
-	}
+	c.startCall(cl)
 	return cl, nil
 }
 
@@ -841,6 +845,7 @@ func (s *session) Close() {
 	if unstarted {
 		s.c.dropIfUnstarted(cl)
 	}
+	s.c.forgetFinalised(cl)
 }
 
 func (s *session) closeLocked() {

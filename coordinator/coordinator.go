@@ -404,19 +404,19 @@ func (c *Coordinator) HTTPAddr() net.Addr { return c.httpLn.Addr() }
 
 // recover reloads every call that was not finalised.
 func (c *Coordinator) recover() error {
-	calls, err := c.store.Calls()
-	if err != nil {
-		return fmt.Errorf("coordinator: recover: %w", err)
-	}
 	n := 0
-	for _, rec := range calls {
+	err := c.store.EachCall(context.Background(), func(rec *store.Call) error { // a batch at a time
 		if rec.State == store.StateFinalised {
-			continue
+			return nil
 		}
 		if _, err := c.loadCall(rec); err != nil {
-			return fmt.Errorf("coordinator: recover call %s: %w", rec.ID, err)
+			return fmt.Errorf("call %s: %w", rec.ID, err)
 		}
 		n++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: recover: %w", err)
 	}
 	if n > 0 {
 		c.log.Info("recovered in-flight calls", "calls", n)

@@ -490,17 +490,9 @@ func (c *Coordinator) finalise(cl *call, rec *store.Call, settle func()) {
 	cl.mu.Unlock()
 	c.metrics.finalised.Add(1)
 	c.log.Info("call finalised", "call", cl.id)
-	// Keep a finalised call in memory a while for a console that is still
-	// collecting its transcript; after that it is served from the store.
-	time.AfterFunc(time.Minute, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		cl.mu.Lock()
-		defer cl.mu.Unlock()
-		if c.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 {
-			delete(c.calls, cl.id)
-		}
-	})
+	// Every session has its transcript and is closed: the call is served
+	// from the store from now on (memory.go).
+	c.forgetFinalised(cl)
 }
 
 // channelJSON is used by the HTTP API.

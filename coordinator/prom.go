@@ -107,11 +107,12 @@ var (
 	descOutbox  = prometheus.NewDesc("callscribe_export_outbox_calls", "Finalised calls waiting in the durable export outbox (0 when export is off).", nil, nil)
 	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
+	descInMem   = prometheus.NewDesc("callscribe_calls_in_memory", "Calls the coordinator holds in memory: live calls, and finalised ones only while a session still uses them (it does not grow with history).", nil, nil)
 	descEncrypt = prometheus.NewDesc("callscribe_store_encrypted", "1 when the store is encrypted at rest, 0 for a store written before encryption (see the README to migrate it).", nil, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt, descInMem} {
 		ch <- d
 	}
 }
@@ -129,6 +130,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range states {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
+	ch <- prometheus.MustNewConstMetric(descInMem, prometheus.GaugeValue, float64(c.callsInMemory()))
 	d := c.store.Disk()
 	ch <- prometheus.MustNewConstMetric(descFree, prometheus.GaugeValue, float64(d.Free))
 	ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(d.Total))

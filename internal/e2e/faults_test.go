@@ -374,12 +374,14 @@ func junkFloodFault(t *testing.T) faultResult {
 	// The junk is gone within seconds: no WebRTC session, no call left.
 	var left int
 	waitUntil(t, "the junk calls gone", 40*time.Second, func() bool {
-		var calls []struct {
-			ID string `json:"id"`
+		var calls struct {
+			Calls []struct {
+				ID string `json:"id"`
+			} `json:"calls"`
 		}
-		a.getJSON(t, "/v1/calls", &calls)
+		a.getJSON(t, "/v1/calls?limit=1000", &calls)
 		left = 0
-		for _, cl := range calls {
+		for _, cl := range calls.Calls {
 			if cl.ID != "real-call" {
 				left++
 			}

@@ -1,0 +1,39 @@
+package coordinator
+
+import "github.com/callscribe/callscribe/coordinator/store"
+
+// A finalised call leaves memory as soon as nothing uses it — no open
+// console session, no open watcher — and a finalised call loaded from the
+// store to serve a resume or a watch is never kept (loadCall): everything
+// about it is in the store, so memory holds live calls only, whatever the
+// history.
+
+// forgetFinalised drops cl from memory if it is finalised and no open
+// session or watcher holds it. finalise calls it once the call is
+// finalised (every session is then closed), and a session's Close calls it
+// for a call finalised while it was attached.
+func (c *Coordinator) forgetFinalised(cl *call) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if c.calls[cl.id] != cl || cl.rec.State != store.StateFinalised {
+		return
+	}
+	if cl.sess != nil && !cl.sess.closed {
+		return
+	}
+	for w := range cl.watchers {
+		if !w.closed {
+			return
+		}
+	}
+	delete(c.calls, cl.id)
+}
+
+// callsInMemory is how many calls the coordinator holds in memory.
+func (c *Coordinator) callsInMemory() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.calls)
+}
