@@ -79,6 +79,13 @@ func StartAppliance(ctx context.Context, dir string, slots int) (*Appliance, err
 // StartApplianceAt is StartAppliance on given addresses. The console token
 // is written to dir/console.token and the CA to dir/ca.pem, as `dev` does.
 func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots int) (*Appliance, error) {
+	return StartApplianceAtWith(ctx, dir, quicAddr, httpAddr, slots, 0)
+}
+
+// StartApplianceAtWith is StartApplianceAt ending a call whose console has
+// been gone for abandonAfter (0: the coordinator's default), as the memory
+// soak needs to see abandoned calls come and go.
+func StartApplianceAtWith(ctx context.Context, dir, quicAddr, httpAddr string, slots int, abandonAfter time.Duration) (*Appliance, error) {
 	if err := os.WriteFile(filepath.Join(dir, pki.ConsoleToken), []byte(benchToken+"\n"), 0o600); err != nil {
 		return nil, err
 	}
@@ -100,7 +107,8 @@ func StartApplianceAt(ctx context.Context, dir, quicAddr, httpAddr string, slots
 		// console credential: set-up limits sized for that, not for a
 		// call centre.
 		WebRTC: coordinator.WebRTCConfig{MaxSessions: 5000, MaxPending: 5000, MaxPendingPerRemote: 5000},
-		Limits: coordinator.Limits{MaxSettingUp: 5000, MaxSettingUpPerRemote: 5000, MaxSettingUpPerConsole: 5000}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Limits: coordinator.Limits{MaxSettingUp: 5000, MaxSettingUpPerRemote: 5000, MaxSettingUpPerConsole: 5000}, AbandonAfter: abandonAfter,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +175,11 @@ func fakeWorker(ctx context.Context, addr string, pool *x509.CertPool, slots int
 			return
 		}
 		go func() {
+			// Both directions end with the assignment: a stream whose
+			// receive side is left unread (the coordinator's FIN) stays
+			// open in QUIC and counts against the connection's stream
+			// limit, so after 2 × slots assignments no more could open.
+			defer st.CancelRead(0)
 			defer st.Close()
 			r, w := proto.NewReader(st), proto.NewWriter(st)
 			var a proto.Assign

@@ -330,14 +330,14 @@ type ApplianceProcess struct {
 // StartApplianceProcess starts `bin bench appliance` on dir with slots
 // fake-worker slots, on free loopback ports, through command (exec.Command,
 // or SlowDisk.Command to run it in a cgroup), and waits until it is ready
-// and slots worker slots are free.
-func StartApplianceProcess(ctx context.Context, command func(ctx context.Context, name string, args ...string) *exec.Cmd, bin, dir string, slots int) (*ApplianceProcess, error) {
+// and slots worker slots are free. extra are more flags for it.
+func StartApplianceProcess(ctx context.Context, command func(ctx context.Context, name string, args ...string) *exec.Cmd, bin, dir string, slots int, extra ...string) (*ApplianceProcess, error) {
 	q, err1 := FreeAddr("udp")
 	h, err2 := FreeAddr("tcp")
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, fmt.Errorf("bench: no free port: %w", err)
 	}
-	cmd := command(ctx, bin, "bench", "appliance", "--data", dir, "--quic", q, "--http", h, "--slots", fmt.Sprint(slots))
+	cmd := command(ctx, bin, append([]string{"bench", "appliance", "--data", dir, "--quic", q, "--http", h, "--slots", fmt.Sprint(slots)}, extra...)...)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		return nil, err

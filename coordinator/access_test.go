@@ -102,12 +102,12 @@ func TestRoleMatrix(t *testing.T) {
 	tc.stream(t).open(func() proto.Hello { h := hello("b-call"); h.Token = testTokenB; return h }())
 	ids := func(token string) string {
 		_, body := tc.api(t, "GET", "/v1/calls", token, "")
-		var vs []CallView
+		var vs CallList
 		if err := json.Unmarshal([]byte(body), &vs); err != nil {
 			t.Fatalf("calls: %v %s", err, body)
 		}
 		var out []string
-		for _, v := range vs {
+		for _, v := range vs.Calls {
 			out = append(out, string(v.ID))
 		}
 		return strings.Join(out, ",")

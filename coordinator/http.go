@@ -223,16 +223,25 @@ func (c *Coordinator) view(rec *store.Call) (CallView, error) {
 	return v, nil
 }
 
-// handleCalls lists calls: every call for a supervisor, its own for a
-// console.
+// handleCalls lists calls a page at a time (listing.go), newest first:
+// every call for a supervisor, its own for a console.
 func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
 	p, _ := auth.FromContext(r.Context())
-	recs, err := c.store.Calls()
+	f, cursor, limit, err := callsQuery(r, p)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	recs, next, err := c.store.CallsPage(f, cursor, limit)
+	if errors.Is(err, store.ErrBadCursor) {
+		httpError(w, http.StatusBadRequest, "cursor is not one a listing returned")
+		return
+	}
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := make([]CallView, 0, len(recs))
+	out := CallList{Calls: make([]CallView, 0, len(recs)), NextCursor: next}
 	for _, rec := range recs {
 		if !mayRead(p, rec) {
 			continue
@@ -242,7 +251,7 @@ func (c *Coordinator) handleCalls(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
-		out = append(out, v)
+		out.Calls = append(out.Calls, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -123,11 +123,12 @@ var (
 	descRefuse  = prometheus.NewDesc("callscribe_store_refusing", "1 while the store refuses writes of this kind for lack of disk space (audio, meta).", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("callscribe_store_writes_refused_total", "Store writes refused for lack of disk space, by kind (audio, meta).", []string{"kind"}, nil)
 	descCreds   = prometheus.NewDesc("callscribe_credentials", "Active credentials (tokens) by role.", []string{"role"}, nil)
+	descInMem   = prometheus.NewDesc("callscribe_calls_in_memory", "Calls the coordinator holds in memory: live calls, and finalised ones only while a session still uses them (it does not grow with history).", nil, nil)
 	descEncrypt = prometheus.NewDesc("callscribe_store_encrypted", "1 when the store is encrypted at rest, 0 for a store written before encryption (see the README to migrate it).", nil, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt, descCreds} {
+	for _, d := range []*prometheus.Desc{descCalls, descWorkers, descSlots, descNode, descGPUMem, descGPUUtil, descGPUTemp, descGPUPow, descGPUOK, descFree, descSize, descNeed, descComply, descOutbox, descRefuse, descRefused, descEncrypt, descCreds, descInMem} {
 		ch <- d
 	}
 }
@@ -137,6 +138,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range c.calls.States() {
 		ch <- prometheus.MustNewConstMetric(descCalls, prometheus.GaugeValue, float64(n), st)
 	}
+	ch <- prometheus.MustNewConstMetric(descInMem, prometheus.GaugeValue, float64(c.calls.InMemory()))
 	d := c.store.Disk()
 	ch <- prometheus.MustNewConstMetric(descFree, prometheus.GaugeValue, float64(d.Free))
 	ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(d.Total))

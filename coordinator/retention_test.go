@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -60,5 +61,56 @@ func TestRetention(t *testing.T) {
 	tc.c.applyRetention(ctx, now)
 	if frames("fresh") != 50 {
 		t.Fatal("second pass deleted audio")
+	}
+}
+
+// A retention pass walks the store a batch at a time and covers every
+// call, deleting as it goes, however many there are.
+func TestRetentionCoversManyBatches(t *testing.T) {
+	tc := startCoordinatorWith(t, func(c *Config) {
+		c.AudioRetention, c.TranscriptRetention = 24*time.Hour, 90*24*time.Hour
+	})
+	st, ctx := tc.c.store, context.Background()
+	now := time.Now()
+	const n = 700 // several of the store's batches
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			ago := 48 * time.Hour // loses its audio
+			if i%2 == 0 {
+				ago = 100 * 24 * time.Hour // deleted whole
+			}
+			f := now.Add(-ago)
+			id := proto.CallID(fmt.Sprintf("batch-%03d", i))
+			rec := &store.Call{ID: id, Console: "c", Channels: []string{"caller"}, Codec: proto.CodecL16, State: store.StateFinalised, Created: f.Add(-time.Hour), Finalised: &f}
+			err := st.PutCall(ctx, rec)
+			if err == nil {
+				err = st.PutFrames(ctx, id, 0, []store.Frame{{Seq: 0, Payload: make([]byte, 320)}})
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.c.applyRetention(ctx, now)
+	left, audio := 0, 0
+	err := st.EachCall(ctx, func(rec *store.Call) error {
+		left++
+		if rec.AudioDeleted == nil {
+			t.Errorf("%s keeps its audio", rec.ID)
+		}
+		if k, _ := st.CountFrames(rec.ID, 0); k > 0 {
+			audio++
+		}
+		return nil
+	})
+	if err != nil || left != n/2 || audio != 0 {
+		t.Fatalf("after one pass: %d calls left (want %d), %d with audio, %v", left, n/2, audio, err)
+	}
+	if page, _, _ := st.CallsPage(store.CallFilter{}, "", 1000); len(page) != n/2 {
+		t.Errorf("the listing shows %d calls, want %d", len(page), n/2)
 	}
 }

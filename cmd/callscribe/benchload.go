@@ -124,14 +124,15 @@ func cmdBenchAppliance(ctx context.Context, args []string, stdout, stderr io.Wri
 	quicAddr := fs.String("quic", "127.0.0.1:4433", "QUIC address")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP address")
 	slots := fs.Int("slots", 1000, "call-channel slots of the fake worker")
+	abandon := fs.Duration("abandon-after", 0, "end a call whose console has been gone this long (0: the coordinator's default)")
 	if err := fs.Parse(args); err != nil || *dir == "" {
-		fmt.Fprintln(stderr, "usage: callscribe bench appliance --data DIR [--quic ADDR] [--http ADDR] [--slots N]")
+		fmt.Fprintln(stderr, "usage: callscribe bench appliance --data DIR [--quic ADDR] [--http ADDR] [--slots N] [--abandon-after D]")
 		return errUsage
 	}
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
 	}
-	app, err := bench.StartApplianceAt(ctx, *dir, *quicAddr, *httpAddr, *slots)
+	app, err := bench.StartApplianceAtWith(ctx, *dir, *quicAddr, *httpAddr, *slots, *abandon)
 	if err != nil {
 		return err
 	}

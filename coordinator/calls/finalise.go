@@ -103,15 +103,7 @@ func (m *Manager) finalise(cl *call, rec *store.Call, settle func()) {
 	cl.mu.Unlock()
 	m.obs.Finalised()
 	m.log.Info("call finalised", "call", cl.id)
-	// Keep a finalised call in memory a while for a console that is still
-	// collecting its transcript; after that it is served from the store.
-	time.AfterFunc(tuning.FinalisedLinger, func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		cl.mu.Lock()
-		defer cl.mu.Unlock()
-		if m.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 {
-			delete(m.calls, cl.id)
-		}
-	})
+	// Every session has its transcript: the call is served from the store
+	// from now on (memory.go).
+	m.forgetFinalised(cl)
 }

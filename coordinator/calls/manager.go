@@ -34,7 +34,8 @@ import (
 // (*store.Store satisfies it).
 type Store interface {
 	Call(id proto.CallID) (*store.Call, error)
-	Calls() ([]*store.Call, error)
+	// EachCall walks the call records a batch at a time.
+	EachCall(ctx context.Context, fn func(*store.Call) error) error
 	PutCall(ctx context.Context, rec *store.Call) error
 	// PutCallExport is PutCall that also queues the call for export in
 	// the same commit.
@@ -185,19 +186,19 @@ func (m *Manager) Stop() {
 
 // Recover reloads every call that was not finalised.
 func (m *Manager) Recover() error {
-	recs, err := m.store.Calls()
-	if err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
 	n := 0
-	for _, rec := range recs {
+	err := m.store.EachCall(context.Background(), func(rec *store.Call) error { // a batch at a time
 		if rec.State == store.StateFinalised {
-			continue
+			return nil
 		}
 		if _, err := m.loadCall(rec); err != nil {
-			return fmt.Errorf("recover call %s: %w", rec.ID, err)
+			return fmt.Errorf("call %s: %w", rec.ID, err)
 		}
 		n++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
 	}
 	if n > 0 {
 		m.log.Info("recovered in-flight calls", "calls", n)

@@ -347,11 +347,15 @@ func (m *Manager) loadCall(rec *store.Call) (*call, error) {
 		m.mu.Unlock()
 		return cur, nil
 	}
+	if rec.State == store.StateFinalised {
+		// Served once (a resume, a watch), never kept: memory holds live
+		// calls only (memory.go).
+		m.mu.Unlock()
+		return cl, nil
+	}
 	m.calls[rec.ID] = cl
 	m.mu.Unlock()
-	if rec.State != store.StateFinalised {
-		m.startCall(cl)
-	}
+	m.startCall(cl)
 	return cl, nil
 }
 

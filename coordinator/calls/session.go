@@ -34,6 +34,7 @@ func (s *session) Close() {
 	if unstarted {
 		s.m.dropIfUnstarted(cl)
 	}
+	s.m.forgetFinalised(cl)
 }
 
 func (s *session) closeLocked() {

@@ -386,6 +386,10 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = s.Close()
 		return nil, err
 	}
+	if err := s.indexCalls(context.Background()); err != nil {
+		// Only the listing (CallsPage) uses the index: the store works.
+		log.Error("store: the call index is incomplete: listings may miss calls until the next open", "dir", dir, "err", err)
+	}
 	return s, nil
 }
 
@@ -952,21 +956,21 @@ func frameEntries(id proto.CallID, ch int, fs []Frame) []entry {
 
 // PutCall makes a call record durable.
 func (s *Store) PutCall(ctx context.Context, c *Call) error {
-	b, err := json.Marshal(c)
+	es, err := callEntries(c)
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, false, entry{key: callKey(c.ID), val: b})
+	return s.write(ctx, false, es...)
 }
 
 // SubmitCall queues a call record without waiting for it: it is written
 // before any write queued after it (Wait for the outcome).
 func (s *Store) SubmitCall(ctx context.Context, c *Call) (*Pending, error) {
-	b, err := json.Marshal(c)
+	es, err := callEntries(c)
 	if err != nil {
 		return nil, err
 	}
-	return s.submit(ctx, false, nil, []entry{{key: callKey(c.ID), val: b}})
+	return s.submit(ctx, false, nil, es)
 }
 
 // PutFinal makes a final (and optionally the updated call record) durable in
@@ -978,11 +982,11 @@ func (s *Store) PutFinal(ctx context.Context, id proto.CallID, f Final, c *Call)
 	}
 	es := []entry{{key: finalKey(id, f.Channel, f.Index), val: b}}
 	if c != nil {
-		cb, err := json.Marshal(c)
+		ces, err := callEntries(c)
 		if err != nil {
 			return err
 		}
-		es = append(es, entry{key: callKey(id), val: cb})
+		es = append(es, ces...)
 	}
 	return s.write(ctx, false, es...)
 }
@@ -1006,7 +1010,8 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 	return &c, nil
 }
 
-// Calls returns every call record, newest first.
+// Calls returns every call record, newest first. It holds them all in
+// memory at once: the coordinator walks them with EachCall or CallsPage.
 func (s *Store) Calls() ([]*Call, error) {
 	out, err := scanJSON[*Call](s, "c/", "call record")
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
@@ -1214,16 +1219,22 @@ func (s *Store) DeleteAudio(ctx context.Context, id proto.CallID) (int, error) {
 	return s.deletePrefix(ctx, append(append([]byte("a/"), id...), '/'))
 }
 
-// DeleteCall removes a call's finals, frame digests and record (its audio
-// must be gone).
+// DeleteCall removes a call's finals, frame digests and record, with its
+// index key (its audio must be gone).
 func (s *Store) DeleteCall(ctx context.Context, id proto.CallID) error {
+	es := []entry{{key: callKey(id), del: true}}
+	if c, err := s.Call(id); err == nil {
+		es = append(es, entry{key: timeKey(id, c.Created), del: true})
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	if _, err := s.deletePrefix(ctx, append(append([]byte("f/"), id...), '/')); err != nil {
 		return err
 	}
 	if _, err := s.deletePrefix(ctx, append(append([]byte("h/"), id...), '/')); err != nil {
 		return err
 	}
-	return s.write(ctx, false, entry{key: callKey(id), del: true})
+	return s.write(ctx, false, es...)
 }
 
 // CollectGarbage rewrites value-log files that are at least half garbage,
@@ -1288,12 +1299,12 @@ func outboxKey(id proto.CallID) []byte { return append([]byte("o/"), id...) }
 // PutCallExport makes a call record durable and, in the same commit, queues
 // it for export: a finalisation is never persisted without its outbox entry.
 func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
-	b, err := json.Marshal(c)
+	es, err := callEntries(c)
 	if err != nil {
 		return err
 	}
 	ob, _ := json.Marshal(OutboxEntry{CallID: c.ID, Enqueued: time.Now().UTC()})
-	return s.write(ctx, false, entry{key: callKey(c.ID), val: b}, entry{key: outboxKey(c.ID), val: ob})
+	return s.write(ctx, false, append(es, entry{key: outboxKey(c.ID), val: ob})...)
 }
 
 // Outbox lists queued exports, oldest first.

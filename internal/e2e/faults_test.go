@@ -376,11 +376,13 @@ func junkFloodFault(t *testing.T) faultResult {
 	// The junk is gone within seconds: no WebRTC session, no call left.
 	var left int
 	waitUntil(t, "the junk calls gone", 40*time.Second, func() bool {
-		var calls []struct {
-			ID string `json:"id"`
+		var calls struct {
+			Calls []struct {
+				ID string `json:"id"`
+			} `json:"calls"`
 		}
 		a.getJSONWith(t, "/v1/calls", tok, &calls) // the junk console's own calls
-		left = len(calls)
+		left = len(calls.Calls)
 		return left == 0
 	})
 	res.recovered = firstFinal

@@ -115,10 +115,6 @@ const (
 	// FramesPerRead bounds the frames read for a worker in one store read
 	// transaction: a slow worker must not hold a transaction open.
 	FramesPerRead = 64
-	// FinalisedLinger keeps a finalised call in memory for a console still
-	// collecting its transcript; after it the call is served from the
-	// store.
-	FinalisedLinger = time.Minute
 	// FinaliseRetry is the wait between attempts to make a finalisation
 	// durable (it must not be lost to a passing storage error).
 	FinaliseRetry = time.Second

@@ -40,6 +40,7 @@ func main() {
 	enginesOnly := flag.Bool("engines-only", false, "measure only the engines (accuracy, live channels) and print the section")
 	vocabOnly := flag.Bool("vocabulary-only", false, "measure only the vocabulary pass and print its table")
 	slowOnly := flag.Bool("slow-disk-only", false, "measure only the slow disk (needs root, cgroup v1 blkio and loop devices; skips otherwise) and print the section")
+	soakOnly := flag.Bool("memory-soak-only", false, "run only the memory soak (1,000 calls through the bench appliance) and print the section")
 	probeDir := flag.String("fsync-probe", "", "(internal) run the fdatasync probe in this directory and print its result as JSON")
 	probeDur := flag.Duration("probe-for", 2*time.Second, "(internal) how long the fdatasync probe runs")
 	flag.Parse()
@@ -50,12 +51,16 @@ func main() {
 		}
 		return
 	}
-	if *slowOnly {
+	if *slowOnly || *soakOnly {
 		var b strings.Builder
 		w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
 		log := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 		_ = os.MkdirAll(*work, 0o700)
-		err := slowDiskSection(context.Background(), w, log, *work, *bin)
+		section := slowDiskSection
+		if *soakOnly {
+			section = memorySoakSection
+		}
+		err := section(context.Background(), w, log, *work, *bin)
 		fmt.Print(b.String())
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)
@@ -244,6 +249,11 @@ func run(out, dir, bin string, dur time.Duration) error {
 
 	// 5. WebRTC consoles.
 	if err := whipSection(ctx, w, log, dir, bin, dur); err != nil {
+		return err
+	}
+
+	// 6. Memory: 1,000 calls come and go.
+	if err := memorySoakSection(ctx, w, log, dir, bin); err != nil {
 		return err
 	}
 
