@@ -212,6 +212,10 @@ func ping(ctx context.Context, conn *quic.Conn, w *proto.Writer, every time.Dura
 // handleAssignment decodes one call channel.
 func handleAssignment(ctx context.Context, st *quic.Stream, pool *engine.Pool, log *slog.Logger) {
 	defer st.Close()
+	// The read side is given up too: a stream counts against the
+	// connection's stream limit until both sides are done, and a long-lived
+	// worker would otherwise stop taking assignments after that many.
+	defer st.CancelRead(0)
 	r, w := proto.NewReader(st), proto.NewWriter(st)
 	fail := func(err error) {
 		log.Warn("assignment failed", "err", err)

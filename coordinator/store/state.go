@@ -11,14 +11,19 @@ package store
 // behind it.
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 // StateRecord is the content of <dir>.state.json.
@@ -130,3 +135,180 @@ var (
 	openedKey   = []byte("m/opened")
 	closedKey   = []byte("m/closed")
 )
+
+// verifyContents checks what Badger opened against the state record: the
+// same store (m/identity), not behind it (newest version), and after a
+// clean close as many calls as it had; any of these is an error. It also
+// reads every call record, node and outbox entry: one that cannot be read
+// or decoded is logged (or, with log nil, returned as damage too), as it
+// costs that call, not the store.
+func verifyContents(db *badger.DB, dir string, rec *StateRecord, log *slog.Logger) error {
+	var probs, values []Problem
+	bad := func(file, format string, a ...any) {
+		probs = append(probs, Problem{File: file, What: fmt.Sprintf(format, a...)})
+	}
+	calls := 0
+	err := db.View(func(txn *badger.Txn) error {
+		var id identity
+		it, err := txn.Get(identityKey)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			if rec != nil {
+				bad("key m/identity", "missing, but the state record says this is store %s with %d calls: Badger opened it as a different or empty store", rec.UUID, rec.Calls)
+			}
+		case err != nil:
+			bad("key m/identity", "unreadable: %v", err)
+		default:
+			if err := it.Value(func(v []byte) error { return jsonDecode(v, &id) }); err != nil {
+				bad("key m/identity", "unreadable: %v", err)
+			} else if rec != nil && id.UUID != rec.UUID {
+				bad("key m/identity", "this is store %s, but the state record is for store %s", id.UUID, rec.UUID)
+			}
+		}
+		for _, prefix := range []string{"c/", "n/", "o/", "m/"} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
+			for it.Rewind(); it.Valid(); it.Next() {
+				item := it.Item()
+				if prefix == "c/" {
+					calls++
+				}
+				err := item.Value(func(v []byte) error {
+					if prefix == "m/" && !bytes.Equal(item.Key(), identityKey) {
+						return nil
+					}
+					var x json.RawMessage
+					return jsonDecode(v, &x)
+				})
+				if err != nil && len(values) < 100 {
+					values = append(values, Problem{File: fmt.Sprintf("key %q", item.Key()), What: "unreadable: " + err.Error()})
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: open %s: verify: %w", dir, err)
+	}
+	if rec != nil {
+		if v := db.MaxVersion(); v < rec.MaxVersion {
+			bad(dir, "its newest write is version %d, but the state record says it reached version %d (updated %s): recent writes are missing", v, rec.MaxVersion, rec.Updated.Format(time.RFC3339))
+		}
+		if rec.Clean && calls < rec.Calls {
+			bad(dir, "holds %d call records, but %d when it closed cleanly", calls, rec.Calls)
+		}
+	}
+	if log == nil {
+		probs = append(probs, values...)
+	}
+	for _, v := range values {
+		log.Error("store: a value is damaged; run `callscribe store check`", "dir", dir, "key", v.File, "err", v.What)
+	}
+	if len(probs) > 0 {
+		return &DamageError{Dir: dir, Problems: probs}
+	}
+	return nil
+}
+
+// stamp writes the identity (new or adopted store) and m/opened, then the
+// state record (not clean: the store is open).
+func (s *Store) stamp(rec *StateRecord) error {
+	now := time.Now().UTC()
+	var id identity
+	err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(identityKey)
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error { return jsonDecode(v, &id) })
+	})
+	var es []entry
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		id = identity{UUID: newUUID(), Created: now}
+		b, _ := json.Marshal(id)
+		es = append(es, entry{key: identityKey, val: b})
+		s.log.Info("store: new identity", "dir", s.dir, "uuid", id.UUID)
+	case err != nil:
+		return fmt.Errorf("store: open %s: identity: %w", s.dir, err)
+	}
+	if rec == nil && id.Created.Before(now.Add(-time.Minute)) {
+		s.log.Warn("store: the state record was missing; writing it again", "dir", s.dir, "path", StatePath(s.dir), "uuid", id.UUID)
+	}
+	es = append(es, entry{key: openedKey, val: []byte(now.Format(time.RFC3339Nano))})
+	r0 := newReq(false, es)
+	if err := s.guard.begin().admit(r0); err != nil {
+		return err
+	}
+	if err := s.commit([]*req{r0}); err != nil {
+		return fmt.Errorf("store: open %s: %w", s.dir, err)
+	}
+	r := &StateRecord{UUID: id.UUID, Created: id.Created}
+	if rec != nil {
+		r.Created = rec.Created
+	}
+	if err := s.fillState(r); err != nil {
+		return err
+	}
+	if err := writeState(s.dir, r); err != nil {
+		return fmt.Errorf("store: open %s: write state record: %w", s.dir, err)
+	}
+	s.state = r
+	return nil
+}
+
+// fillState records what the store holds now.
+func (s *Store) fillState(r *StateRecord) error {
+	r.MaxVersion = s.db.MaxVersion()
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store %s: count calls: %w", s.dir, err)
+	}
+	r.Calls = n
+	return fillFiles(s.dir, r, false)
+}
+
+// fillFiles records the MANIFEST's size and tables and the value logs.
+// closed: Badger has closed, every value log is final.
+func fillFiles(dir string, r *StateRecord, closed bool) error {
+	live, _, _, _, err := readManifest(filepath.Join(dir, badger.ManifestFilename))
+	if err != nil {
+		return fmt.Errorf("store %s: read MANIFEST: %w", dir, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, badger.ManifestFilename))
+	if err != nil {
+		return err
+	}
+	r.ManifestSize = fi.Size()
+	r.Tables = r.Tables[:0]
+	for id := range live {
+		r.Tables = append(r.Tables, id)
+	}
+	slices.Sort(r.Tables)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	r.Vlogs = r.Vlogs[:0]
+	for _, e := range es {
+		if kind, fid := fileKind(e.Name()); kind == "vlog" {
+			fi, err := e.Info()
+			if err != nil {
+				continue
+			}
+			r.Vlogs = append(r.Vlogs, VlogRecord{Fid: fid, Size: fi.Size(), Complete: true})
+		}
+	}
+	if !closed && len(r.Vlogs) > 0 {
+		r.Vlogs[len(r.Vlogs)-1].Complete = false // Badger writes to the newest
+	}
+	return nil
+}

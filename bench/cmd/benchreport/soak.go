@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/bench"
+	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/pki"
 )
 
@@ -228,14 +229,23 @@ func memorySoakSection(ctx context.Context, w, log func(string, ...any), dir, bi
 	// pages in VmRSS are Badger's memory-mapped files, page cache the
 	// kernel reclaims under pressure, which grow with the files written,
 	// not with what the coordinator holds.
-	limit := max(float64(base.proc.Anon)*(1+soakRSSPct), float64(base.proc.Anon)+soakRSSSlack)
-	ok := float64(after.proc.Anon) <= limit && after.goroutines <= base.goroutines+soakGoroutines && after.inMemory == 0 && finalised == total+15 && len(loadErrs) == 0
+	// Badger's memtable is an arena filled by the bytes written since its
+	// last flush: how full it is depends on when the last flush happened,
+	// not on how many calls there have been, so the allowance is one
+	// memtable beyond the slack. What must not happen is growth with the
+	// calls: the second half of the waves may add at most the slack.
+	limit := max(float64(base.proc.Anon)*(1+soakRSSPct), float64(base.proc.Anon)+soakRSSSlack) + store.MemTableSize
+	growth := 0.0
+	if n := len(perWave); n >= 2 {
+		growth = float64(perWave[n-1].proc.Anon) - float64(perWave[n/2-1].proc.Anon)
+	}
+	ok := float64(after.proc.Anon) <= limit && growth <= soakRSSSlack && after.goroutines <= base.goroutines+soakGoroutines && after.inMemory == 0 && finalised == total+15 && len(loadErrs) == 0
 	verdict := "**Met**"
 	if !ok {
 		verdict = "**Not met**"
 	}
-	w("\nTarget: after the calls have gone, anonymous memory within %.0f %% or %d MiB of the baseline, whichever is more (≤ %s), goroutines within %d of it (≤ %.0f), no call in memory, every call finalised. %s: anonymous %s after (%+.1f MiB), Go heap in use %s (baseline %s), %.0f goroutines, %.0f calls in memory, %d of %d calls finalised. The whole VmRSS does not return: %s after against %s at the baseline, the difference being file pages of Badger's memory-mapped value log and tables (VmRSS − RssAnon: %s after, %s at the baseline), which grow with the files written and are page cache the kernel reclaims, not memory the coordinator holds.\n",
-		100*soakRSSPct, soakRSSSlack>>20, mib(limit), soakGoroutines, base.goroutines+soakGoroutines, verdict, mib(float64(after.proc.Anon)),
+	w("\nTarget: after the calls have gone, anonymous memory within %.0f %% or %d MiB of the baseline, whichever is more, plus one Badger memtable (%d MiB, filled by recent writes whatever the history) (≤ %s); from the middle to the last wave it grows by at most %d MiB (%+.1f MiB); goroutines within %d of the baseline (≤ %.0f), no call in memory, every call finalised. %s: anonymous %s after (%+.1f MiB), Go heap in use %s (baseline %s), %.0f goroutines, %.0f calls in memory, %d of %d calls finalised. The whole VmRSS does not return: %s after against %s at the baseline, the difference being file pages of Badger's memory-mapped value log and tables (VmRSS − RssAnon: %s after, %s at the baseline), which grow with the files written and are page cache the kernel reclaims, not memory the coordinator holds.\n",
+		100*soakRSSPct, soakRSSSlack>>20, store.MemTableSize>>20, mib(limit), soakRSSSlack>>20, growth/(1<<20), soakGoroutines, base.goroutines+soakGoroutines, verdict, mib(float64(after.proc.Anon)),
 		float64(after.proc.Anon-base.proc.Anon)/(1<<20), mib(after.heap), mib(base.heap), after.goroutines, after.inMemory, finalised, total+15,
 		mib(float64(after.proc.RSS)), mib(float64(base.proc.RSS)), mib(float64(after.proc.RSS-after.proc.Anon)), mib(float64(base.proc.RSS-base.proc.Anon)))
 	for _, e := range loadErrs {
