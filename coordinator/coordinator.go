@@ -330,8 +330,10 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 //  1. Stop accepting: event streams end (closing), WHIP sessions close
 //     (their calls go on; consoles resume them), the HTTP server stops
 //     and waits for its handlers, the QUIC listener closes.
-//  2. End sessions: the run context is cancelled, which ends the janitor,
-//     reconciler, retention and exporter loops and every dispatcher; every
+//  2. End sessions: the run context and the live-call path's are
+//     cancelled, which ends the janitor, reconciler, retention and
+//     exporter loops and every dispatcher (before any worker connection
+//     closes: no failover is counted for a shutdown); every
 //     console, agent and worker connection is closed, which ends their
 //     streams (sessions close, a worker's assignment fails).
 //  3. Wait for every goroutine (c.wg), then stop the live-call path
@@ -345,8 +347,13 @@ func (c *Coordinator) shutdown() {
 	defer cancel()
 	close(c.closing)
 	c.whip.Close()
-	_ = c.httpSrv.Shutdown(sctx)
+	if err := c.httpSrv.Shutdown(sctx); err != nil {
+		// Handlers that outlived the grace (a slow audio download) are cut
+		// off: none may read the store after it closes.
+		_ = c.httpSrv.Close()
+	}
 	c.stop()
+	c.calls.Cancel()
 	_ = c.ql.Close()
 	defer c.qt.Close()
 	// In-flight appends have finished or failed with the cancelled context;

@@ -60,37 +60,69 @@ var (
 	_ rack.Observer  = (*metrics)(nil)
 )
 
+// Placed implements the calls and rack Observers.
 func (m *metrics) Placed(kind string) {
 	m.inc(func(p *prom) { p.placements.WithLabelValues(kind).Inc() })
 }
+
+// WorkerUnresponsive implements the calls and rack Observers.
 func (m *metrics) WorkerUnresponsive() { m.inc(func(p *prom) { p.workersUnresponsive.Inc() }) }
 
-func (m *metrics) FrameReceived()  { m.inc(func(p *prom) { p.framesRecv.Inc() }) }
+// FrameReceived implements the calls and rack Observers.
+func (m *metrics) FrameReceived() { m.inc(func(p *prom) { p.framesRecv.Inc() }) }
+
+// FrameDuplicate implements the calls and rack Observers.
 func (m *metrics) FrameDuplicate() { m.inc(func(p *prom) { p.framesDup.Inc() }) }
+
+// FrameConcealed implements the calls and rack Observers.
 func (m *metrics) FrameConcealed() { m.inc(func(p *prom) { p.framesConceal.Inc() }) }
-func (m *metrics) FrameLost()      { m.inc(func(p *prom) { p.framesLost.Inc() }) }
+
+// FrameLost implements the calls and rack Observers.
+func (m *metrics) FrameLost() { m.inc(func(p *prom) { p.framesLost.Inc() }) }
+
+// FrameUndecodable implements the calls and rack Observers.
 func (m *metrics) FrameUndecodable() {
 	m.inc(func(p *prom) { p.framesUndecodable.Inc() })
 }
+
+// FramesDecoded implements the calls and rack Observers.
 func (m *metrics) FramesDecoded(n uint32) { m.inc(func(p *prom) { p.framesDec.Add(float64(n)) }) }
-func (m *metrics) Acked(d time.Duration)  { m.observeAck(d) }
+
+// Acked implements the calls and rack Observers.
+func (m *metrics) Acked(d time.Duration) { m.observeAck(d) }
+
+// ToWorker implements the calls and rack Observers.
 func (m *metrics) ToWorker(d time.Duration) {
 	m.observeToWorker(d)
 }
+
+// Resumed implements the calls and rack Observers.
 func (m *metrics) Resumed(d time.Duration) { m.observeResume(d) }
+
+// FinalSent implements the calls and rack Observers.
 func (m *metrics) FinalSent(d time.Duration) {
 	m.observeToConsole(d)
 	m.finals.Add(1)
 }
+
+// StoreError implements the calls and rack Observers.
 func (m *metrics) StoreError() { m.storeErrors.Add(1) }
+
+// Failover implements the calls and rack Observers.
 func (m *metrics) Failover() {
 	m.failovers.Add(1)
 	m.inc(func(p *prom) { p.failovers.Inc() })
 }
+
+// IdleRelease implements the calls and rack Observers.
 func (m *metrics) IdleRelease() { m.inc(func(p *prom) { p.idleReleases.Inc() }) }
+
+// Refused implements the calls and rack Observers.
 func (m *metrics) Refused(reason string) {
 	m.inc(func(p *prom) { p.admissions.WithLabelValues(reason).Inc() })
 }
+
+// Finalised implements the calls and rack Observers.
 func (m *metrics) Finalised() { m.finalised.Add(1) }
 
 // inc bumps a Prometheus counter when metrics are enabled.

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/coordinator/store"
-	"github.com/callscribe/callscribe/ingest"
 	"github.com/callscribe/callscribe/internal/integrity"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -95,10 +94,7 @@ func (ch *channel) signal() {
 	}
 }
 
-// session is a console's attachment to a call.
-var _ ingest.Sink = (*Manager)(nil)
-
-// Open implements ingest.Sink: it opens a new call or resumes an existing one.
+// isGone reports whether the call was dropped. Caller holds cl.mu.
 func (cl *call) isGone() bool {
 	select {
 	case <-cl.gone:
@@ -133,11 +129,8 @@ func (cl *call) settingUpLocked() bool {
 	return true
 }
 
-// admit refuses a new call when too many calls are being set up (opened,
-// no audio yet), in all, from this console or from this address: a flood of
-// hellos or offers that never send audio cannot crowd out real calls (the
-// address bound holds whatever console ids a flood claims). Calls already
-// carrying audio, and resumes, are never refused here.
+// eachLocked calls f for the console's session and every watcher. Caller
+// holds cl.mu.
 func (cl *call) eachLocked(f func(s *session)) {
 	if cl.sess != nil {
 		f(cl.sess)
@@ -168,3 +161,13 @@ func (m *Manager) buildCall(rec *store.Call) *call {
 
 // loadCall rebuilds a call from the store (after a restart, or for a
 // finalised call a console asks about).
+
+// setAt returns a copy of s with s[i] = v. A call's record is copied
+// shallowly into snapshots (views, store writes on their way) under its
+// lock and read after it: its slices are replaced, never written in place.
+func setAt[T any](s []T, i int, v T) []T {
+	out := make([]T, max(len(s), i+1))
+	copy(out, s)
+	out[i] = v
+	return out
+}

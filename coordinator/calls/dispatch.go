@@ -272,10 +272,10 @@ func (m *Manager) undecodable(cl *call, ch *channel, seq uint32, why string) {
 	if fresh {
 		ch.undecodableNext = seq + 1
 		ch.undecodable++
-		for len(cl.rec.Undecodable) < len(cl.chans) {
-			cl.rec.Undecodable = append(cl.rec.Undecodable, 0)
-		}
-		cl.rec.Undecodable[ch.idx] = ch.undecodable
+		u := make([]uint64, len(cl.chans)) // copy on write: snapshots share the old slice
+		copy(u, cl.rec.Undecodable)
+		u[ch.idx] = ch.undecodable
+		cl.rec.Undecodable = u
 	}
 	cl.mu.Unlock()
 	if fresh {
@@ -408,10 +408,12 @@ func (m *Manager) persistFinal(ctx context.Context, cl *call, ch *channel, ev pr
 		m.obs.FramesDecoded(d)
 	}
 	ch.decoded = ev.Decoded
-	cl.rec.Decoded[ch.idx] = ev.Decoded
+	// Copy on write: record snapshots (views, writes on their way) share
+	// the old slices.
+	cl.rec.Decoded = setAt(cl.rec.Decoded, ch.idx, ev.Decoded)
 	if final {
 		ch.complete = true
-		cl.rec.Complete[ch.idx] = true
+		cl.rec.Complete = setAt(cl.rec.Complete, ch.idx, true)
 	}
 	cl.eachLocked(func(s *session) { s.sendFinalLocked(cl, f) })
 	cl.mu.Unlock()

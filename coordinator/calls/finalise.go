@@ -29,7 +29,8 @@ func (m *Manager) persistComplete(ctx context.Context, cl *call, ch *channel, de
 	cl.mu.Unlock()
 	settle := func() {
 		ch.complete, ch.decoded = true, decoded
-		cl.rec.Decoded[ch.idx], cl.rec.Complete[ch.idx] = decoded, true
+		cl.rec.Decoded = setAt(cl.rec.Decoded, ch.idx, decoded) // copy on write
+		cl.rec.Complete = setAt(cl.rec.Complete, ch.idx, true)
 	}
 	if last {
 		m.finalise(cl, &rec, settle)

@@ -12,6 +12,7 @@ import (
 	"github.com/callscribe/callscribe/proto"
 )
 
+// Append implements ingest.Session: Submit, then wait for the outcome.
 func (s *session) Append(ctx context.Context, a proto.Audio) (proto.Ack, error) {
 	type result struct {
 		ack proto.Ack
@@ -315,7 +316,3 @@ func (m *Manager) endCall(ctx context.Context, cl *call, why string) error {
 	}
 	return p.Wait()
 }
-
-// janitor ends calls whose console has been gone, with no audio, for
-// AbandonAfter (they are finalised with what was received), and drops calls
-// that never received audio and have no console.

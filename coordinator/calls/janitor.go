@@ -10,6 +10,9 @@ import (
 	"github.com/callscribe/callscribe/internal/tuning"
 )
 
+// janitor ends calls whose console has been gone, with no audio, for
+// AbandonAfter (they are finalised with what was received), and drops calls
+// that never received audio and have no console.
 func (m *Manager) janitor(ctx context.Context) {
 	// Every 2 s at most: calls that never started (recovered after a
 	// restart with no console) are dropped promptly.
@@ -45,5 +48,3 @@ func (m *Manager) endAbandoned(ctx context.Context) {
 		m.log.Warn("call abandoned by its console: ending it with the audio received", "call", cl.id, "why", why)
 	}
 }
-
-// Events implements ingest.Session.

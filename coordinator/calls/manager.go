@@ -184,6 +184,12 @@ func (m *Manager) Stop() {
 	m.group.Wait()
 }
 
+// Cancel ends the live-call path's work without waiting (shutdown's
+// second step): dispatchers stop — a worker connection closing after it
+// is not a failure to recover from — and writes still queued fail with
+// the cancelled context. Stop then waits.
+func (m *Manager) Cancel() { m.stop() }
+
 // Recover reloads every call that was not finalised.
 func (m *Manager) Recover() error {
 	n := 0

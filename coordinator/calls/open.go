@@ -14,6 +14,7 @@ import (
 	"github.com/callscribe/callscribe/proto"
 )
 
+// Open implements ingest.Sink: it opens a new call or resumes an existing one.
 func (m *Manager) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *proto.Welcome, error) {
 	// The call belongs to the console the credential names, whatever the
 	// hello claims.
@@ -160,7 +161,11 @@ func (m *Manager) lockCaughtUp(cl *call, from []uint32, settle bool, check func(
 	}
 }
 
-// isGone reports whether the call was dropped. Caller holds cl.mu.
+// admit refuses a new call when too many calls are being set up (opened,
+// no audio yet), in all, from this console or from this address: a flood of
+// hellos or offers that never send audio cannot crowd out real calls (the
+// address bound holds whatever console ids a flood claims). Calls already
+// carrying audio, and resumes, are never refused here.
 func (m *Manager) admit(console proto.ConsoleID, remote netip.Addr) error {
 	lim := m.limits()
 	total, mine, here := 0, 0, 0
@@ -284,7 +289,7 @@ func (s *session) catchUpLocked(finals [][]store.Final) {
 	}
 }
 
-// eachLocked calls f for the console's session and every watcher.
+// newCall creates a call for a hello and makes its record durable.
 func (m *Manager) newCall(ctx context.Context, h *proto.Hello, model string) (*call, error) {
 	m.mu.Lock()
 	if cl, ok := m.calls[h.CallID]; ok { // lost a race with another Hello
@@ -365,5 +370,3 @@ func (m *Manager) startCall(cl *call) {
 		m.group.Go(func() { m.runChannel(m.runCtx, cl, i) })
 	}
 }
-
-// Append implements ingest.Session: Submit, then wait for the outcome.

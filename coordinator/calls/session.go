@@ -7,6 +7,7 @@ import (
 	"github.com/callscribe/callscribe/proto"
 )
 
+// session is a console's attachment to a call (or a watcher's).
 type session struct {
 	m         *Manager
 	call      *call
@@ -17,6 +18,7 @@ type session struct {
 	watch     bool     // a read-only watcher, not the console
 }
 
+// Events implements ingest.Session.
 func (s *session) Events() <-chan ingest.Event { return s.events }
 
 // Close implements ingest.Session. A call whose console leaves before
@@ -44,7 +46,7 @@ func (s *session) closeLocked() {
 	}
 }
 
-// push queues an event; a console too slow to keep up is disconnected (it
+// pushLocked queues an event; a console too slow to keep up is disconnected (it
 // reconnects and resumes from the finals it has).
 func (s *session) pushLocked(ev ingest.Event) {
 	if s.closed {

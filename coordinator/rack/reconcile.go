@@ -30,7 +30,7 @@ func needsOf(m *models.Manifest) placement.Needs {
 	return placement.Needs{GPUMemMB: uint64(m.Resources.GPUMemoryMB), CPU: max(m.Resources.CPUThreads, 0), MemMB: uint64(m.Resources.MemoryMB)}
 }
 
-// kick asks for a reconcile round soon.
+// kickReconcile asks for a reconcile round soon.
 func (r *registry) kickReconcile() {
 	select {
 	case r.kick <- struct{}{}:
@@ -38,7 +38,7 @@ func (r *registry) kickReconcile() {
 	}
 }
 
-// placementView builds placement's picture of the rack. Caller holds reg.mu.
+// placementViewLocked builds placement's picture of the rack. Caller holds reg.mu.
 func (c *Rack) placementViewLocked() ([]placement.Node, []placement.Instance) {
 	var ns []placement.Node
 	for _, n := range c.reg.nodes {

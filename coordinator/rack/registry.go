@@ -38,6 +38,7 @@ type rackWorkers struct{ r *registry }
 
 var _ calls.Workers = rackWorkers{}
 
+// Acquire implements calls.Workers: a slot on a ready worker of model.
 func (rw rackWorkers) Acquire(ctx context.Context, model string) (calls.Worker, func(), error) {
 	w, release, err := rw.r.acquire(ctx, model)
 	if err != nil {
@@ -46,6 +47,7 @@ func (rw rackWorkers) Acquire(ctx context.Context, model string) (calls.Worker, 
 	return w, release, nil
 }
 
+// Remove implements calls.Workers: the worker failed and leaves the rack.
 func (rw rackWorkers) Remove(w calls.Worker, why string) { rw.r.removeWorker(w.(*workerConn), why) }
 
 // node is a registered agent.
