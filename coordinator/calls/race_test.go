@@ -3,9 +3,7 @@ package calls
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -95,11 +93,4 @@ func TestRecordSnapshotsViewSharesSlices(t *testing.T) {
 	t.Logf("finals %d decoded %d views %d", obs.get("finals"), obs.get("decoded"), views)
 	_ = sess.End(ctx, proto.End{Frames: []uint32{200}})
 	time.Sleep(300 * time.Millisecond)
-}
-
-func testLogOut() io.Writer {
-	if os.Getenv("CALLS_TEST_LOG") != "" {
-		return os.Stderr
-	}
-	return io.Discard
 }
