@@ -325,6 +325,27 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 	return err
 }
 
+// Close releases a coordinator that will not Serve (Listen failed, or the
+// caller gave up before serving): its listeners, the live-call path and
+// the store, which is closed cleanly.
+func (c *Coordinator) Close() error {
+	c.stop()
+	c.calls.Cancel()
+	c.whip.Close()
+	if c.ql != nil {
+		_ = c.ql.Close()
+	}
+	if c.qt != nil {
+		_ = c.qt.Close()
+	}
+	if c.httpLn != nil {
+		_ = c.httpLn.Close()
+	}
+	c.wg.Wait()
+	c.calls.Stop()
+	return c.store.Close()
+}
+
 // shutdown stops the coordinator in this order:
 //
 //  1. Stop accepting: event streams end (closing), WHIP sessions close

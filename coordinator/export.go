@@ -36,6 +36,9 @@ type ExportDocument struct {
 	Utterances []Utterance `json:"utterances"`
 }
 
+// exportBatch is how many outbox entries one export round reads.
+const exportBatch = 256
+
 // exporter drains the outbox: every queued call is posted until the
 // receiver answers 2xx, with exponential backoff while it is down. It runs
 // beside the live path and never blocks it.
@@ -50,7 +53,8 @@ func (c *Coordinator) exporter(ctx context.Context) {
 	defer client.CloseIdleConnections()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		entries, err := c.store.Outbox()
+		// A batch at a time: after an outage the backlog may be long.
+		entries, err := c.store.OutboxBatch(exportBatch)
 		if err != nil {
 			c.log.Error("export: outbox unreadable", "err", err)
 		}
@@ -88,6 +92,9 @@ func (c *Coordinator) exporter(ctx context.Context) {
 		wait, auditKick := time.Hour, c.auditKick
 		if !failed {
 			backoff = 100 * time.Millisecond
+			if len(entries) == exportBatch {
+				continue // more waiting
+			}
 		} else {
 			wait = backoff
 			backoff = min(backoff*2, maxBack)

@@ -144,8 +144,8 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(d.Total))
 	ch <- prometheus.MustNewConstMetric(descNeed, prometheus.GaugeValue, float64(d.AudioNeeds), "audio")
 	ch <- prometheus.MustNewConstMetric(descNeed, prometheus.GaugeValue, float64(d.MetaNeeds), "meta")
-	if ob, err := c.store.Outbox(); err == nil {
-		ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(len(ob)))
+	if n, err := c.store.OutboxLen(); err == nil {
+		ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(n))
 	}
 	b2f := func(b bool) float64 {
 		if b {

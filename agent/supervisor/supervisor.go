@@ -46,7 +46,15 @@ type proc struct {
 	lastExit string
 	stop     chan struct{}
 	stopped  bool
+	// ended is when the worker was stopped or gave up for good: it is
+	// reported a while, then forgotten (endedKept).
+	ended time.Time
 }
+
+// endedKept is how long a stopped or failed worker stays in the status
+// the agent reports: long enough for the coordinator to see it end, not
+// for ever (each scale-up is a new worker id).
+var endedKept = time.Minute
 
 // New returns a supervisor; onChange is called (without locks held) after
 // any worker changes state.
@@ -117,7 +125,11 @@ func (s *Supervisor) Status() []proto.WorkerStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]proto.WorkerStatus, 0, len(s.procs))
-	for _, p := range s.procs {
+	for id, p := range s.procs {
+		if !p.ended.IsZero() && time.Since(p.ended) > endedKept {
+			delete(s.procs, id)
+			continue
+		}
 		out = append(out, proto.WorkerStatus{ID: p.spec.ID, Model: p.spec.Model, GPU: p.spec.GPU, State: p.state, PID: p.pid, Restarts: p.restarts, LastExit: p.lastExit})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
@@ -179,7 +191,7 @@ func (s *Supervisor) run(p *proc) {
 		}
 		select {
 		case <-p.stop:
-			s.set(p, func() { p.state = proto.WorkerStopped })
+			s.set(p, func() { p.state, p.ended = proto.WorkerStopped, time.Now() })
 			log.Info("worker stopped")
 			return
 		default:
@@ -193,7 +205,7 @@ func (s *Supervisor) run(p *proc) {
 		restart, delay := s.policy.Decide(p.exits, now)
 		s.mu.Unlock()
 		if !restart {
-			s.set(p, func() { p.state = proto.WorkerFailed })
+			s.set(p, func() { p.state, p.ended = proto.WorkerFailed, time.Now() })
 			log.Error("worker keeps failing: giving up", "exits", len(p.exits))
 			return
 		}

@@ -73,6 +73,24 @@ func TestGivesUpOnACrashLoop(t *testing.T) {
 	}
 }
 
+// A worker that gave up or was stopped is reported a while (the coordinator
+// sees it end), then forgotten: scale-ups make new ids, and the status an
+// agent sends every heartbeat must not grow with them.
+func TestEndedWorkersAreForgotten(t *testing.T) {
+	old := endedKept
+	endedKept = 100 * time.Millisecond
+	defer func() { endedKept = old }()
+	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)), Policy{Attempts: 1, Interval: time.Minute, Delay: time.Millisecond, MaxDelay: time.Millisecond}, nil)
+	s.Start(Spec{ID: "bad", Path: "/bin/false"})
+	waitFor(t, "failed state", func() bool { st := s.Status(); return len(st) == 1 && st[0].State == proto.WorkerFailed })
+	waitFor(t, "forgotten", func() bool { return len(s.Status()) == 0 })
+	s.Start(Spec{ID: "sleeper", Path: "/bin/sleep", Args: []string{"30"}})
+	waitFor(t, "running", func() bool { st := s.Status(); return len(st) == 1 && st[0].State == proto.WorkerRunning })
+	s.Stop("sleeper")
+	waitFor(t, "stopped", func() bool { st := s.Status(); return len(st) == 1 && st[0].State == proto.WorkerStopped })
+	waitFor(t, "forgotten", func() bool { return len(s.Status()) == 0 })
+}
+
 func itoa(n int) string {
 	b := []byte{}
 	for n > 0 {

@@ -28,6 +28,7 @@ import (
 	"github.com/callscribe/callscribe/internal/loop"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
+	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/models"
 	"github.com/callscribe/callscribe/proto"
 )
@@ -77,10 +78,10 @@ type coordinatorConfig struct {
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
 	return &coordinatorConfig{Data: data, HTTP: "127.0.0.1:8080", QUIC: "127.0.0.1:4433", Hosts: []string{"localhost", "127.0.0.1", "::1"},
-		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: time.Second}, AbandonAfter: config.Duration{Duration: 2 * time.Minute}, LogLevel: "info",
+		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: tuning.CheckInterval}, AbandonAfter: config.Duration{Duration: tuning.AbandonAfter}, LogLevel: "info",
 		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
-		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: 64, MaxSetUpPer: 8, MaxSetUpIP: 16, AuthFailures: 10, FirstAudio: config.Duration{Duration: 10 * time.Second},
-		IdleRelease: config.Duration{Duration: 5 * time.Second}, WorkerPing: config.Duration{Duration: 100 * time.Millisecond}, WorkerTimeout: config.Duration{Duration: 600 * time.Millisecond}}
+		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: tuning.MaxSettingUp, MaxSetUpPer: tuning.MaxSettingUpPerConsole, MaxSetUpIP: tuning.MaxSettingUpPerRemote, AuthFailures: 10, FirstAudio: config.Duration{Duration: tuning.FirstAudio},
+		IdleRelease: config.Duration{Duration: tuning.IdleRelease}, WorkerPing: config.Duration{Duration: tuning.WorkerPing}, WorkerTimeout: config.Duration{Duration: tuning.WorkerTimeout}}
 }
 
 // loaded is a resolved configuration and how to reload it.
@@ -293,7 +294,7 @@ func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, cto
 		c.Reload(coordinator.Reloadable{
 			ConsoleTokens: append([]string{ctoken}, bare...),
 			Credentials:   creds,
-			Scaling:       map[string]scaling.Policy{models.Default: {TargetIdle: nc.IdleSlots, Hysteresis: 2, Cooldown: time.Minute, Min: nc.Workers}},
+			Scaling:       map[string]scaling.Policy{models.Default: {TargetIdle: nc.IdleSlots, Hysteresis: tuning.ScalingHysteresis, Cooldown: tuning.ScalingCooldown, Min: nc.Workers}},
 			AbandonAfter:  nc.AbandonAfter.Duration,
 			Vocabulary:    vocab,
 		})
@@ -322,13 +323,20 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	if err := c.Listen(); err != nil {
+		_ = c.Close()
 		return err
 	}
 	log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data)
-	go watchdog(ctx, c.Healthy)
-	go reloadOnHUP(ctx, l, c, ctoken, level, log)
+	// The watchdog and the reloader are owned here: they end with Serve.
+	sctx, scancel := context.WithCancel(ctx)
+	var side sync.WaitGroup
+	side.Add(2)
+	go func() { defer side.Done(); watchdog(sctx, c.Healthy) }()
+	go func() { defer side.Done(); reloadOnHUP(sctx, l, c, ctoken, level, log) }()
 	_ = sdnotify.Ready("serving: quic " + c.QUICAddr().String() + ", http " + c.HTTPAddr().String())
 	err = c.Serve(ctx)
+	scancel()
+	side.Wait()
 	_ = sdnotify.Stopping("stopped")
 	return err
 }
@@ -360,10 +368,12 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if err := c.Listen(); err != nil {
+		_ = c.Close()
 		return err
 	}
 	wc, err := workerCommand()
 	if err != nil {
+		_ = c.Close()
 		return err
 	}
 	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(l.cfg.Data, pki.CAFile),
@@ -371,19 +381,21 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: l.cfg.Models, StateDir: l.cfg.Data, Logger: log.With("component", "agent")}
 	if *sim != "" {
 		if acfg.GPUs, err = simulatedGPUs(*sim); err != nil {
+			_ = c.Close()
 			return err
 		}
 	}
 	a, err := agent.New(acfg)
 	if err != nil {
+		_ = c.Close()
 		return err
 	}
 	log.Info("callscribe dev appliance", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data,
 		"ca", filepath.Join(l.cfg.Data, pki.CAFile), "workers", l.cfg.Workers)
-	go reloadOnHUP(ctx, l, c, ctoken, level, log)
 	actx, acancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
+	go func() { defer wg.Done(); reloadOnHUP(actx, l, c, ctoken, level, log) }()
 	go func() {
 		defer wg.Done()
 		if err := a.Run(actx); err != nil {
@@ -391,7 +403,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}()
 	err = c.Serve(ctx)
-	acancel() // the agent stops its workers
+	acancel() // the agent stops its workers; the reloader ends
 	wg.Wait()
 	return err
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/proto"
+	"go.uber.org/goleak"
 )
 
 const populatedCalls = 300
@@ -90,6 +91,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	for _, d := range pristineDirs {
 		os.RemoveAll(filepath.Dir(d))
+	}
+	// Every goroutine of the store (its committer, Badger's own) ends
+	// with Close.
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

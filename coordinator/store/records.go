@@ -279,10 +279,32 @@ func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
 
 // Outbox lists queued exports, oldest first.
 func (s *Store) Outbox() ([]OutboxEntry, error) {
-	out, err := scanJSON[OutboxEntry](s, "o/", "outbox entry")
+	return s.OutboxBatch(0)
+}
+
+// OutboxBatch lists at most limit queued exports (0: all), in call id
+// order, the batch oldest first: a long outage's backlog is never loaded
+// whole.
+func (s *Store) OutboxBatch(limit int) ([]OutboxEntry, error) {
+	var out []OutboxEntry
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("o/"), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && (limit <= 0 || len(out) < limit); it.Next() {
+			var e OutboxEntry
+			if err := s.readJSON(it.Item(), "outbox entry", &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
 	return out, err
 }
+
+// OutboxLen counts queued exports (keys only).
+func (s *Store) OutboxLen() (int, error) { return s.countKeys("o/") }
 
 // UpdateOutbox records a failed attempt.
 func (s *Store) UpdateOutbox(ctx context.Context, e OutboxEntry) error {
