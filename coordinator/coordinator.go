@@ -86,6 +86,7 @@ type Coordinator struct {
 	probeMu  sync.Mutex
 	probeAt  time.Time
 	probeErr error
+	probing  bool // a probe is under way (probeMu)
 }
 
 // New opens the store and recovers in-flight calls. Call Listen, then Serve.
@@ -476,13 +477,20 @@ func (c *Coordinator) Healthy(ctx context.Context) error {
 // probe reports whether the store is writable, at most once a second.
 func (c *Coordinator) probe(ctx context.Context) error {
 	c.probeMu.Lock()
-	defer c.probeMu.Unlock()
-	if time.Since(c.probeAt) < tuning.ProbeEvery {
-		return c.probeErr
+	if time.Since(c.probeAt) < tuning.ProbeEvery || c.probing {
+		// Fresh enough, or another caller is probing now: the last result
+		// (the lock is never held across the store's write).
+		err := c.probeErr
+		c.probeMu.Unlock()
+		return err
 	}
+	c.probing = true
+	c.probeMu.Unlock()
 	pctx, cancel := context.WithTimeout(ctx, tuning.ProbeTimeout)
 	defer cancel()
-	c.probeErr = c.store.Probe(pctx)
-	c.probeAt = time.Now()
-	return c.probeErr
+	err := c.store.Probe(pctx)
+	c.probeMu.Lock()
+	c.probeErr, c.probeAt, c.probing = err, time.Now(), false
+	c.probeMu.Unlock()
+	return err
 }

@@ -90,7 +90,11 @@ type Registry struct {
 	persist Persister
 	limit   *limiter
 
-	mu     sync.Mutex   // serialises changes
+	// change serialises changes (Add, Revoke, SetStatic), across their
+	// store writes; mu guards the in-memory records and is never held
+	// across I/O (List and the metrics take it).
+	change sync.Mutex
+	mu     sync.Mutex
 	stored []Credential // every persisted record, revoked ones included
 	static []Static
 	// active is what authenticates: immutable snapshots.
@@ -143,6 +147,8 @@ func (r *Registry) SetStatic(static []Static) error {
 			return fmt.Errorf("auth: credential %q: token shorter than 16 characters", s.Name)
 		}
 	}
+	r.change.Lock()
+	defer r.change.Unlock()
 	r.mu.Lock()
 	var before []Credential
 	if a := r.active.Load(); a != nil {
@@ -300,8 +306,8 @@ func (r *Registry) Add(ctx context.Context, name string, role Role) (string, Cre
 	if !role.Valid() {
 		return "", Credential{}, fmt.Errorf("unknown role %q (console, supervisor or operator)", role)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.change.Lock()
+	defer r.change.Unlock()
 	for _, c := range *r.active.Load() {
 		if c.Name == name && c.Role != role {
 			return "", Credential{}, fmt.Errorf("%w: %q is a %s", ErrExists, name, c.Role)
@@ -313,8 +319,10 @@ func (r *Registry) Add(ctx context.Context, name string, role Role) (string, Cre
 	if err := r.persist.PutCredential(ctx, c); err != nil {
 		return "", Credential{}, fmt.Errorf("auth: store credential: %w", err)
 	}
+	r.mu.Lock()
 	r.stored = append(r.stored, c)
 	r.rebuildLocked()
+	r.mu.Unlock()
 	r.o.Logger.Info("credential added", "name", name, "role", role, "id", c.ID)
 	return tok, c, nil
 }
@@ -323,7 +331,8 @@ func (r *Registry) Add(ctx context.Context, name string, role Role) (string, Cre
 // client certificates with that common name) and ends their sessions. It
 // returns what it revoked.
 func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error) {
-	r.mu.Lock()
+	r.change.Lock()
+	defer r.change.Unlock()
 	now := time.Now().UTC()
 	var out []Credential
 	for _, c := range *r.active.Load() {
@@ -343,7 +352,6 @@ func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error
 		}
 	}
 	if operators == 0 && slices.ContainsFunc(out, func(c Credential) bool { return c.Role == Operator }) {
-		r.mu.Unlock()
 		return nil, ErrLastOperator
 	}
 	certs := *r.revokedCerts.Load()
@@ -358,10 +366,10 @@ func (r *Registry) Revoke(ctx context.Context, name string) ([]Credential, error
 	}
 	for _, c := range out {
 		if err := r.persist.PutCredential(ctx, c); err != nil {
-			r.mu.Unlock()
 			return nil, fmt.Errorf("auth: store revocation: %w", err)
 		}
 	}
+	r.mu.Lock()
 	for _, c := range out {
 		r.stored = slices.DeleteFunc(r.stored, func(s Credential) bool { return s.ID == c.ID })
 		r.stored = append(r.stored, c)
