@@ -248,7 +248,16 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 				failAsync(AsProtoError(err), "console stream: frame refused", "channel", a.Channel, "seq", a.Seq)
 				return
 			}
-			_ = w.Write(proto.TAck, proto.EncodeAck(ack))
+			// Acks are written from the store's side (the channel's
+			// writer): a console that stops reading them must not stall
+			// it. Past the deadline the stream is failed; the console
+			// resumes from the next welcome.
+			_ = st.SetWriteDeadline(time.Now().Add(tuning.StreamDrain))
+			if err := w.Write(proto.TAck, proto.EncodeAck(ack)); err != nil {
+				failAsync(&proto.Error{Code: proto.CodeUnavailable, Message: "acks not read in time"}, "console stream: acks not read", "err", err)
+				return
+			}
+			_ = st.SetWriteDeadline(time.Time{}) // transcript events may follow long after the last ack
 		}
 		if sub, ok := sess.(Submitter); ok {
 			sub.Submit(a, done)
