@@ -83,6 +83,9 @@ func TestRoleMatrix(t *testing.T) {
 		{"GET", "/v1/tokens", "", [6]int{401, 401, 403, 403, 403, 200}},
 		{"POST", "/v1/tokens", `{"name":"matrix-new","role":"console"}`, [6]int{401, 401, 403, 403, 403, 201}},
 		{"DELETE", "/v1/tokens/matrix-new", "", [6]int{401, 401, 403, 403, 403, 200}},
+		{"GET", "/v1/calls/owned/audio?channel=0", "", [6]int{401, 401, 403, 403, 200, 403}},
+		{"GET", "/v1/signing-key", "", [6]int{401, 401, 200, 200, 200, 200}},
+		{"GET", "/v1/audit", "", [6]int{401, 401, 403, 403, 403, 200}},
 		{"POST", "/v1/tickets", "", [6]int{401, 401, 200, 200, 200, 200}},
 		{"GET", "/v1/whoami", "", [6]int{401, 401, 200, 200, 200, 200}},
 	}
