@@ -36,6 +36,14 @@ type call struct {
 	// finalising is set once one goroutine has taken on finalising the
 	// call (its channels may complete at the same moment).
 	finalising bool
+	// recMu orders the writes of the call's record: a writer holds it from
+	// its snapshot until its write is queued (changes made in memory
+	// first), or until the write is durable and settled in memory (changes
+	// made durable first), so a later snapshot always includes an earlier
+	// change and is committed after it: no record write ever brings back
+	// an older owner, state or skip list. Only record writers take it,
+	// never under cl.mu.
+	recMu sync.Mutex
 }
 
 // channel is one audio channel of a call.

@@ -132,6 +132,8 @@ func (m *Manager) awaitAudio(ctx context.Context, cl *call, ch *channel) bool {
 // decoded (durably, so a resumed channel decodes the same). It reports
 // whether the frame is now skipped.
 func (m *Manager) skipFrame(ctx context.Context, cl *call, ch *channel, seq uint32, why string) bool {
+	cl.recMu.Lock() // durable first, then settled: held through both
+	defer cl.recMu.Unlock()
 	cl.mu.Lock()
 	for len(cl.rec.Skipped) < len(cl.chans) {
 		cl.rec.Skipped = append(cl.rec.Skipped, nil)
@@ -388,6 +390,8 @@ func (m *Manager) persistFinal(ctx context.Context, cl *call, ch *channel, ev pr
 		return fmt.Errorf("worker skipped finals: got %d, want %d", ev.Index, have)
 	}
 	f := store.Final{Channel: ch.idx, Index: ev.Index, Text: ev.Text, Heard: ev.Heard, Start: ev.Start, End: ev.End, NextSeq: ev.NextSeq, Checkpoint: ev.Checkpoint, Worker: string(w)}
+	cl.recMu.Lock() // durable first, then settled: held through both
+	defer cl.recMu.Unlock()
 	cl.mu.Lock()
 	rec := *cl.rec
 	rec.Decoded = append([]uint32(nil), rec.Decoded...)

@@ -14,6 +14,8 @@ import (
 // is the call's last channel, the same write finalises the call (one
 // commit less at the end of every call).
 func (m *Manager) persistComplete(ctx context.Context, cl *call, ch *channel, decoded uint32) error {
+	cl.recMu.Lock() // durable first, then settled: held through both
+	defer cl.recMu.Unlock()
 	cl.mu.Lock()
 	rec := *cl.rec
 	rec.Decoded = append([]uint32(nil), rec.Decoded...)
@@ -48,6 +50,8 @@ func (m *Manager) persistComplete(ctx context.Context, cl *call, ch *channel, de
 // channelComplete finalises the call when its last channel completes (if
 // that channel's completion did not already).
 func (m *Manager) channelComplete(cl *call, _ *channel) {
+	cl.recMu.Lock()
+	defer cl.recMu.Unlock()
 	cl.mu.Lock()
 	for _, ch := range cl.chans {
 		if !ch.complete {
@@ -69,7 +73,8 @@ func (m *Manager) channelComplete(cl *call, _ *channel) {
 // export in the same commit when export is on), then settles memory (with
 // cl.mu held, settle first) and tells every session. It retries: a
 // finalisation must not be lost to a passing storage error. The caller has
-// set cl.finalising, so only one finalise runs per call.
+// set cl.finalising, so only one finalise runs per call, and holds
+// cl.recMu.
 func (m *Manager) finalise(cl *call, rec *store.Call, settle func()) {
 	now := time.Now().UTC()
 	rec.State, rec.Finalised = store.StateFinalised, &now

@@ -241,7 +241,17 @@ func (m *Manager) framesWritten(cl *call, ch *channel, batch []queuedFrame, d in
 		q.done(proto.Ack{Channel: q.a.Channel, NextSeq: q.a.Seq + 1}, nil)
 	}
 	if first { // open → streaming is durable too
-		if err := m.store.PutCall(m.runCtx, &rec); err != nil {
+		// In memory first: the snapshot is taken again, in write order.
+		cl.recMu.Lock()
+		cl.mu.Lock()
+		rec = *cl.rec
+		cl.mu.Unlock()
+		p, err := m.store.SubmitCall(m.runCtx, &rec)
+		cl.recMu.Unlock()
+		if err == nil {
+			err = p.Wait()
+		}
+		if err != nil {
 			m.log.Error("cannot record streaming state", "call", cl.id, "err", err)
 		}
 	}
@@ -287,9 +297,11 @@ func (s *session) End(ctx context.Context, e proto.End) error {
 // that finalises the call, queued later, is written after it. why is
 // recorded when the coordinator, not the console, ends it.
 func (m *Manager) endCall(ctx context.Context, cl *call, why string) error {
+	cl.recMu.Lock() // in memory first: held until the write is queued
 	cl.mu.Lock()
 	if cl.rec.State == store.StateEnded || cl.rec.State == store.StateFinalised || cl.finalising {
 		cl.mu.Unlock()
+		cl.recMu.Unlock()
 		return nil
 	}
 	now := time.Now().UTC()
@@ -305,6 +317,7 @@ func (m *Manager) endCall(ctx context.Context, cl *call, why string) error {
 	rec := *cl.rec
 	cl.mu.Unlock()
 	p, err := m.store.SubmitCall(ctx, &rec)
+	cl.recMu.Unlock()
 	cl.mu.Lock()
 	for _, ch := range cl.chans {
 		ch.ended = true

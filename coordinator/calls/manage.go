@@ -54,6 +54,14 @@ func (m *Manager) Transfer(ctx context.Context, id proto.CallID, to proto.Consol
 	if err != nil {
 		return "", err
 	}
+	// In memory first: cl.recMu is held until the write is queued.
+	cl.recMu.Lock()
+	queued := false
+	defer func() {
+		if !queued {
+			cl.recMu.Unlock()
+		}
+	}()
 	cl.mu.Lock()
 	if cl.rec.State == store.StateFinalised || cl.rec.State == store.StateEnded {
 		cl.mu.Unlock()
@@ -88,7 +96,13 @@ func (m *Manager) Transfer(ctx context.Context, id proto.CallID, to proto.Consol
 		}
 	}
 	cl.mu.Unlock()
-	if err := m.store.PutCall(ctx, &rec); err != nil {
+	pend, err := m.store.SubmitCall(ctx, &rec)
+	queued = true
+	cl.recMu.Unlock()
+	if err == nil {
+		err = pend.Wait()
+	}
+	if err != nil {
 		cl.mu.Lock()
 		if cl.rec.Console == to {
 			cl.rec.Console = from
