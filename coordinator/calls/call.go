@@ -44,6 +44,10 @@ type call struct {
 	// an older owner, state or skip list. Only record writers take it,
 	// never under cl.mu.
 	recMu sync.Mutex
+	// opening is set while the Open that created the call has not yet
+	// installed its session: a call being opened is not "unstarted" (the
+	// janitor and dropIfUnstarted leave it alone). Guarded by mu.
+	opening bool
 }
 
 // channel is one audio channel of a call.

@@ -28,7 +28,7 @@ func (m *Manager) endAbandoned(ctx context.Context) {
 		cl.mu.Lock()
 		live := cl.rec.State == store.StateOpen || cl.rec.State == store.StateStreaming
 		switch {
-		case cl.sess == nil && cl.settingUpLocked():
+		case cl.sess == nil && cl.settingUpLocked() && !cl.opening:
 			unstarted = append(unstarted, cl)
 		case live && cl.sess == nil && time.Since(cl.lastActive) > after:
 			idle = append(idle, cl)

@@ -38,6 +38,18 @@ func (m *Manager) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *pr
 	var cl *call
 	var finals [][]store.Final
 	resumed := false
+	// created is the call this Open made, until its session is installed:
+	// if the Open fails, the call is dropped as a set-up that came to
+	// nothing.
+	var created *call
+	defer func() {
+		if created != nil {
+			created.mu.Lock()
+			created.opening = false
+			created.mu.Unlock()
+			m.dropIfUnstarted(created)
+		}
+	}()
 	for {
 		cl, err = m.callByID(h.CallID)
 		resumed = err == nil
@@ -46,8 +58,12 @@ func (m *Manager) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *pr
 			if err := m.admit(h.ConsoleID, h.Remote); err != nil {
 				return nil, nil, err
 			}
-			if cl, err = m.newCall(ctx, h, mf.Name); err != nil {
+			var mine bool
+			if cl, mine, err = m.newCall(ctx, h, mf.Name); err != nil {
 				return nil, nil, err
+			}
+			if mine {
+				created = cl
 			}
 		case err != nil:
 			return nil, nil, err
@@ -78,6 +94,7 @@ func (m *Manager) Open(ctx context.Context, h *proto.Hello) (ingest.Session, *pr
 	}
 	s := m.newSessionLocked(cl, h.Principal, h.NextFinal)
 	cl.sess = s
+	cl.opening, created = false, nil
 	cl.lastActive = time.Now()
 	wel := &proto.Welcome{Version: proto.Version, CallID: h.CallID, State: rec.State, Resumed: resumed, NextSeq: make([]uint32, len(cl.chans))}
 	for i, ch := range cl.chans {
@@ -203,7 +220,7 @@ func (m *Manager) admit(console proto.ConsoleID, remote netip.Addr) error {
 func (m *Manager) dropIfUnstarted(cl *call) {
 	m.mu.Lock()
 	cl.mu.Lock()
-	drop := m.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 && cl.settingUpLocked() && !cl.isGone()
+	drop := m.calls[cl.id] == cl && cl.sess == nil && len(cl.watchers) == 0 && cl.settingUpLocked() && !cl.isGone() && !cl.opening
 	if drop {
 		close(cl.gone)
 		delete(m.calls, cl.id)
@@ -289,28 +306,30 @@ func (s *session) catchUpLocked(finals [][]store.Final) {
 	}
 }
 
-// newCall creates a call for a hello and makes its record durable.
-func (m *Manager) newCall(ctx context.Context, h *proto.Hello, model string) (*call, error) {
+// newCall creates a call for a hello and makes its record durable; mine is
+// false when another hello created it first (that Open installs it).
+func (m *Manager) newCall(ctx context.Context, h *proto.Hello, model string) (*call, bool, error) {
 	m.mu.Lock()
 	if cl, ok := m.calls[h.CallID]; ok { // lost a race with another Hello
 		m.mu.Unlock()
-		return cl, nil
+		return cl, false, nil
 	}
 	rec := &store.Call{ID: h.CallID, Console: h.ConsoleID, Channels: h.Channels, Codec: h.Codec, Model: model, Vocabulary: m.cfg.Vocabulary(),
 		State: store.StateOpen, Created: time.Now().UTC(), Decoded: make([]uint32, len(h.Channels)), Complete: make([]bool, len(h.Channels))}
 	cl := m.buildCall(rec)
 	cl.remote = h.Remote
+	cl.opening = true // until its Open installs a session (or gives up)
 	m.calls[h.CallID] = cl
 	m.mu.Unlock()
 	if err := m.store.PutCall(ctx, rec); err != nil {
 		m.mu.Lock()
 		delete(m.calls, h.CallID)
 		m.mu.Unlock()
-		return nil, proto.Wrap(proto.CodeStorage, err, "store call")
+		return nil, false, proto.Wrap(proto.CodeStorage, err, "store call")
 	}
 	m.log.Info("call opened", "call", h.CallID, "console", h.ConsoleID, "codec", h.Codec, "channels", h.Channels, "model", model)
 	m.startCall(cl)
-	return cl, nil
+	return cl, true, nil
 }
 
 func (m *Manager) loadCall(rec *store.Call) (*call, error) {
