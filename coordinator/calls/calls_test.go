@@ -74,17 +74,21 @@ type pipeStream struct{ net.Conn }
 func (p pipeStream) CancelRead(quic.StreamErrorCode)  { _ = p.Conn.Close() }
 func (p pipeStream) CancelWrite(quic.StreamErrorCode) { _ = p.Conn.Close() }
 
-// fakeWorker decodes every channel it is assigned to one final, "hello",
-// once the channel ends.
-type fakeWorker struct {
-	t  *testing.T
-	wg sync.WaitGroup
+// pipeWorker is a worker at the other end of a pipe, scripted by two
+// hooks: audio is called for every frame of an assignment (n frames so
+// far, this one included), end when the console's end arrives; either may
+// write worker events. The assignment ends when end returns.
+type pipeWorker struct {
+	id    proto.WorkerID
+	audio func(w *proto.Writer, a proto.Assign, f proto.Audio, n uint32)
+	end   func(w *proto.Writer, a proto.Assign, n uint32)
+	wg    sync.WaitGroup
 }
 
-func (w *fakeWorker) ID() proto.WorkerID { return "fake-w0" }
-func (w *fakeWorker) Broken() bool       { return false }
+func (w *pipeWorker) ID() proto.WorkerID { return w.id }
+func (w *pipeWorker) Broken() bool       { return false }
 
-func (w *fakeWorker) OpenStream(ctx context.Context) (Stream, error) {
+func (w *pipeWorker) OpenStream(ctx context.Context) (Stream, error) {
 	here, there := net.Pipe()
 	w.wg.Add(1)
 	go func() {
@@ -101,19 +105,32 @@ func (w *fakeWorker) OpenStream(ctx context.Context) (Stream, error) {
 			if err != nil {
 				return
 			}
-			if m.Type == proto.TAudio {
+			switch m.Type {
+			case proto.TAudio:
 				frames++
-				continue
-			}
-			if m.Type == proto.TEnd {
-				break
+				if w.audio != nil {
+					f, _ := proto.ParseAudio(m.Body)
+					w.audio(wr, a, f, frames)
+				}
+			case proto.TEnd:
+				if w.end != nil {
+					w.end(wr, a, frames)
+				}
+				_, _ = io.Copy(io.Discard, there)
+				return
 			}
 		}
-		_ = wr.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerFinal, Index: 0, Text: "hello", End: 16000, Decoded: frames, NextSeq: a.FromSeq + frames})
-		_ = wr.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerDone, Decoded: frames})
-		_, _ = io.Copy(io.Discard, there)
 	}()
 	return pipeStream{here}, nil
+}
+
+// newFakeWorker decodes every channel it is assigned to one final,
+// "hello", once the channel ends.
+func newFakeWorker() *pipeWorker {
+	return &pipeWorker{id: "fake-w0", end: func(wr *proto.Writer, a proto.Assign, frames uint32) {
+		_ = wr.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerFinal, Index: 0, Text: "hello", End: 16000, Decoded: frames, NextSeq: a.FromSeq + frames})
+		_ = wr.WriteJSON(proto.TWorkerEvent, proto.WorkerEvent{Kind: proto.WorkerDone, Decoded: frames})
+	}}
 }
 
 // oneWorker lends its worker to every channel at once.
@@ -169,7 +186,7 @@ func audio(seq uint32) proto.Audio {
 // durable, in order; the end; the worker's final persisted and sent to the
 // console; the call finalised in the store.
 func TestCallThroughFakeWorker(t *testing.T) {
-	fw := &fakeWorker{t: t}
+	fw := newFakeWorker()
 	m, obs, st := newManager(t, oneWorker{fw}, Limits{})
 	defer fw.wg.Wait()
 	ctx := t.Context()
