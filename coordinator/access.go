@@ -123,29 +123,15 @@ func roleList(roles []auth.Role) string {
 // console certificate, else (where allowed) a ticket. Tokens in the URL
 // are refused: URLs end up in logs and browser histories.
 func (c *Coordinator) principal(r *http.Request, ticket bool) (auth.Principal, error) {
+	tok, remote, err := auth.Request(r)
+	if err != nil {
+		return auth.Principal{}, err
+	}
 	q := r.URL.Query()
-	if q.Has("token") || q.Has("access_token") {
-		return auth.Principal{}, auth.ErrTokenInURL
-	}
-	remote := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		remote = ap.Addr().Unmap()
-	}
-	tok := bearer(r)
 	if tok != "" || !ticket || !q.Has("ticket") {
 		return c.Authenticate(tok, r.TLS, remote)
 	}
 	return c.auth.Redeem(q.Get("ticket"), remote)
-}
-
-// bearer is the request's bearer token (the scheme is case-insensitive,
-// RFC 9110 §11.1).
-func bearer(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	return strings.TrimSpace(tok)
 }
 
 // mayRead reports whether p may read or watch a call: supervisors any,

@@ -160,9 +160,9 @@ func (s *Server) ServeStream(ctx context.Context, st Stream, remote netip.Addr, 
 		fail(AuthError(err))
 		return
 	}
-	if p.Role != auth.Console {
+	if pe := ConsoleOnly(p); pe != nil {
 		log.Warn("console stream: credential is not a console's", "name", p.Name, "role", p.Role)
-		fail(&proto.Error{Code: proto.CodeForbidden, Message: fmt.Sprintf("credential %q has the role %s: only consoles stream calls", p.Name, p.Role)})
+		fail(pe)
 		return
 	}
 	if h.ConsoleID != "" && h.ConsoleID != proto.ConsoleID(p.Name) {
@@ -320,6 +320,15 @@ func remoteAddr(a net.Addr) netip.Addr {
 		return ip.Unmap()
 	}
 	return netip.Addr{}
+}
+
+// ConsoleOnly refuses a principal that is not a console: only consoles
+// stream calls (QUIC or WHIP).
+func ConsoleOnly(p auth.Principal) *proto.Error {
+	if p.Role == auth.Console {
+		return nil
+	}
+	return &proto.Error{Code: proto.CodeForbidden, Message: fmt.Sprintf("credential %q has the role %s: only consoles stream calls", p.Name, p.Role)}
 }
 
 // AuthError is the error a client is sent for a failed authentication.

@@ -52,15 +52,6 @@ func (s *Server) logBusy() (bool, int) {
 	return true, n
 }
 
-// bearer returns the request's bearer token.
-func bearer(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") { // case-insensitive (RFC 9110 §11.1)
-		return ""
-	}
-	return strings.TrimSpace(tok)
-}
-
 // param reads a setting from a header (X-Callscribe-NAME) or the query.
 func param(r *http.Request, name string) string {
 	if v := r.Header.Get("X-Callscribe-" + name); v != "" {
@@ -72,11 +63,12 @@ func param(r *http.Request, name string) string {
 // authenticate names the console a request comes from, or answers it with
 // the refusal.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, bool) {
-	if r.URL.Query().Has("token") {
-		s.fail(w, r, http.StatusBadRequest, auth.ErrTokenInURL.Error())
+	tok, remote, err := auth.Request(r)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return auth.Principal{}, false
 	}
-	p, err := s.cfg.Auth(bearer(r), r.TLS, remoteIP(r))
+	p, err := s.cfg.Auth(tok, r.TLS, remote)
 	if err != nil {
 		pe := ingest.AuthError(err)
 		if pe.RetryAfterMS > 0 {
@@ -85,8 +77,8 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 		s.fail(w, r, ingest.HTTPStatus(pe), pe.Message)
 		return auth.Principal{}, false
 	}
-	if p.Role != auth.Console {
-		s.fail(w, r, http.StatusForbidden, fmt.Sprintf("credential %q has the role %s: only consoles stream calls", p.Name, p.Role))
+	if pe := ingest.ConsoleOnly(p); pe != nil {
+		s.fail(w, r, http.StatusForbidden, pe.Message)
 		return auth.Principal{}, false
 	}
 	return p, true
@@ -109,7 +101,7 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusServiceUnavailable, "too many offers being answered at once: retry shortly")
 		return
 	}
-	ip := remoteIP(r)
+	ip := auth.Remote(r)
 	if retry, msg := s.admit(ip); msg != "" {
 		if retry != "" {
 			w.Header().Set("Retry-After", retry)
@@ -211,15 +203,6 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 }
 
 func defaultLabels(n int) []string { return []string{"caller", "call-taker"}[:n] }
-
-// remoteIP is the address an HTTP request comes from.
-func remoteIP(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap().WithZone("")
-}
 
 // admit reserves room for an offer from ip: a session under MaxSessions and
 // a pending one under MaxPendingPerRemote and MaxPending. msg says why not.
