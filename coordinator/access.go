@@ -179,11 +179,11 @@ func (c *Coordinator) handleTransfer(w http.ResponseWriter, r *http.Request) {
 	}
 	// Only to a console that exists: a call handed to a name nobody holds
 	// could not be streamed to.
-	if role := c.auth.RoleOf(string(body.To)); role != "" && role != auth.Console {
+	switch role := c.auth.RoleOf(string(body.To)); {
+	case role != "" && role != auth.Console:
 		httpError(w, http.StatusBadRequest, fmt.Sprintf("%q is a %s, not a console", body.To, role))
 		return
-	}
-	if !body.Certificate && !c.auth.IsConsole(string(body.To)) {
+	case role == "" && !body.Certificate:
 		httpError(w, http.StatusBadRequest, fmt.Sprintf(`no console credential is named %q (for a console with a client certificate, add "certificate": true)`, body.To))
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -252,7 +253,7 @@ func (r *Registry) Certificate(chains [][]*x509.Certificate, remote netip.Addr) 
 // Active reports whether the credential p was authenticated with still
 // passes (tickets and long-lived sessions check it).
 func (r *Registry) Active(p Principal) bool {
-	if name, ok := cutPrefix(p.Cred, "cert:"); ok {
+	if name, ok := strings.CutPrefix(p.Cred, "cert:"); ok {
 		return !(*r.revokedCerts.Load())[name]
 	}
 	for _, c := range *r.active.Load() {
@@ -263,18 +264,9 @@ func (r *Registry) Active(p Principal) bool {
 	return false
 }
 
-// IsConsole reports whether name has an active console token (client
-// certificates are not registered: a certificate's name is unknown here).
-func (r *Registry) IsConsole(name string) bool {
-	for _, c := range *r.active.Load() {
-		if c.Name == name && c.Role == Console {
-			return true
-		}
-	}
-	return false
-}
-
-// RoleOf returns the role of name's active tokens ("" when it has none).
+// RoleOf returns the role of name's active tokens ("" when it has none;
+// client certificates are not registered: a certificate's name is unknown
+// here).
 func (r *Registry) RoleOf(name string) Role {
 	for _, c := range *r.active.Load() {
 		if c.Name == name {
@@ -282,13 +274,6 @@ func (r *Registry) RoleOf(name string) Role {
 		}
 	}
 	return ""
-}
-
-func cutPrefix(s, p string) (string, bool) {
-	if len(s) >= len(p) && s[:len(p)] == p {
-		return s[len(p):], true
-	}
-	return s, false
 }
 
 // NewToken returns a random token (32 bytes, URL-safe base64).
