@@ -98,7 +98,7 @@ func TestOutboxDeliversExactlyOnceAcrossRestart(t *testing.T) {
 		}
 	}
 	waitFor("failed attempts while the receiver is down", func() bool {
-		ob, _ := a.c.store.Outbox()
+		ob, _ := a.c.store.OutboxBatch(0)
 		return len(ob) == 5 && ob[0].Attempts >= 2
 	})
 	a.stop()
@@ -113,7 +113,7 @@ func TestOutboxDeliversExactlyOnceAcrossRestart(t *testing.T) {
 	go r.srv.ServeTLS(ln, "", "")
 	defer r.srv.Close()
 	waitFor("every transcript delivered", func() bool { return len(r.counts()) == 5 })
-	waitFor("an empty outbox", func() bool { ob, _ := b.c.store.Outbox(); return len(ob) == 0 })
+	waitFor("an empty outbox", func() bool { ob, _ := b.c.store.OutboxBatch(0); return len(ob) == 0 })
 	time.Sleep(300 * time.Millisecond) // nothing more may arrive
 	for _, id := range ids {
 		if n := r.counts()[string(id)]; n != 1 {

@@ -153,14 +153,6 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 	return &c, nil
 }
 
-// Calls returns every call record, newest first. It holds them all in
-// memory at once: the coordinator walks them with EachCall or CallsPage.
-func (s *Store) Calls() ([]*Call, error) {
-	out, err := scanJSON[*Call](s, "c/", "call record")
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
-	return out, err
-}
-
 // scanJSON decodes every JSON value under prefix, in key order. T may be a
 // struct or a pointer to one.
 func scanJSON[T any](s *Store, prefix, what string) ([]T, error) {
@@ -275,11 +267,6 @@ func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
 	}
 	ob, _ := json.Marshal(OutboxEntry{CallID: c.ID, Enqueued: time.Now().UTC()})
 	return s.write(ctx, false, append(es, entry{key: outboxKey(c.ID), val: ob})...)
-}
-
-// Outbox lists queued exports, oldest first.
-func (s *Store) Outbox() ([]OutboxEntry, error) {
-	return s.OutboxBatch(0)
 }
 
 // OutboxBatch lists at most limit queued exports (0: all), in call id
