@@ -37,33 +37,41 @@ type auditWrite struct {
 	prev *Pending // the write this one follows
 }
 
-// loadAuditHead reads the newest entry into the head.
-func (s *Store) loadAuditHead() error {
-	var head audit.Head
-	err := s.db.View(func(txn *badger.Txn) error {
+// newestAudit reads the newest stored audit entry: the seq its key holds
+// and the entry, err naming the key when it cannot be decoded (with ok
+// true) or the log cannot be read. ok is false when the log is empty.
+func (s *Store) newestAudit() (seq uint64, e audit.Entry, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte("l/")})
 		defer it.Close()
 		it.Seek(auditKey(^uint64(0)))
 		if !it.Valid() {
 			return nil
 		}
-		seq := binary.BigEndian.Uint64(it.Item().Key()[2:])
-		var e audit.Entry
-		err := s.readJSON(it.Item(), "audit entry", &e)
-		if err == nil && e.Seq != seq {
-			err = s.valueErr(it.Item().KeyCopy(nil), "audit entry", fmt.Errorf("holds seq %d", e.Seq))
-		}
-		if err != nil {
-			// The calls matter more than the log: keep recording after
-			// it. The next entry cannot link to it, so verification
-			// shows the break right there.
-			s.log.Error("store: the newest audit entry is damaged; the chain restarts after it and `callscribe audit --verify` will report the break", "seq", seq, "err", err)
-			head = audit.Head{Seq: seq, Hash: audit.ZeroHash}
-			return nil
-		}
-		head = audit.Head{Seq: e.Seq, Hash: e.Hash}
-		return nil
+		ok = true
+		seq = binary.BigEndian.Uint64(it.Item().Key()[2:])
+		return s.readJSON(it.Item(), "audit entry", &e)
 	})
+	return seq, e, ok, err
+}
+
+// loadAuditHead reads the newest entry into the head.
+func (s *Store) loadAuditHead() error {
+	head := audit.Head{Hash: audit.ZeroHash}
+	seq, e, ok, err := s.newestAudit()
+	if err == nil && ok && e.Seq != seq {
+		err = s.valueErr(auditKey(seq), "audit entry", fmt.Errorf("holds seq %d", e.Seq))
+	}
+	switch {
+	case err != nil && ok:
+		// The calls matter more than the log: keep recording after it.
+		// The next entry cannot link to it, so verification shows the
+		// break right there.
+		s.log.Error("store: the newest audit entry is damaged; the chain restarts after it and `callscribe audit --verify` will report the break", "seq", seq, "err", err)
+		head, err = audit.Head{Seq: seq, Hash: audit.ZeroHash}, nil
+	case ok:
+		head = audit.Head{Seq: e.Seq, Hash: e.Hash}
+	}
 	if err != nil {
 		return fmt.Errorf("store: audit log head: %w", err)
 	}
@@ -153,22 +161,11 @@ func (s *Store) AuditHead() audit.Head {
 // AuditLast returns the newest stored (durable) entry's seq and hash
 // (0 and ZeroHash when there is none).
 func (s *Store) AuditLast() (audit.Head, error) {
-	head := audit.Head{Hash: audit.ZeroHash}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte("l/")})
-		defer it.Close()
-		it.Seek(auditKey(^uint64(0)))
-		if !it.Valid() {
-			return nil
-		}
-		var e audit.Entry
-		if err := s.readJSON(it.Item(), "audit entry", &e); err != nil {
-			return err
-		}
-		head = audit.Head{Seq: e.Seq, Hash: e.Hash}
-		return nil
-	})
-	return head, err
+	_, e, ok, err := s.newestAudit()
+	if err != nil || !ok {
+		return audit.Head{Hash: audit.ZeroHash}, err
+	}
+	return audit.Head{Seq: e.Seq, Hash: e.Hash}, nil
 }
 
 // AuditEntries returns up to limit stored entries with seq > after, in
