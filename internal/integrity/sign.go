@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/callscribe/callscribe/internal/keys"
 )
 
 // StatementType names the statement format; a verifier refuses others.
@@ -190,29 +192,12 @@ func createPrivate(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".signing-*")
-	if err != nil {
-		return nil, fmt.Errorf("integrity: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if _, err := tmp.Write(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, err
-	}
-	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+	// Written whole or not at all, never over a key another start made.
+	err = keys.Install(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), false)
+	if errors.Is(err, os.ErrExist) {
 		return readPrivate(path)
-	} else if err != nil {
+	}
+	if err != nil {
 		return nil, fmt.Errorf("integrity: %w", err)
 	}
 	return key, nil

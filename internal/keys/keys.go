@@ -75,7 +75,8 @@ func Create(path string) ([]byte, error) {
 
 // Install writes key to path atomically (a temporary file beside it,
 // synced, renamed over it, the directory synced), mode 0600. replace: an
-// existing file is replaced; otherwise it is an error.
+// existing file is replaced; otherwise it is an error wrapping
+// os.ErrExist.
 func Install(path string, key []byte, replace bool) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -107,7 +108,7 @@ func Install(path string, key []byte, replace bool) error {
 		// A link fails if path exists: no key is ever overwritten.
 		err = os.Link(tmp.Name(), path)
 		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("keys: %s exists; not replacing a key", path)
+			return fmt.Errorf("keys: %s exists; not replacing a key: %w", path, os.ErrExist)
 		}
 	}
 	if err != nil {
