@@ -35,6 +35,8 @@ type Credential struct {
 	Source  string     `json:"source"`
 	Created time.Time  `json:"created"`
 	Revoked *time.Time `json:"revoked,omitempty"`
+	// sum is Hash decoded, for the active set's comparisons (not stored).
+	sum []byte
 }
 
 // Static is a credential from a file or the configuration: not stored,
@@ -196,6 +198,9 @@ func (r *Registry) rebuildLocked() {
 		}
 		act = append(act, Credential{ID: idOf(h), Name: s.Name, Role: s.Role, Hash: h, Source: s.Source})
 	}
+	for i := range act { // decoded once here, not on every authentication
+		act[i].sum, _ = hex.DecodeString(act[i].Hash)
+	}
 	r.active.Store(&act)
 	r.revokedCerts.Store(&certs)
 }
@@ -209,10 +214,9 @@ func (r *Registry) Token(token string, remote netip.Addr) (Principal, error) {
 	var found *Credential
 	act := *r.active.Load()
 	for i := range act {
-		want, err := hex.DecodeString(act[i].Hash)
 		// Every credential is compared, in constant time: how long this
 		// takes says nothing of which one matched.
-		if err == nil && subtle.ConstantTimeCompare(sum[:], want) == 1 {
+		if subtle.ConstantTimeCompare(sum[:], act[i].sum) == 1 {
 			found = &act[i]
 		}
 	}
