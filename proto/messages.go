@@ -233,9 +233,13 @@ func Wrap(code string, err error, format string, a ...any) *Error {
 }
 
 // Retryable reports whether a console should reconnect after this error.
+// An out_of_order frame is one of them (PROTOCOL.md: reconnect and
+// resume): after a refused write the coordinator expects the refused frame
+// again, and a frame already sent behind it is refused as out of order;
+// the welcome's next_seq puts the console back in step.
 func (e *Error) Retryable() bool {
 	switch e.Code {
-	case CodeStorage, CodeUnavailable, CodeInternal:
+	case CodeStorage, CodeUnavailable, CodeInternal, CodeOutOfOrder:
 		return true
 	}
 	return false

@@ -127,3 +127,17 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// Which errors a console reconnects after: the ones PROTOCOL.md says to
+// reconnect and resume after, and no others.
+func TestRetryable(t *testing.T) {
+	for code, want := range map[string]bool{
+		CodeStorage: true, CodeUnavailable: true, CodeInternal: true, CodeOutOfOrder: true,
+		CodeUnauthorized: false, CodeForbidden: false, CodeThrottled: false, CodeTransferred: false,
+		CodeBadRequest: false, CodeBadVersion: false, CodeUnknownCodec: false, CodeCallInUse: false, CodeTooLarge: false,
+	} {
+		if got := (&Error{Code: code}).Retryable(); got != want {
+			t.Errorf("%s: retryable %v, want %v", code, got, want)
+		}
+	}
+}
