@@ -91,6 +91,13 @@ type Config struct {
 	// and StoreKeyFile where it came from, for errors.
 	StoreKey     []byte
 	StoreKeyFile string
+	// Cluster makes the coordinator a member of a cluster (zero: a cluster
+	// of one, on the same code path).
+	Cluster ClusterConfig
+	// Member, when set, is the open store and cluster member this
+	// coordinator serves from while its member leads (Run's); New does
+	// not close it. Otherwise New opens a cluster of one and owns it.
+	Member *Member
 	Logger       *slog.Logger
 }
 

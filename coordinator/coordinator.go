@@ -72,6 +72,13 @@ type Coordinator struct {
 	// calls is the live-call path (package calls).
 	calls *calls.Manager
 
+	// member is the store and cluster member this term serves from;
+	// owned: New opened it and shutdown closes it. lost is closed when the
+	// member stops leading, which ends the term.
+	member *Member
+	owned  bool
+	lost   <-chan struct{}
+
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{}
 
@@ -130,11 +137,43 @@ func New(cfg Config) (*Coordinator, error) {
 	c := &Coordinator{cfg: cfg, log: cfg.Logger, conns: map[*quic.Conn]struct{}{}, exportKick: make(chan struct{}, 1), auditKick: make(chan struct{}, 1)}
 	c.metrics.p = newProm(c)
 	c.abandonAfter.Store(int64(cfg.AbandonAfter))
-	st, err := store.Open(cfg.DataDir+"/store", store.Options{Logger: cfg.Logger.With("component", "store"), OnCommit: c.metrics.p.commit, DiskReserve: cfg.DiskReserve,
-		Key: cfg.StoreKey, KeyFile: cfg.StoreKeyFile})
+	m := cfg.Member
+	if m == nil {
+		if cfg.Cluster.Bind != "" {
+			return nil, errors.New("coordinator: a cluster member is run by coordinator.Run")
+		}
+		var err error
+		if m, err = OpenMember(cfg, c.metrics.p.commit); err != nil {
+			return nil, err
+		}
+		c.owned = true
+	} else {
+		m.onCommit.Store(&c.metrics.p.commit)
+	}
+	c.member = m
+	closeMember := func() {
+		if c.owned {
+			_ = m.Close()
+		}
+	}
+	// A term as leader begins once every earlier write is applied here.
+	lctx, lcancel := context.WithTimeout(context.Background(), tuning.ClusterApplyTimeout)
+	err := m.waitLeader(lctx)
+	if err == nil {
+		var leading bool
+		if leading, c.lost = m.Node.Leading(); !leading {
+			err = ErrNotLeader
+		}
+	}
+	if err == nil {
+		err = m.lead(lctx)
+	}
+	lcancel()
 	if err != nil {
+		closeMember()
 		return nil, err
 	}
+	st := m.Store
 	c.store = st
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	c.auth, err = auth.NewRegistry(st, staticCredentials(cfg.ConsoleTokens, cfg.Credentials), auth.Options{
@@ -169,7 +208,7 @@ func New(cfg Config) (*Coordinator, error) {
 		ConnectTimeout: cfg.WebRTC.ConnectTimeout, IdleTimeout: cfg.WebRTC.IdleTimeout,
 		MaxPendingPerRemote: cfg.WebRTC.MaxPendingPerRemote, MaxPending: cfg.WebRTC.MaxPending})
 	if err != nil {
-		_ = st.Close()
+		closeMember()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	return c, nil
@@ -180,71 +219,23 @@ func (c *Coordinator) Store() *store.Store { return c.store }
 
 // Listen binds the QUIC and HTTP listeners and recovers in-flight calls.
 func (c *Coordinator) Listen() error {
-	tc := c.cfg.TLS.Clone()
-	tc.NextProtos = []string{proto.ALPNConsole, proto.ALPNNode}
-	tc.MinVersion = tls.VersionTLS13
-	if c.cfg.NodeCAs != nil {
-		// Consoles may come without a certificate; whatever certificate is
-		// presented must verify, and node connections must present one.
-		tc.ClientAuth, tc.ClientCAs = tls.VerifyClientCertIfGiven, c.cfg.NodeCAs
-	}
-	// A stateless-reset key that survives restarts: packets for the
-	// connections of a killed coordinator are answered with a reset, so
-	// consoles, agents and workers reconnect at once instead of waiting out
-	// their idle timeout.
-	key, err := pki.EnsureKey(filepath.Join(c.cfg.DataDir, "quic-reset.key"))
+	qt, ql, closeQUIC, err := bindQUIC(c.cfg)
 	if err != nil {
-		return fmt.Errorf("coordinator: stateless reset key: %w", err)
+		return err
 	}
-	srk := quic.StatelessResetKey(key)
-	ua, err := net.ResolveUDPAddr("udp", c.cfg.QUICAddr)
-	if err != nil {
-		return fmt.Errorf("coordinator: quic address %s: %w", c.cfg.QUICAddr, err)
-	}
-	udp, err := net.ListenUDP("udp", ua)
-	if err != nil {
-		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
-	}
-	c.qt = &quic.Transport{Conn: udp, StatelessResetKey: &srk}
-	ql, err := c.qt.Listen(tc, &quic.Config{
-		MaxIdleTimeout:        tuning.CoordinatorQUICIdle,
-		KeepAlivePeriod:       tuning.CoordinatorQUICKeepAlive,
-		MaxIncomingStreams:    tuning.CoordinatorQUICStreams,
-		MaxIncomingUniStreams: -1,
-	})
-	if err != nil {
-		_ = c.qt.Close()
-		udp.Close()
-		return fmt.Errorf("coordinator: listen quic %s: %w", c.cfg.QUICAddr, err)
-	}
-	// A failed Listen leaves nothing running: the transport's goroutines
-	// end with it.
-	closeQUIC := func() {
-		_ = ql.Close()
-		_ = c.qt.Close()
-		_ = udp.Close()
-	}
-	if !c.cfg.HTTPTLS && !loopback(c.cfg.HTTPAddr) {
-		closeQUIC()
-		return fmt.Errorf("coordinator: plain HTTP on %s would send transcripts in the clear: set http_tls = true or listen on loopback", c.cfg.HTTPAddr)
-	}
-	hl, err := net.Listen("tcp", c.cfg.HTTPAddr)
+	c.qt = qt
+	hl, err := bindHTTP(c.cfg)
 	if err != nil {
 		closeQUIC()
-		return fmt.Errorf("coordinator: listen http %s: %w", c.cfg.HTTPAddr, err)
-	}
-	if c.cfg.HTTPTLS {
-		htc := c.cfg.TLS.Clone()
-		htc.MinVersion, htc.NextProtos = tls.VersionTLS12, []string{"h2", "http/1.1"}
-		if c.cfg.NodeCAs != nil {
-			// Consoles may present a console certificate instead of a
-			// token (WHIP and the transcript API).
-			htc.ClientAuth, htc.ClientCAs = tls.VerifyClientCertIfGiven, c.cfg.NodeCAs
-		}
-		hl = tls.NewListener(hl, htc)
+		return err
 	}
 	c.ql, c.httpLn = ql, hl
-	err = c.rack.LoadDraining()
+	pctx, pcancel := context.WithTimeout(context.Background(), tuning.ClusterApplyTimeout)
+	err = c.member.publish(pctx, advertised(c.cfg.Cluster.QUIC, ql.Addr().String()), advertised(c.cfg.Cluster.HTTP, hl.Addr().String()))
+	pcancel()
+	if err == nil {
+		err = c.rack.LoadDraining()
+	}
 	if err == nil {
 		if err = c.calls.Recover(); err != nil {
 			err = fmt.Errorf("coordinator: %w", err)
@@ -261,6 +252,76 @@ func (c *Coordinator) Listen() error {
 		_ = hl.Close()
 	}
 	return err
+}
+
+// bindQUIC binds the QUIC listener of consoles and nodes.
+func bindQUIC(cfg Config) (*quic.Transport, *quic.Listener, func(), error) {
+	tc := cfg.TLS.Clone()
+	tc.NextProtos = []string{proto.ALPNConsole, proto.ALPNNode}
+	tc.MinVersion = tls.VersionTLS13
+	if cfg.NodeCAs != nil {
+		// Consoles may come without a certificate; whatever certificate is
+		// presented must verify, and node connections must present one.
+		tc.ClientAuth, tc.ClientCAs = tls.VerifyClientCertIfGiven, cfg.NodeCAs
+	}
+	// A stateless-reset key that survives restarts: packets for the
+	// connections of a killed coordinator are answered with a reset, so
+	// consoles, agents and workers reconnect at once instead of waiting out
+	// their idle timeout.
+	key, err := pki.EnsureKey(filepath.Join(cfg.DataDir, "quic-reset.key"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("coordinator: stateless reset key: %w", err)
+	}
+	srk := quic.StatelessResetKey(key)
+	ua, err := net.ResolveUDPAddr("udp", cfg.QUICAddr)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("coordinator: quic address %s: %w", cfg.QUICAddr, err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("coordinator: listen quic %s: %w", cfg.QUICAddr, err)
+	}
+	qt := &quic.Transport{Conn: udp, StatelessResetKey: &srk}
+	ql, err := qt.Listen(tc, &quic.Config{
+		MaxIdleTimeout:        tuning.CoordinatorQUICIdle,
+		KeepAlivePeriod:       tuning.CoordinatorQUICKeepAlive,
+		MaxIncomingStreams:    tuning.CoordinatorQUICStreams,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		_ = qt.Close()
+		udp.Close()
+		return nil, nil, nil, fmt.Errorf("coordinator: listen quic %s: %w", cfg.QUICAddr, err)
+	}
+	// A failed Listen leaves nothing running: the transport's goroutines
+	// end with it.
+	return qt, ql, func() {
+		_ = ql.Close()
+		_ = qt.Close()
+		_ = udp.Close()
+	}, nil
+}
+
+// bindHTTP binds the HTTP listener (TLS when configured).
+func bindHTTP(cfg Config) (net.Listener, error) {
+	if !cfg.HTTPTLS && !loopback(cfg.HTTPAddr) {
+		return nil, fmt.Errorf("coordinator: plain HTTP on %s would send transcripts in the clear: set http_tls = true or listen on loopback", cfg.HTTPAddr)
+	}
+	hl, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: listen http %s: %w", cfg.HTTPAddr, err)
+	}
+	if cfg.HTTPTLS {
+		htc := cfg.TLS.Clone()
+		htc.MinVersion, htc.NextProtos = tls.VersionTLS12, []string{"h2", "http/1.1"}
+		if cfg.NodeCAs != nil {
+			// Consoles may present a console certificate instead of a
+			// token (WHIP and the transcript API).
+			htc.ClientAuth, htc.ClientCAs = tls.VerifyClientCertIfGiven, cfg.NodeCAs
+		}
+		hl = tls.NewListener(hl, htc)
+	}
+	return hl, nil
 }
 
 // loopback reports whether a listen address is on the loopback interface.
@@ -321,10 +382,19 @@ func (c *Coordinator) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case <-c.lost:
+		err = ErrNotLeader
+		c.log.Warn("coordinator: this member no longer leads: its term ends; clients move to the new leader")
+	case <-c.member.Node.Failed():
+		err = c.member.Node.Err()
 	}
 	c.shutdown()
 	return err
 }
+
+// ErrNotLeader ends Serve when the member stops leading (Run then follows
+// the new leader).
+var ErrNotLeader = errors.New("coordinator: no longer the leader")
 
 // Close releases a coordinator that will not Serve (Listen failed, or the
 // caller gave up before serving): its listeners, the live-call path and
@@ -344,7 +414,10 @@ func (c *Coordinator) Close() error {
 	}
 	c.wg.Wait()
 	c.calls.Stop()
-	return c.store.Close()
+	if c.owned {
+		return c.member.Close()
+	}
+	return nil
 }
 
 // shutdown stops the coordinator in this order:
@@ -392,8 +465,10 @@ func (c *Coordinator) shutdown() {
 	}
 	c.wg.Wait()
 	c.calls.Stop()
-	if err := c.store.Close(); err != nil {
-		c.log.Error("store close", "err", err)
+	if c.owned {
+		if err := c.member.Close(); err != nil {
+			c.log.Error("store close", "err", err)
+		}
 	}
 	c.log.Info("coordinator stopped")
 }

@@ -78,6 +78,7 @@ func (s *Store) loadAuditHead() error {
 	s.audit.mu.Lock()
 	s.audit.head = head
 	s.audit.flight = map[uint64]*auditWrite{}
+	s.audit.last = nil
 	s.audit.mu.Unlock()
 	return nil
 }

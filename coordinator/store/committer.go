@@ -114,7 +114,7 @@ func (s *Store) committer() {
 				size += r.size()
 			}
 		}
-		err := s.commit(ok)
+		err := s.persist(ok)
 		took := time.Since(t0)
 		for _, r := range ok {
 			r.finish(err)
@@ -143,6 +143,15 @@ func (r *req) size() int {
 		n += len(e.key) + len(e.val) + 16
 	}
 	return n
+}
+
+// persist makes a batch durable: through the replicated log when there is
+// one, else as one synced Badger commit.
+func (s *Store) persist(batch []*req) error {
+	if r := s.replicator(); r != nil {
+		return r.Replicate(encodeBatch(batch))
+	}
+	return s.commit(batch)
 }
 
 func (s *Store) commit(batch []*req) error {

@@ -480,3 +480,21 @@ func checkOpenSpace(dir string, metaReserve int64) error {
 	}
 	return nil
 }
+
+// room reports whether the disk can take a write without any reserve: a
+// batch already committed by the cluster, which this member must apply or
+// stop (Apply), never one Badger cannot back.
+func (g *diskGuard) room(r *req) error {
+	a := g.begin()
+	if !a.ok {
+		return nil
+	}
+	batch := batchCost(r.vlog, r.wal)
+	if need := a.head + batch; a.free < need {
+		return &DiskFullError{Dir: g.dir, What: "a committed batch", Free: uint64(max(a.free, 0)), Needed: uint64(need), Headroom: uint64(a.head), Batch: uint64(batch)}
+	}
+	g.mu.Lock()
+	g.admitted += batch
+	g.mu.Unlock()
+	return nil
+}

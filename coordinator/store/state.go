@@ -259,6 +259,11 @@ func (s *Store) stamp(rec *StateRecord) error {
 
 // fillState records what the store holds now.
 func (s *Store) fillState(r *StateRecord) error {
+	// The record must never be ahead of what is on disk (Badger's writes
+	// are not synced in a replicated store).
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("store %s: sync: %w", s.dir, err)
+	}
 	r.MaxVersion = s.db.MaxVersion()
 	n := 0
 	err := s.db.View(func(txn *badger.Txn) error {

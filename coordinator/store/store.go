@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -81,6 +83,10 @@ type Options struct {
 	// KeyRotation is how long one data key encrypts new data
 	// (0: DefaultKeyRotation).
 	KeyRotation time.Duration
+	// Replicated: the store is the state machine of a replicated log
+	// (SetReplicator, Apply), which is the point of durability, so Badger's
+	// own writes are not synced (see replicate.go).
+	Replicated bool
 }
 
 // Store is the durable store.
@@ -98,6 +104,11 @@ type Store struct {
 	gcMarked bool
 
 	audit auditLog
+
+	// repl, once set, makes writes durable through a replicated log.
+	repl atomic.Pointer[Replicator]
+	// applied is the index of the last log command applied (Apply).
+	applied atomic.Uint64
 
 	closeMu   sync.RWMutex // writers hold it shared while they enqueue
 	closed    bool
@@ -186,6 +197,10 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
+	if _, err := os.Stat(restoringPath(dir)); err == nil {
+		unlock()
+		return nil, fmt.Errorf("store: open %s: %w (%s exists): its contents are incomplete; remove this member's data directory and let it catch up from the cluster again (README, Replacing a coordinator)", dir, ErrRestoreInterrupted, restoringPath(dir))
+	}
 	// The key first: a wrong one is a *KeyError, never taken for damage.
 	enc, err := EncryptionOf(dir)
 	if err != nil {
@@ -238,7 +253,7 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		verified = true
 	}
-	bo := badgerOptions(dir, log, key)
+	bo := badgerOptions(dir, log, key).WithSyncWrites(!o.Replicated)
 	if len(key) > 0 && o.KeyRotation > 0 {
 		bo = bo.WithEncryptionKeyRotationDuration(o.KeyRotation)
 	}
@@ -261,6 +276,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	go s.committer()
+	if err := s.loadApplied(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
 	if err := s.loadAuditHead(); err != nil {
 		_ = s.Close()
 		return nil, err

@@ -42,6 +42,9 @@ const (
 const (
 	KindNode    = "node"
 	KindConsole = "console"
+	// KindCoordinator is a coordinator of a cluster: its certificate serves
+	// and dials the other members (mutual TLS between coordinators).
+	KindCoordinator = "coordinator"
 )
 
 // EnsureCA loads the CA in dir, creating it on first use.
@@ -122,6 +125,17 @@ func IssueClient(ca *x509.Certificate, caKey *ecdsa.PrivateKey, name, kind, cert
 	if kind != KindNode && kind != KindConsole {
 		return fmt.Errorf("pki: kind %q: want %s or %s", kind, KindNode, KindConsole)
 	}
+	return issue(ca, caKey, name, kind, nil, certFile, keyFile)
+}
+
+// IssueCoordinator issues a coordinator's certificate (CN name, OU
+// coordinator), good for both ends of a connection between coordinators,
+// naming hosts (its cluster addresses) for reference.
+func IssueCoordinator(ca *x509.Certificate, caKey *ecdsa.PrivateKey, name string, hosts []string, certFile, keyFile string) error {
+	return issue(ca, caKey, name, KindCoordinator, hosts, certFile, keyFile)
+}
+
+func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, name, kind string, hosts []string, certFile, keyFile string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -133,6 +147,16 @@ func IssueClient(ca *x509.Certificate, caKey *ecdsa.PrivateKey, name, kind, cert
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if kind == KindCoordinator {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {

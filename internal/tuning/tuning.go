@@ -187,3 +187,28 @@ const (
 	// keeps.
 	StatsWindow = 8192
 )
+
+// The coordinator cluster (coordinator/cluster).
+const (
+	// ClusterHeartbeatTimeout: a follower that hears nothing from the
+	// leader for this long (randomised up to twice it) calls an election.
+	// A LAN answers in well under a millisecond; 400 ms rides out a busy
+	// member's pauses and still resumes calls within a second or so of a
+	// leader's death.
+	ClusterHeartbeatTimeout = 400 * time.Millisecond
+	// ClusterLeaderLease: a leader that has not heard from a quorum for
+	// this long steps down (it stops acknowledging: on the minority side of
+	// a partition no frame is acknowledged after it).
+	ClusterLeaderLease = 300 * time.Millisecond
+	// ClusterApplyTimeout bounds one replicated write (and a barrier, and
+	// a membership change): past it the write fails and the console
+	// resends from its last ack.
+	ClusterApplyTimeout = 5 * time.Second
+	// ClusterSnapshotInterval and ClusterSnapshotThreshold: how often a
+	// member checks, and after how many entries it takes a snapshot (a
+	// checkpoint of the store: a sync, no copy), after which the log
+	// before it, less ClusterTrailingLogs, is deleted.
+	ClusterSnapshotInterval  = 30 * time.Second
+	ClusterSnapshotThreshold = 8192
+	ClusterTrailingLogs      = 2048
+)
