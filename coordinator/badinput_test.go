@@ -508,7 +508,7 @@ func TestHTTPAPIPlaintextOnlyOnLoopback(t *testing.T) {
 	if c, err := mk("0.0.0.0:0", false); err == nil || !strings.Contains(err.Error(), "in the clear") {
 		t.Fatalf("plain HTTP on all interfaces accepted: %v", err)
 	} else {
-		c.store.Close()
+		_ = c.Close()
 	}
 	tc := startCoordinatorWith(t, func(c *Config) { c.HTTPTLS = true })
 	url := tc.c.HTTPAddr().String() + "/healthz"

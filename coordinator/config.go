@@ -98,7 +98,7 @@ type Config struct {
 	// coordinator serves from while its member leads (Run's); New does
 	// not close it. Otherwise New opens a cluster of one and owns it.
 	Member *Member
-	Logger       *slog.Logger
+	Logger *slog.Logger
 }
 
 // Limits are the coordinator's admission and liveness bounds.

@@ -86,14 +86,16 @@ type Coordinator struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	qt       *quic.Transport
-	ql       *quic.Listener
-	httpLn   net.Listener
-	httpSrv  *http.Server
-	probeMu  sync.Mutex
-	probeAt  time.Time
-	probeErr error
-	probing  bool // a probe is under way (probeMu)
+	qt *quic.Transport
+	// closeQUIC closes the listener, the transport and its socket.
+	closeQUIC func()
+	ql        *quic.Listener
+	httpLn    net.Listener
+	httpSrv   *http.Server
+	probeMu   sync.Mutex
+	probeAt   time.Time
+	probeErr  error
+	probing   bool // a probe is under way (probeMu)
 }
 
 // New opens the store and recovers in-flight calls. Call Listen, then Serve.
@@ -148,7 +150,8 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		c.owned = true
 	} else {
-		m.onCommit.Store(&c.metrics.p.commit)
+		observe := c.metrics.p.commit
+		m.onCommit.Store(&observe)
 	}
 	c.member = m
 	closeMember := func() {
@@ -223,7 +226,7 @@ func (c *Coordinator) Listen() error {
 	if err != nil {
 		return err
 	}
-	c.qt = qt
+	c.qt, c.closeQUIC = qt, closeQUIC
 	hl, err := bindHTTP(c.cfg)
 	if err != nil {
 		closeQUIC()
@@ -406,8 +409,8 @@ func (c *Coordinator) Close() error {
 	if c.ql != nil {
 		_ = c.ql.Close()
 	}
-	if c.qt != nil {
-		_ = c.qt.Close()
+	if c.closeQUIC != nil {
+		c.closeQUIC()
 	}
 	if c.httpLn != nil {
 		_ = c.httpLn.Close()
@@ -450,7 +453,7 @@ func (c *Coordinator) shutdown() {
 	c.stop()
 	c.calls.Cancel()
 	_ = c.ql.Close()
-	defer c.qt.Close()
+	defer c.closeQUIC()
 	// In-flight appends have finished or failed with the cancelled context;
 	// close every connection so consoles and workers reconnect elsewhere (or
 	// to this coordinator once restarted).

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/coordinator/cluster"
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/auth"
 	"github.com/callscribe/callscribe/internal/tuning"
@@ -153,9 +154,32 @@ func (f *follower) routes() http.Handler {
 		if _, ok := f.operator(w, r); !ok {
 			return
 		}
-		writeJSON(w, http.StatusOK, clusterView(f.m))
+		writeJSON(w, http.StatusOK, clusterView(f.m, advertised(f.cfg.Cluster.QUIC, f.ql.Addr().String()), advertised(f.cfg.Cluster.HTTP, f.httpLn.Addr().String())))
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/cluster/init", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := f.operator(w, r); !ok {
+			return
+		}
+		ms, err := f.m.Node.Members()
+		if err != nil || len(ms) > 0 {
+			f.routesLeader(w, r)
+			return
+		}
+		if err := f.m.Node.Bootstrap(); err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		f.log.Info("cluster: bootstrapped a new cluster with this member", "member", f.m.Node.Name())
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "a new cluster was started with this member: it is becoming the leader; retry shortly for the join token"})
+	})
+	mux.HandleFunc("/", f.routesLeader)
+	return mux
+}
+
+// routesLeader redirects a request to the leader.
+func (f *follower) routesLeader(w http.ResponseWriter, r *http.Request) {
+	{
 		lead, _ := f.leader()
 		if lead == nil || lead.HTTP == "" {
 			w.Header().Set("Retry-After", "1")
@@ -167,8 +191,7 @@ func (f *follower) routes() http.Handler {
 			scheme = "https"
 		}
 		http.Redirect(w, r, scheme+"://"+lead.HTTP+r.URL.RequestURI(), http.StatusTemporaryRedirect)
-	})
-	return mux
+	}
 }
 
 // operator authenticates an operator's request.
@@ -191,14 +214,18 @@ func (f *follower) operator(w http.ResponseWriter, r *http.Request) (auth.Princi
 // ClusterView is GET /v1/cluster: this member's view of the cluster and
 // where every member serves.
 type ClusterView struct {
-	Self    string             `json:"self"`
+	Self string `json:"self"`
+	// Raft, QUIC and HTTP are this member's own addresses.
+	Raft    string             `json:"raft"`
+	QUIC    string             `json:"quic,omitempty"`
+	HTTP    string             `json:"http,omitempty"`
 	Cluster string             `json:"cluster,omitempty"`
-	Status  any                `json:"status"`
+	Status  cluster.Status     `json:"status"`
 	Members []store.MemberInfo `json:"members"`
 }
 
-func clusterView(m *Member) ClusterView {
-	v := ClusterView{Self: m.Node.Name(), Status: m.Node.Status()}
+func clusterView(m *Member, quicAddr, httpAddr string) ClusterView {
+	v := ClusterView{Self: m.Node.Name(), Raft: m.Node.Address(), QUIC: quicAddr, HTTP: httpAddr, Status: m.Node.Status()}
 	if ci, err := m.Store.Cluster(); err == nil && ci != nil {
 		v.Cluster = ci.ID
 	}

@@ -56,6 +56,7 @@ func (c *Coordinator) routes() http.Handler {
 	mux.HandleFunc("POST /v1/tokens", c.require(c.handleTokenAdd, operator))
 	mux.HandleFunc("DELETE /v1/tokens/{name}", c.require(c.handleTokenRevoke, operator))
 	mux.HandleFunc("GET /v1/audit", c.require(c.handleAudit, operator))
+	c.clusterRoutes(mux)
 	metrics := promhttp.HandlerFor(c.metrics.p.reg, promhttp.HandlerOpts{})
 	if c.cfg.MetricsOpen {
 		mux.Handle("GET /metrics", metrics)

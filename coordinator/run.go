@@ -197,3 +197,12 @@ func (s *Service) lead(ctx context.Context) error {
 	s.mu.Unlock()
 	return err
 }
+
+// AuditAs records an entry in the audit trail through the current term
+// (nothing while following: only the leader writes).
+func (s *Service) AuditAs(ctx context.Context, actor, action, target, outcome, detail string) error {
+	if c := s.Coordinator(); c != nil {
+		return c.AuditAs(ctx, actor, action, target, outcome, detail)
+	}
+	return ErrNotLeader
+}

@@ -31,6 +31,7 @@ var commands = map[string]command{
 	"worker":      {cmdWorker, "run one ASR worker (started by an agent)"},
 	"status":      {cmdStatus, "show nodes, GPUs, workers and calls (--json)"},
 	"node":        {cmdNode, "drain or undrain a node"},
+	"cluster":     {cmdCluster, "status, init, join or remove members of the coordinator cluster (operator)"},
 	"token":       {cmdToken, "add, list or revoke credentials on a running coordinator (operator)"},
 	"audit":       {cmdAudit, "print the audit trail, or verify its hash chain (--verify)"},
 	"verify":      {cmdVerify, "check a call's signed integrity statement against its stored audio and transcript"},
@@ -43,7 +44,7 @@ var commands = map[string]command{
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "callscribe %s: live transcription of emergency calls\n\nusage: callscribe COMMAND [flags]\n\n", version)
-	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "token", "audit", "verify", "config", "ca", "models", "bench", "store", "version"} {
+	for _, n := range []string{"dev", "coordinator", "agent", "worker", "stream", "transcribe", "status", "node", "cluster", "token", "audit", "verify", "config", "ca", "models", "bench", "store", "version"} {
 		if c, ok := commands[n]; ok {
 			fmt.Fprintf(w, "  %-12s %s\n", n, c.help)
 		}

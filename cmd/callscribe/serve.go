@@ -74,6 +74,13 @@ type coordinatorConfig struct {
 	WorkerPing    config.Duration `toml:"worker_ping" help:"how often workers send a liveness ping"`
 	WorkerTimeout config.Duration `toml:"worker_timeout" help:"drop a worker (its calls move) silent this long"`
 	StoreKeyFile  string          `toml:"store_key_file" help:"the store's encryption key (32 bytes; created with a new store; default DATA/keys/store.key; systemd's store.key credential wins)"`
+	ClusterName   string          `toml:"cluster_name" help:"this coordinator's name in its cluster (default: the host name, kept from the first start)"`
+	ClusterListen string          `toml:"cluster_listen" help:"address the coordinator listens on for the other coordinators of its cluster (empty: a cluster of one)"`
+	ClusterAdv    string          `toml:"cluster_advertise" help:"address the other coordinators dial (default: cluster_listen)"`
+	ClusterCert   string          `toml:"cluster_cert" help:"this coordinator's certificate for its cluster (default DATA/coordinator.pem; callscribe ca issue --kind coordinator)"`
+	ClusterKey    string          `toml:"cluster_key" help:"its key (default DATA/coordinator-key.pem)"`
+	ClusterQUIC   string          `toml:"cluster_quic" help:"the QUIC address clients are sent to for this coordinator (default: quic, when it names a host)"`
+	ClusterHTTP   string          `toml:"cluster_http" help:"the HTTP address clients are sent to for this coordinator (default: http, when it names a host)"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
@@ -225,6 +232,23 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20, Signer: signer,
 		Logger: log.With("component", "coordinator")}
+	cfg.Cluster = coordinator.ClusterConfig{Name: f.ClusterName, Bind: f.ClusterListen, Advertise: f.ClusterAdv, QUIC: f.ClusterQUIC, HTTP: f.ClusterHTTP}
+	if f.ClusterListen != "" {
+		cp, kp := f.ClusterCert, f.ClusterKey
+		if cp == "" {
+			cp = filepath.Join(f.Data, pki.CoordinatorCert)
+		}
+		if kp == "" {
+			kp = filepath.Join(f.Data, pki.CoordinatorKey)
+		}
+		pc, err := pki.LoadClientCert(cp, kp)
+		if err != nil {
+			return cfg, "", "", fmt.Errorf("cluster_listen is set, but this coordinator's certificate cannot be loaded (issue one with `callscribe ca issue --kind coordinator` on the first member and copy it here with the CA): %w", err)
+		}
+		cfg.Cluster.Cert = pc
+		cfg.Cluster.CAs = x509.NewCertPool()
+		cfg.Cluster.CAs.AddCert(ca)
+	}
 	for _, line := range config.Effective(f, l.src) {
 		log.Info("config", "effective", line)
 	}
@@ -257,7 +281,7 @@ func consoleCredentials(list []string) (bare []string, named []auth.Static, err 
 // reloadOnHUP re-reads the configuration on SIGHUP and applies what can
 // change without a restart: console tokens, scaling targets, the abandon
 // timeout and the log level.
-func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Coordinator, ctoken string, level *slog.LevelVar, log *slog.Logger) {
+func reloadOnHUP(ctx context.Context, l *loaded, c *coordinator.Service, ctoken string, level *slog.LevelVar, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -318,23 +342,26 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	c, err := coordinator.New(cfg)
+	c, err := coordinator.NewService(cfg)
 	if err != nil {
 		return err
 	}
-	if err := c.Listen(); err != nil {
-		_ = c.Close()
-		return err
-	}
-	log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data)
-	// The watchdog and the reloader are owned here: they end with Serve.
+	// The watchdog and the reloader are owned here: they end with Run.
 	sctx, scancel := context.WithCancel(ctx)
 	var side sync.WaitGroup
-	side.Add(2)
+	side.Add(3)
 	go func() { defer side.Done(); watchdog(sctx, c.Healthy) }()
 	go func() { defer side.Done(); reloadOnHUP(sctx, l, c, ctoken, level, log) }()
-	_ = sdnotify.Ready("serving: quic " + c.QUICAddr().String() + ", http " + c.HTTPAddr().String())
-	err = c.Serve(ctx)
+	go func() {
+		defer side.Done()
+		select {
+		case <-c.Bound():
+			log.Info("coordinator listening", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data)
+			_ = sdnotify.Ready("serving: quic " + c.QUICAddr().String() + ", http " + c.HTTPAddr().String())
+		case <-sctx.Done():
+		}
+	}()
+	err = c.Run(ctx)
 	scancel()
 	side.Wait()
 	_ = sdnotify.Stopping("stopped")
@@ -363,17 +390,24 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, "token: %s\n", ctoken)
 	fmt.Fprintf(stdout, "operator token: %s\n", filepath.Join(l.cfg.Data, pki.OperatorToken))
-	c, err := coordinator.New(cfg)
+	c, err := coordinator.NewService(cfg)
 	if err != nil {
 		return err
 	}
-	if err := c.Listen(); err != nil {
-		_ = c.Close()
+	// The service runs from here on; the agent is given its address once bound.
+	runCtx, runCancel := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- c.Run(runCtx) }()
+	closeService := func() { runCancel(); <-runErr }
+	select {
+	case <-c.Bound():
+	case err := <-runErr:
+		runCancel()
 		return err
 	}
 	wc, err := workerCommand()
 	if err != nil {
-		_ = c.Close()
+		closeService()
 		return err
 	}
 	acfg := agent.Config{NodeID: proto.NodeID(*node), Coordinator: c.QUICAddr().String(), CAFile: filepath.Join(l.cfg.Data, pki.CAFile),
@@ -381,13 +415,13 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		ServerName: "localhost", Token: ntoken, WorkerCommand: wc, ModelDir: l.cfg.Models, StateDir: l.cfg.Data, Logger: log.With("component", "agent")}
 	if *sim != "" {
 		if acfg.GPUs, err = simulatedGPUs(*sim); err != nil {
-			_ = c.Close()
+			closeService()
 			return err
 		}
 	}
 	a, err := agent.New(acfg)
 	if err != nil {
-		_ = c.Close()
+		closeService()
 		return err
 	}
 	log.Info("callscribe dev appliance", "quic", c.QUICAddr().String(), "http", c.HTTPAddr().String(), "data", l.cfg.Data,
@@ -402,7 +436,13 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			log.Error("agent", "err", err)
 		}
 	}()
-	err = c.Serve(ctx)
+	select {
+	case <-ctx.Done():
+		runCancel()
+		err = <-runErr
+	case err = <-runErr:
+		runCancel()
+	}
 	acancel() // the agent stops its workers; the reloader ends
 	wg.Wait()
 	return err

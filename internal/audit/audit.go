@@ -47,6 +47,10 @@ const (
 	ActionExport          = "export"
 	ActionAudioRead       = "audio.read"
 	ActionAuthDenied      = "auth.denied"
+	// Cluster membership: a new join token, a member joined or removed.
+	ActionClusterToken  = "cluster.token"
+	ActionClusterJoin   = "cluster.join"
+	ActionClusterRemove = "cluster.remove"
 )
 
 // Outcomes; an error is "error: " and its text.

@@ -36,6 +36,10 @@ const (
 	NodeToken     = "node.token"
 	NodeCert      = "node.pem"
 	NodeKey       = "node-key.pem"
+	// CoordinatorCert and CoordinatorKey are a cluster member's own
+	// certificate (KindCoordinator) in its data directory.
+	CoordinatorCert = "coordinator.pem"
+	CoordinatorKey  = "coordinator-key.pem"
 )
 
 // Kinds of client certificate, carried in the subject's OrganizationalUnit.
