@@ -55,6 +55,8 @@ type Config struct {
 	// ClusterID returns the cluster's ID ("" before it has one).
 	ClusterID func() string
 	Logger    *slog.Logger
+	// SnapshotThreshold and TrailingLogs override tuning's (tests).
+	SnapshotThreshold, TrailingLogs uint64
 }
 
 // Node is this coordinator's member of the cluster.
@@ -78,6 +80,11 @@ type Node struct {
 	done          chan struct{}
 	commitHist    func(time.Duration)
 	single        bool
+
+	// stopMu orders Shutdown after the writes in flight (held shared by
+	// Replicate): Raft leaves a write queued at shutdown unanswered.
+	stopMu  sync.RWMutex
+	stopped bool
 
 	leadMu  sync.Mutex
 	leading bool
@@ -166,6 +173,12 @@ func Start(cfg Config) (*Node, error) {
 		return err
 	}
 	rc := raftConfig(cfg.Name, n.single, hl)
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
 	rc.NotifyCh = n.notify
 	has, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
@@ -243,6 +256,11 @@ var ErrNotLeader = errors.New("cluster: not the leader")
 
 // Replicate makes cmd durable on a quorum and applies it (store.Replicator).
 func (n *Node) Replicate(cmd []byte) error {
+	n.stopMu.RLock()
+	defer n.stopMu.RUnlock()
+	if n.stopped {
+		return fmt.Errorf("%w: the member is shutting down", ErrNotLeader)
+	}
 	t0 := time.Now()
 	f := n.r.Apply(cmd, tuning.ClusterApplyTimeout)
 	if err := f.Error(); err != nil {
@@ -388,8 +406,20 @@ func (n *Node) Status() Status {
 	return s
 }
 
+// Snapshot takes a snapshot now (a checkpoint of the store) and compacts
+// the log behind it.
+func (n *Node) Snapshot() error {
+	if err := n.r.Snapshot().Error(); err != nil {
+		return fmt.Errorf("cluster: snapshot: %w", err)
+	}
+	return nil
+}
+
 // Shutdown stops the member (the log stays; a restart resumes it).
 func (n *Node) Shutdown() error {
+	n.stopMu.Lock()
+	n.stopped = true
+	n.stopMu.Unlock()
 	var err error
 	if n.r != nil {
 		n.r.DeregisterObserver(n.observer)

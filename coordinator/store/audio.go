@@ -69,7 +69,7 @@ func (s *Store) PutDigest(ctx context.Context, id proto.CallID, ch int, d integr
 // frames).
 func (s *Store) Digest(id proto.CallID, ch int) (d integrity.Digest, ok bool, err error) {
 	k := digestKey(id, ch)
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		it, err := txn.Get(k)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -114,7 +114,7 @@ func frameEntries(id proto.CallID, ch int, fs []Frame) []entry {
 func (s *Store) NextSeq(id proto.CallID, ch int) (uint32, error) {
 	var next uint32
 	p := framePrefix(id, ch)
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: p})
 		defer it.Close()
 		seek := append(append([]byte(nil), p...), 0xFF, 0xFF, 0xFF, 0xFF, 0xFF)
@@ -131,7 +131,7 @@ func (s *Store) NextSeq(id proto.CallID, ch int) (uint32, error) {
 // CountFrames returns how many frames of a channel are stored.
 func (s *Store) CountFrames(id proto.CallID, ch int) (uint32, error) {
 	var n uint32
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: framePrefix(id, ch)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -145,7 +145,7 @@ func (s *Store) CountFrames(id proto.CallID, ch int) (uint32, error) {
 // Frames calls fn for stored frames of a channel from seq from on, in order,
 // up to limit frames (0: all). The payload is only valid during fn.
 func (s *Store) Frames(id proto.CallID, ch int, from uint32, limit int, fn func(Frame) error) error {
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: framePrefix(id, ch), PrefetchValues: true, PrefetchSize: 16})
 		defer it.Close()
 		n := 0

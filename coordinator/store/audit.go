@@ -41,7 +41,7 @@ type auditWrite struct {
 // and the entry, err naming the key when it cannot be decoded (with ok
 // true) or the log cannot be read. ok is false when the log is empty.
 func (s *Store) newestAudit() (seq uint64, e audit.Entry, ok bool, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte("l/")})
 		defer it.Close()
 		it.Seek(auditKey(^uint64(0)))
@@ -177,7 +177,7 @@ func (s *Store) AuditEntries(after uint64, limit int) ([]audit.Entry, error) {
 	if after == ^uint64(0) {
 		return nil, nil
 	}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("l/"), PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Seek(auditKey(after + 1)); it.Valid(); it.Next() {
@@ -199,7 +199,7 @@ func (s *Store) AuditEntries(after uint64, limit int) ([]audit.Entry, error) {
 // has acknowledged (0: none).
 func (s *Store) AuditExported() (uint64, error) {
 	var n uint64
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it, err := txn.Get(auditExportedKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil

@@ -102,7 +102,7 @@ func (s *Store) CallsPage(f CallFilter, cursor string, limit int) ([]*Call, stri
 	since := nanos(f.Since)
 	var out []*Call
 	next := ""
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(timePrefix), Reverse: true})
 		defer it.Close()
 		scanned := 0
@@ -154,7 +154,7 @@ func (s *Store) EachCall(ctx context.Context, fn func(*Call) error) error {
 	after := []byte(nil)
 	for ctx.Err() == nil {
 		var batch []*Call
-		err := s.db.View(func(txn *badger.Txn) error {
+		err := s.view(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/"), PrefetchValues: true, PrefetchSize: 64})
 			defer it.Close()
 			it.Seek(callKey("")) // the first record
@@ -192,7 +192,7 @@ func (s *Store) EachCall(ctx context.Context, fn func(*Call) error) error {
 // countKeys counts the keys under prefix (keys only: no value is read).
 func (s *Store) countKeys(prefix string) (int, error) {
 	n := 0
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -243,7 +243,7 @@ func (s *Store) indexCalls(ctx context.Context) error {
 	}
 	// Index keys whose record is gone or was created at another time.
 	var stale [][]byte
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(timePrefix)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -14,7 +14,7 @@ func (s *Store) Probe(ctx context.Context) error {
 	if err := s.write(ctx, false, entry{key: []byte("m/probe"), val: v}); err != nil {
 		return err
 	}
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.view(func(txn *badger.Txn) error {
 		_, err := txn.Get([]byte("m/probe"))
 		return err
 	})
@@ -28,7 +28,7 @@ func (s *Store) deletePrefix(ctx context.Context, prefix []byte) (int, error) {
 	total := 0
 	for ctx.Err() == nil {
 		var keys [][]byte
-		err := s.db.View(func(txn *badger.Txn) error {
+		err := s.view(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 			defer it.Close()
 			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {

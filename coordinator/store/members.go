@@ -38,7 +38,7 @@ const memberPrefix = "x/member/"
 // Cluster returns the cluster's identity (nil before there is one).
 func (s *Store) Cluster() (*ClusterInfo, error) {
 	var ci *ClusterInfo
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it, err := txn.Get(clusterKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -67,7 +67,7 @@ func (s *Store) PutCluster(ctx context.Context, ci ClusterInfo) error {
 // Members returns every member's addresses.
 func (s *Store) Members() ([]MemberInfo, error) {
 	var ms []MemberInfo
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(memberPrefix), PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

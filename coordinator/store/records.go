@@ -137,7 +137,7 @@ func (s *Store) PutFinal(ctx context.Context, id proto.CallID, f Final, c *Call)
 // Call loads a call record.
 func (s *Store) Call(id proto.CallID) (*Call, error) {
 	var c Call
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it, err := txn.Get(callKey(id))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return ErrNotFound
@@ -157,7 +157,7 @@ func (s *Store) Call(id proto.CallID) (*Call, error) {
 // struct or a pointer to one.
 func scanJSON[T any](s *Store, prefix, what string) ([]T, error) {
 	var out []T
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -175,7 +175,7 @@ func scanJSON[T any](s *Store, prefix, what string) ([]T, error) {
 // Finals returns a channel's finals from index from on, in order.
 func (s *Store) Finals(id proto.CallID, ch int, from uint32) ([]Final, error) {
 	var out []Final
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: finalPrefix(id, ch), PrefetchValues: true})
 		defer it.Close()
 		for it.Seek(finalKey(id, ch, from)); it.Valid(); it.Next() {
@@ -194,7 +194,7 @@ func (s *Store) Finals(id proto.CallID, ch int, from uint32) ([]Final, error) {
 func (s *Store) LastFinal(id proto.CallID, ch int) (*Final, error) {
 	var f *Final
 	p := finalPrefix(id, ch)
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: p})
 		defer it.Close()
 		it.Seek(append(append([]byte(nil), p...), 0xFF, 0xFF, 0xFF, 0xFF, 0xFF))
@@ -274,7 +274,7 @@ func (s *Store) PutCallExport(ctx context.Context, c *Call) error {
 // whole.
 func (s *Store) OutboxBatch(limit int) ([]OutboxEntry, error) {
 	var out []OutboxEntry
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("o/"), PrefetchValues: true, PrefetchSize: 64})
 		defer it.Close()
 		for it.Rewind(); it.Valid() && (limit <= 0 || len(out) < limit); it.Next() {

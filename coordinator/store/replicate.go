@@ -152,6 +152,12 @@ func (s *Store) Apply(index uint64, cmd []byte) error {
 
 // loadApplied reads appliedKey.
 func (s *Store) loadApplied() error {
+	s.restoreMu.RLock()
+	defer s.restoreMu.RUnlock()
+	return s.loadAppliedLocked()
+}
+
+func (s *Store) loadAppliedLocked() error {
 	return s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get(appliedKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -216,40 +222,9 @@ func (s *Store) Restore(r io.Reader) error {
 	if err := writeFileSync(mark, []byte("a snapshot install began; if this file remains, the store is incomplete\n")); err != nil {
 		return fmt.Errorf("store: restore: %w", err)
 	}
-	var keep []entry
-	err := s.db.View(func(txn *badger.Txn) error {
-		for _, k := range [][]byte{identityKey, openedKey, closedKey} {
-			it, err := txn.Get(k)
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			v, err := it.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			keep = append(keep, entry{key: k, val: v})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("store: restore: read own keys: %w", err)
-	}
-	if err := s.db.DropAll(); err != nil {
-		return fmt.Errorf("store: restore: drop: %w", err)
-	}
-	if err := s.db.Load(r, 64); err != nil {
-		return fmt.Errorf("store: restore: load: %w", err)
-	}
-	if err := s.commit([]*req{newReq(false, keep)}); err != nil {
-		return fmt.Errorf("store: restore: own keys: %w", err)
-	}
-	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("store: restore: sync: %w", err)
-	}
-	if err := s.loadApplied(); err != nil {
+	// No read may run while Badger loads (DB.Load is not safe with
+	// concurrent transactions): readers wait (view).
+	if err := s.replace(r); err != nil {
 		return err
 	}
 	if err := s.loadAuditHead(); err != nil {
@@ -293,3 +268,55 @@ func writeFileSync(path string, b []byte) error {
 // (the audit log's head) before this member writes as the leader: it
 // applied other leaders' writes since it opened.
 func (s *Store) Lead() error { return s.loadAuditHead() }
+
+// view runs a read-only transaction (never during a Restore).
+func (s *Store) view(fn func(txn *badger.Txn) error) error {
+	s.restoreMu.RLock()
+	defer s.restoreMu.RUnlock()
+	return s.db.View(fn)
+}
+
+// replace drops everything and loads the backup, readers held off.
+func (s *Store) replace(r io.Reader) error {
+	s.restoreMu.Lock()
+	defer s.restoreMu.Unlock()
+	// No read may run while Badger loads (DB.Load is not safe with
+	// concurrent transactions): readers wait (view).
+	var keep []entry
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, k := range [][]byte{identityKey, openedKey, closedKey} {
+			it, err := txn.Get(k)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			v, err := it.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			keep = append(keep, entry{key: k, val: v})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: restore: read own keys: %w", err)
+	}
+	if err := s.db.DropAll(); err != nil {
+		return fmt.Errorf("store: restore: drop: %w", err)
+	}
+	if err := s.db.Load(r, 64); err != nil {
+		return fmt.Errorf("store: restore: load: %w", err)
+	}
+	if err := s.commit([]*req{newReq(false, keep)}); err != nil {
+		return fmt.Errorf("store: restore: own keys: %w", err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("store: restore: sync: %w", err)
+	}
+	if err := s.loadAppliedLocked(); err != nil {
+		return err
+	}
+	return nil
+}

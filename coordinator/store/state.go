@@ -215,7 +215,7 @@ func verifyContents(db *badger.DB, dir string, rec *StateRecord, log *slog.Logge
 func (s *Store) stamp(rec *StateRecord) error {
 	now := time.Now().UTC()
 	var id identity
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it, err := txn.Get(identityKey)
 		if err != nil {
 			return err
@@ -266,7 +266,7 @@ func (s *Store) fillState(r *StateRecord) error {
 	}
 	r.MaxVersion = s.db.MaxVersion()
 	n := 0
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -109,6 +109,8 @@ type Store struct {
 	repl atomic.Pointer[Replicator]
 	// applied is the index of the last log command applied (Apply).
 	applied atomic.Uint64
+	// restoreMu is held by Restore, and shared by every read (view).
+	restoreMu sync.RWMutex
 
 	closeMu   sync.RWMutex // writers hold it shared while they enqueue
 	closed    bool
