@@ -17,8 +17,8 @@ import (
 //
 // A prefix is deleted by raising the log's floor in the meta file
 // (atomically, synced) and then removing the segments wholly below it;
-// should the removal fail, the entries are deleted all the same and Open
-// removes the files. A suffix is deleted by removing the later segments,
+// should the removal fail, the entries are deleted all the same, the log
+// refuses writes until reopened, and Open removes the files. A suffix is deleted by removing the later segments,
 // newest first, and cutting the segment holding min at min's record, then
 // syncing: a crash part way leaves a shorter log that still ends in a
 // suffix of the range, never a hole.
@@ -79,8 +79,11 @@ func (l *Log) deleteAll() error {
 	return l.remove(gone)
 }
 
-// remove closes and removes segments no longer in l.segs, and syncs the
-// directory.
+// remove closes and removes segments below the floor, no longer in
+// l.segs, and syncs the directory. Should that fail, the entries are
+// deleted all the same (the floor is written), but a file left over could
+// clash with a segment written next: the log refuses writes until it is
+// reopened, and Open removes the files below the floor.
 func (l *Log) remove(gone []*segment) error {
 	var errs []error
 	for _, s := range gone {
@@ -96,7 +99,11 @@ func (l *Log) remove(gone []*segment) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		l.broken = err
+		return err
+	}
+	return nil
 }
 
 // deleteSuffix deletes the entries from min on; min is above the first.

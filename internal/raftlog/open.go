@@ -49,8 +49,18 @@ func (l *Log) load() error {
 		}
 		l.segs = append(l.segs, s)
 	}
+	// Segments wholly below the floor (the next starts at or below it) are
+	// what a DeleteRange that crashed after raising it had still to
+	// remove: not read, removed below.
+	below := 0
+	for below+1 < len(l.segs) && l.segs[below+1].first <= m.Floor {
+		below++
+	}
 	for i, s := range l.segs {
-		if i > 0 {
+		if i < below {
+			continue
+		}
+		if i > below {
 			if p := l.segs[i-1]; s.first != p.last()+1 {
 				return damaged(s.path, 0, fmt.Sprintf("segment starts at index %d, but %s ends at %d", s.first, p.path, p.last()))
 			}
@@ -59,9 +69,9 @@ func (l *Log) load() error {
 			return err
 		}
 	}
-	// Verified: now the changes. Segments wholly below the floor are what
-	// a DeleteRange that crashed after raising it had still to remove.
-	for len(l.segs) > 0 && l.segs[0].last() < m.Floor {
+	// Verified: now the changes.
+	for len(l.segs) > 0 && (below > 0 || l.segs[0].last() < m.Floor) {
+		below--
 		s := l.segs[0]
 		s.f.Close()
 		if err := os.Remove(s.path); err != nil {
