@@ -206,6 +206,11 @@ const (
 	CodeThrottled = "throttled"
 	// CodeTransferred: a supervisor handed the call to another console.
 	CodeTransferred = "transferred"
+	// CodeNotLeader: this coordinator is a follower in a cluster and
+	// serves no client; leader names the one that does (empty while an
+	// election is under way) and members lists every coordinator. Sent as
+	// the answer to a client's first message, then the stream is closed.
+	CodeNotLeader = "not_leader"
 )
 
 // Error is sent before a stream is closed because of a problem. Fatal
@@ -216,6 +221,12 @@ type Error struct {
 	Fatal   bool   `json:"fatal"`
 	// RetryAfterMS is set with CodeThrottled.
 	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	// Leader is set with CodeNotLeader: the leader's QUIC address (host:port)
+	// for this kind of client; empty while an election is under way.
+	Leader string `json:"leader,omitempty"`
+	// Members is set with CodeNotLeader: every coordinator's QUIC address,
+	// so a client given one address learns the others.
+	Members []string `json:"members,omitempty"`
 	// cause is the error behind it on this side (never sent): errors.Is
 	// and errors.As see through an Error to, say, a storage error.
 	cause error
@@ -232,14 +243,28 @@ func Wrap(code string, err error, format string, a ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, a...) + ": " + err.Error(), cause: err}
 }
 
+// NotLeader is a follower's answer to a client's first message: leader is
+// the leader's QUIC address for this kind of client ("" while no leader
+// is elected), members every coordinator's. It is fatal: the follower
+// closes the stream after it.
+func NotLeader(leader string, members []string) *Error {
+	msg := "not the leader; no leader elected yet"
+	if leader != "" {
+		msg = "not the leader; the leader is " + leader
+	}
+	return &Error{Code: CodeNotLeader, Message: msg, Fatal: true, Leader: leader, Members: members}
+}
+
 // Retryable reports whether a console should reconnect after this error.
 // An out_of_order frame is one of them (PROTOCOL.md: reconnect and
 // resume): after a refused write the coordinator expects the refused frame
 // again, and a frame already sent behind it is refused as out of order;
-// the welcome's next_seq puts the console back in step.
+// the welcome's next_seq puts the console back in step. A not_leader
+// answer is another: the client reconnects to the leader it names (or,
+// while none is elected, to another coordinator after a pause).
 func (e *Error) Retryable() bool {
 	switch e.Code {
-	case CodeStorage, CodeUnavailable, CodeInternal, CodeOutOfOrder:
+	case CodeStorage, CodeUnavailable, CodeInternal, CodeOutOfOrder, CodeNotLeader:
 		return true
 	}
 	return false

@@ -31,7 +31,11 @@ import (
 //	   decoder could read (concealed, counted, the channel goes on); the
 //	   error event may name the frame it failed on. Version 1 workers are
 //	   still accepted (without liveness).
-const Version = 2
+//	3: coordinator clusters: a follower answers a client's first message
+//	   with not_leader, naming the leader and the members; clients follow
+//	   it. The messages are those of version 2: older peers are still
+//	   accepted.
+const Version = 3
 
 // MinVersion is the oldest version still accepted.
 const MinVersion = 1

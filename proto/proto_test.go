@@ -2,8 +2,14 @@ package proto
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -129,15 +135,76 @@ func FuzzDecode(f *testing.F) {
 }
 
 // Which errors a console reconnects after: the ones PROTOCOL.md says to
-// reconnect and resume after, and no others.
+// reconnect and resume after, and no others. Every Code constant declared
+// in messages.go must be listed, so a new code cannot be forgotten here.
 func TestRetryable(t *testing.T) {
-	for code, want := range map[string]bool{
-		CodeStorage: true, CodeUnavailable: true, CodeInternal: true, CodeOutOfOrder: true,
+	want := map[string]bool{
+		CodeStorage: true, CodeUnavailable: true, CodeInternal: true, CodeOutOfOrder: true, CodeNotLeader: true,
 		CodeUnauthorized: false, CodeForbidden: false, CodeThrottled: false, CodeTransferred: false,
-		CodeBadRequest: false, CodeBadVersion: false, CodeUnknownCodec: false, CodeCallInUse: false, CodeTooLarge: false,
-	} {
-		if got := (&Error{Code: code}).Retryable(); got != want {
-			t.Errorf("%s: retryable %v, want %v", code, got, want)
+		CodeBadRequest: false, CodeBadVersion: false, CodeUnknownCodec: false, CodeUnknownModel: false, CodeCallInUse: false, CodeTooLarge: false,
+	}
+	for code, retry := range want {
+		if got := (&Error{Code: code}).Retryable(); got != retry {
+			t.Errorf("%s: retryable %v, want %v", code, got, retry)
 		}
+	}
+	f, err := parser.ParseFile(token.NewFileSet(), "messages.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := 0
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			for i, name := range spec.(*ast.ValueSpec).Names {
+				if !strings.HasPrefix(name.Name, "Code") || strings.HasPrefix(name.Name, "Codec") {
+					continue
+				}
+				declared++
+				lit, ok := spec.(*ast.ValueSpec).Values[i].(*ast.BasicLit)
+				if !ok {
+					t.Fatalf("%s is not a string literal", name.Name)
+				}
+				code, _ := strconv.Unquote(lit.Value)
+				if _, ok := want[code]; !ok {
+					t.Errorf("%s (%q) is not in this test: is it retryable?", name.Name, code)
+				}
+			}
+		}
+	}
+	if declared != len(want) {
+		t.Errorf("messages.go declares %d codes, the test lists %d", declared, len(want))
+	}
+}
+
+// A follower's not_leader answer reaches the client whole: the leader, the
+// members, fatal, and a message that names the leader.
+func TestNotLeaderRoundTrip(t *testing.T) {
+	for _, c := range []struct {
+		leader string
+		msg    string
+	}{{"10.0.0.2:4433", "the leader is 10.0.0.2:4433"}, {"", "no leader elected yet"}} {
+		var buf bytes.Buffer
+		if err := NewWriter(&buf).WriteJSON(TError, NotLeader(c.leader, []string{"10.0.0.1:4433", "10.0.0.2:4433"})); err != nil {
+			t.Fatal(err)
+		}
+		var wel AgentWelcome
+		err := NewReader(&buf).ReadJSON(TAgentWelcome, &wel)
+		var pe *Error
+		if !errors.As(err, &pe) {
+			t.Fatalf("got %v, want a proto error", err)
+		}
+		if pe.Code != CodeNotLeader || !pe.Fatal || !pe.Retryable() || pe.Leader != c.leader || len(pe.Members) != 2 || pe.Members[1] != "10.0.0.2:4433" ||
+			!strings.Contains(pe.Message, c.msg) {
+			t.Errorf("got %+v", pe)
+		}
+	}
+	// Other errors carry neither field on the wire.
+	b, _ := json.Marshal(&Error{Code: CodeInternal, Message: "x"})
+	if strings.Contains(string(b), "leader") || strings.Contains(string(b), "members") {
+		t.Errorf("%s", b)
 	}
 }
