@@ -32,19 +32,25 @@ func (s *seen) get() []string {
 }
 
 // cluster starts a leader that records requests and a follower answering
-// every request with 307 to the same path on the leader.
-func cluster(t *testing.T) (leader, follower *httptest.Server, got *seen) {
+// every request with 307 to the same path on the leader, at leaderURL:
+// the leader's URL, or the same with "localhost" for 127.0.0.1 (another
+// host to net/http, which would drop Authorization on its own).
+func cluster(t *testing.T, byName bool) (leaderURL string, follower *httptest.Server, got *seen) {
 	t.Helper()
 	got = &seen{}
-	leader = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	leader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.add(r)
 		w.WriteHeader(http.StatusCreated)
 	}))
+	leaderURL = leader.URL
+	if byName {
+		leaderURL = strings.Replace(leaderURL, "127.0.0.1", "localhost", 1)
+	}
 	follower = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, leader.URL+r.URL.Path, http.StatusTemporaryRedirect)
+		http.Redirect(w, r, leaderURL+r.URL.Path, http.StatusTemporaryRedirect)
 	}))
 	t.Cleanup(func() { follower.Close(); leader.Close() })
-	return leader, follower, got
+	return leaderURL, follower, got
 }
 
 func post(t *testing.T, c *http.Client, u string) (*http.Response, error) {
@@ -64,8 +70,8 @@ func post(t *testing.T, c *http.Client, u string) (*http.Response, error) {
 // A 307 to a configured coordinator is followed with the method, the body
 // and the Authorization header.
 func TestRedirectToAListedCoordinatorKeepsTheCredential(t *testing.T) {
-	leader, follower, got := cluster(t)
-	c := &http.Client{CheckRedirect: CheckRedirect([]string{follower.URL, leader.URL + "/"})}
+	leaderURL, follower, got := cluster(t, true)
+	c := &http.Client{CheckRedirect: CheckRedirect([]string{follower.URL, leaderURL + "/"})}
 	defer c.CloseIdleConnections()
 	res, err := post(t, c, follower.URL+"/v1/whip/call-1")
 	if err != nil || res.StatusCode != http.StatusCreated {
@@ -74,8 +80,18 @@ func TestRedirectToAListedCoordinatorKeepsTheCredential(t *testing.T) {
 	if r := got.get(); len(r) != 1 || r[0] != "POST /v1/whip/call-1 Bearer secret v=0 offer" {
 		t.Fatalf("the leader got %q", r)
 	}
-	if res.Request.URL.String() != leader.URL+"/v1/whip/call-1" {
+	if res.Request.URL.String() != leaderURL+"/v1/whip/call-1" {
 		t.Fatalf("final URL %s", res.Request.URL)
+	}
+	// net/http alone drops the credential for another host: the policy is
+	// what keeps it.
+	plain := &http.Client{}
+	defer plain.CloseIdleConnections()
+	if _, err := post(t, plain, follower.URL+"/v1/whip/call-1"); err != nil {
+		t.Fatal(err)
+	}
+	if r := got.get(); len(r) != 2 || strings.Contains(r[1], "secret") {
+		t.Fatalf("without the policy: %q", r)
 	}
 }
 
@@ -83,7 +99,7 @@ func TestRedirectToAListedCoordinatorKeepsTheCredential(t *testing.T) {
 // credential (which net/http itself would send to another port of the same
 // host) goes nowhere.
 func TestRedirectToAnUnlistedServerIsRefused(t *testing.T) {
-	_, follower, got := cluster(t)
+	_, follower, got := cluster(t, false)
 	c := &http.Client{CheckRedirect: CheckRedirect([]string{follower.URL})}
 	defer c.CloseIdleConnections()
 	_, err := post(t, c, follower.URL+"/v1/status")
