@@ -192,7 +192,7 @@ func (c *Call) run(ctx context.Context) error {
 	first := true
 	for {
 		addr := targets.Next()
-		finalised, err := c.session(ctx, addr, targets, tc, !first, &lastOK)
+		finalised, err := c.session(ctx, addr, targets, tc, &first, &lastOK)
 		if finalised {
 			return nil
 		}
@@ -205,9 +205,10 @@ func (c *Call) run(ctx context.Context) error {
 		}
 		var wait time.Duration
 		if pe != nil && pe.Code == proto.CodeNotLeader {
-			// A follower: not a lost connection. A call whose first hello
-			// was redirected is not counted as a reconnect; one that was
-			// running resumes at the leader as after any reconnect.
+			// A follower (or a leader that stepped down): not a lost
+			// connection. A call whose first hello was redirected is not
+			// counted as a reconnect; one that was running resumes at the
+			// leader as after any reconnect.
 			wait = targets.Redirect(pe)
 			c.log.Info("coordinator is a follower: going to the leader", "addr", addr, "leader", pe.Leader, "in", wait)
 		} else {
@@ -234,7 +235,11 @@ func (c *Call) run(ctx context.Context) error {
 	}
 }
 
-func (c *Call) session(ctx context.Context, addr string, targets *leader.Targets, tc *tls.Config, resume bool, lastOK *time.Time) (bool, error) {
+// session runs one connection to addr. first says no stream has been
+// welcomed (or lost) yet: a welcome then is the call's start, not a
+// reconnect; session clears it once welcomed.
+func (c *Call) session(ctx context.Context, addr string, targets *leader.Targets, tc *tls.Config, first *bool, lastOK *time.Time) (bool, error) {
+	resume := !*first
 	// QUIC gets no ICMP answer from a dead server: a short dial timeout and
 	// quick retries find a restarted coordinator at once.
 	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
@@ -265,6 +270,7 @@ func (c *Call) session(ctx context.Context, addr string, targets *leader.Targets
 		return false, fmt.Errorf("console: welcome has %d channels, want %d", len(wel.NextSeq), len(c.cfg.Channels))
 	}
 	*lastOK = time.Now()
+	*first = false
 	targets.Connected(addr)
 	c.mu.Lock()
 	for ch, n := range wel.NextSeq {

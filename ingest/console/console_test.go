@@ -152,12 +152,23 @@ func TestConsoleFollowsTheLeader(t *testing.T) {
 }
 
 // A call running at a leader that steps down resumes at the new one
-// through the ordinary resume path: the console dials the next address (a
-// follower), is sent to the new leader (learned from the answer, not
-// configured), and resumes with the same call id and its next_final; the
-// new leader's next_seq says where to send from, and every final is
-// delivered once.
+// through the ordinary resume path, whether the old leader just ends the
+// stream (the console dials the next address, a follower, and is sent on)
+// or answers not_leader itself: the console reaches the new leader
+// (learned from the answer, not configured) and resumes with the same call
+// id and its next_final; the new leader's next_seq says where to send
+// from, and every final is delivered once.
 func TestConsoleResumesAtTheNewLeader(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		notLeader    bool // the old leader says not_leader (else its stream just ends)
+		followerAsks int
+	}{{"stream ends", false, 1}, {"leader steps down", true, 0}} {
+		t.Run(c.name, func(t *testing.T) { resumeAtNewLeader(t, c.notLeader, c.followerAsks) })
+	}
+}
+
+func resumeAtNewLeader(t *testing.T, notLeader bool, followerAsks int) {
 	p := leadertest.NewPKI(t)
 	// B already holds frames 0 and 1 (replicated from A).
 	b := &fakeLeader{nextSeq: 2, text: "second"}
@@ -181,13 +192,16 @@ func TestConsoleResumesAtTheNewLeader(t *testing.T) {
 			if a, err := proto.ParseAudio(m.Body); m.Type == proto.TAudio && err == nil && a.Seq == 1 {
 				_ = w.Write(proto.TAck, proto.EncodeAck(proto.Ack{Channel: 0, NextSeq: 2}))
 				_ = w.WriteJSON(proto.TTranscript, proto.Transcript{Kind: proto.KindFinal, Index: 0, Text: "first"})
+				if notLeader {
+					_ = w.WriteJSON(proto.TError, proto.NotLeader(bs.Addr, []string{bs.Addr}))
+				}
 				return // A steps down: the stream ends
 			}
 		}
 	})
 	f := leadertest.Follower(t, p, proto.ALPNConsole, func() *proto.Error { return proto.NotLeader(bs.Addr, []string{as.Addr, bs.Addr}) })
-	c := New(config(p, as.Addr, f.Addr))
-	finals, err := runCall(t, c, 6)
+	call := New(config(p, as.Addr, f.Addr))
+	finals, err := runCall(t, call, 6)
 	if err != nil {
 		t.Fatalf("run: %v", err)
 	}
@@ -205,11 +219,11 @@ func TestConsoleResumesAtTheNewLeader(t *testing.T) {
 	if !slices.Equal(b.frames, []uint32{2, 3, 4, 5}) || b.end == nil || b.end.Frames[0] != 6 {
 		t.Fatalf("the new leader got frames %v, end %+v: want 2.. (its next_seq)", b.frames, b.end)
 	}
-	if len(f.Firsts()) != 1 {
-		t.Fatalf("the follower was asked %d times", len(f.Firsts()))
+	if n := len(f.Firsts()); n != followerAsks {
+		t.Fatalf("the follower was asked %d times, want %d", n, followerAsks)
 	}
-	if c.Reconnects() != 1 {
-		t.Fatalf("%d reconnects, want 1", c.Reconnects())
+	if call.Reconnects() != 1 {
+		t.Fatalf("%d reconnects, want 1", call.Reconnects())
 	}
 }
 
