@@ -17,6 +17,7 @@ import (
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/agent/host"
 	"github.com/callscribe/callscribe/agent/supervisor"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/owner"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/tuning"
@@ -26,13 +27,18 @@ import (
 
 // Config configures an agent.
 type Config struct {
-	NodeID      proto.NodeID
-	Coordinator string // QUIC host:port
-	CAFile      string
-	CertFile    string // client certificate (mutual TLS), passed on to workers
-	KeyFile     string
-	ServerName  string
-	Token       string
+	NodeID proto.NodeID
+	// Coordinator is the coordinator's QUIC host:port. Coordinators lists
+	// the coordinators of a cluster (after Coordinator, if both are set):
+	// the agent dials them in turn and follows the leader a follower names
+	// (internal/leader), and hands the list to the workers it starts.
+	Coordinator  string
+	Coordinators []string
+	CAFile       string
+	CertFile     string // client certificate (mutual TLS), passed on to workers
+	KeyFile      string
+	ServerName   string
+	Token        string
 	// WorkerCommand is the worker executable and the arguments that come
 	// before the per-worker ones (normally: callscribe worker).
 	WorkerCommand []string
@@ -68,6 +74,9 @@ type Agent struct {
 	sup     *supervisor.Supervisor
 	kick    chan struct{}
 	cpuOnly string // why NVML is not used ("" when it is)
+	// targets are the coordinators, with the members learned from
+	// not_leader answers (workers are started with them all).
+	targets *leader.Targets
 }
 
 // New prepares an agent. Without an NVIDIA driver it runs CPU-only and says
@@ -79,7 +88,8 @@ func New(cfg Config) (*Agent, error) {
 	if !proto.ValidID(string(cfg.NodeID)) {
 		return nil, fmt.Errorf("agent: invalid node id %q", cfg.NodeID)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), host: host.New(cfg.StateDir), kick: make(chan struct{}, 1), lastWhy: map[string]string{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), host: host.New(cfg.StateDir), kick: make(chan struct{}, 1), lastWhy: map[string]string{},
+		targets: leader.New(append([]string{cfg.Coordinator}, cfg.Coordinators...))}
 	a.gpus = cfg.GPUs
 	if a.gpus == nil {
 		g, err := gpu.New(nil)
@@ -181,10 +191,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}
-	backoff := 50 * time.Millisecond
+	if len(a.targets.Addrs()) == 0 {
+		return errors.New("agent: no coordinator address")
+	}
+	// Retried until stopped: the next coordinator at once when one cannot
+	// be reached, a pause once all have failed (back to the shortest after
+	// a session of tuning.ReconnectStable), the leader at once when a
+	// follower names it.
 	for ctx.Err() == nil {
-		start := time.Now()
-		err := a.session(ctx, tc)
+		addr := a.targets.Next()
+		err := a.session(ctx, tc, addr)
 		var pe *proto.Error
 		if errors.As(err, &pe) && !pe.Retryable() {
 			return fmt.Errorf("agent: coordinator refused: %w", err)
@@ -192,15 +208,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if time.Since(start) > 10*time.Second {
-			backoff = 50 * time.Millisecond
+		var wait time.Duration
+		if pe != nil && pe.Code == proto.CodeNotLeader {
+			wait = a.targets.Redirect(pe)
+			a.log.Info("coordinator is a follower: going to the leader", "addr", addr, "leader", pe.Leader, "in", wait)
+		} else {
+			wait, err = a.targets.Failed(addr, err)
+			a.log.Warn("coordinator session ended: reconnecting", "addr", addr, "err", err, "in", wait)
 		}
-		a.log.Warn("coordinator session ended: reconnecting", "err", err, "in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		if wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
 		}
-		backoff = min(backoff*2, 500*time.Millisecond)
 	}
 	return nil
 }
@@ -269,12 +290,12 @@ func (a *Agent) applyProfile() {
 	}
 }
 
-func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
+func (a *Agent) session(ctx context.Context, tc *tls.Config, addr string) error {
 	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
-	conn, err := quic.DialAddr(dctx, a.cfg.Coordinator, tc, &quic.Config{MaxIdleTimeout: tuning.AgentQUICIdle, KeepAlivePeriod: tuning.AgentQUICKeepAlive})
+	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: tuning.AgentQUICIdle, KeepAlivePeriod: tuning.AgentQUICKeepAlive})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", a.cfg.Coordinator, err)
+		return fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.CloseWithError(0, "agent session ended")
 	st, err := conn.OpenStreamSync(ctx)
@@ -295,7 +316,8 @@ func (a *Agent) session(ctx context.Context, tc *tls.Config) error {
 	if interval <= 0 {
 		interval = tuning.AgentHeartbeatFallback
 	}
-	a.log.Info("registered with coordinator", "addr", a.cfg.Coordinator, "heartbeat", interval, "ttl_ms", wel.TTLMS)
+	a.targets.Connected(addr)
+	a.log.Info("registered with coordinator", "addr", addr, "heartbeat", interval, "ttl_ms", wel.TTLMS)
 	// The command reader ends when the connection closes; it is waited for
 	// (this defer runs before the plain close above).
 	errc := make(chan error, 1)
@@ -357,23 +379,31 @@ func (a *Agent) apply(c proto.Command) {
 			a.log.Warn("start refused: bad worker id", "worker", c.WorkerID)
 			return
 		}
-		args := append(append([]string(nil), a.cfg.WorkerCommand[1:]...),
-			"--coordinator", a.cfg.Coordinator, "--ca", a.cfg.CAFile, "--server-name", a.cfg.ServerName,
-			"--worker-id", string(c.WorkerID), "--node", string(a.cfg.NodeID), "--model", c.Model)
-		if a.cfg.ModelDir != "" {
-			args = append(args, "--models", a.cfg.ModelDir)
-		}
-		if a.cfg.CertFile != "" {
-			args = append(args, "--cert", a.cfg.CertFile, "--key", a.cfg.KeyFile)
-		}
-		env := []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}
-		if c.GPU != "" { // the engine sees only its GPU
-			env = append(env, "CUDA_VISIBLE_DEVICES="+c.GPU, "CALLSCRIBE_GPU="+c.GPU)
-		}
-		a.sup.Start(supervisor.Spec{ID: c.WorkerID, Model: c.Model, GPU: c.GPU, Path: a.cfg.WorkerCommand[0], Args: args, Env: env})
+		a.sup.Start(a.workerSpec(c))
 	case proto.OpStopWorker:
 		a.sup.Stop(c.WorkerID)
 	default:
 		a.log.Warn("unknown command", "op", c.Op)
 	}
+}
+
+// workerSpec is the worker process a start_worker command asks for. It is
+// given every coordinator the agent knows (the configured ones and the
+// members learned from not_leader answers), so it finds the leader as the
+// agent does.
+func (a *Agent) workerSpec(c proto.Command) supervisor.Spec {
+	args := append(append([]string(nil), a.cfg.WorkerCommand[1:]...),
+		"--coordinator", a.targets.String(), "--ca", a.cfg.CAFile, "--server-name", a.cfg.ServerName,
+		"--worker-id", string(c.WorkerID), "--node", string(a.cfg.NodeID), "--model", c.Model)
+	if a.cfg.ModelDir != "" {
+		args = append(args, "--models", a.cfg.ModelDir)
+	}
+	if a.cfg.CertFile != "" {
+		args = append(args, "--cert", a.cfg.CertFile, "--key", a.cfg.KeyFile)
+	}
+	env := []string{"CALLSCRIBE_NODE_TOKEN=" + a.cfg.Token}
+	if c.GPU != "" { // the engine sees only its GPU
+		env = append(env, "CUDA_VISIBLE_DEVICES="+c.GPU, "CALLSCRIBE_GPU="+c.GPU)
+	}
+	return supervisor.Spec{ID: c.WorkerID, Model: c.Model, GPU: c.GPU, Path: a.cfg.WorkerCommand[0], Args: args, Env: env}
 }

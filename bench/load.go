@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +27,10 @@ import (
 type LoadConfig struct {
 	// Transport is "quic" or "whip".
 	Transport string
-	// QUIC is the coordinator's QUIC address; HTTP its HTTP base URL.
+	// QUIC is the coordinator's QUIC address, or a comma-separated list of
+	// a cluster's coordinators (the consoles follow its leader); HTTP is
+	// the HTTP base URL of the coordinator whose figures are read (a
+	// cluster's leader).
 	QUIC, HTTP string
 	RootCAs    *x509.CertPool
 	ServerName string
@@ -192,7 +196,7 @@ func (cfg LoadConfig) quicCall(ctx context.Context, i int, rec *recorders) (int,
 	var smu sync.Mutex
 	sent := make([]time.Time, frames)
 	acked := uint32(0)
-	call := console.New(console.Config{Server: cfg.QUIC, RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, Token: cfg.Token,
+	call := console.New(console.Config{Servers: strings.Split(cfg.QUIC, ","), RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, Token: cfg.Token,
 		CallID: proto.CallID(fmt.Sprintf("%s-%d", cfg.Prefix, i)), ConsoleID: proto.ConsoleID(fmt.Sprintf("load-%d", i)), Channels: []string{"caller"}, Codec: proto.CodecL16,
 		Logger: quietLogger(),
 		OnAck: func(_ int, next uint32) {

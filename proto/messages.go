@@ -387,9 +387,9 @@ type WorkerHello struct {
 	PID      int      `json:"pid"`
 }
 
-// WorkerWelcome answers WorkerHello. A version-2 worker sends worker_ping
-// on its control stream every PingIntervalMS; the coordinator drops it
-// (and moves its channels) after TimeoutMS without one.
+// WorkerWelcome answers WorkerHello. A worker of version 2 or later sends
+// worker_ping on its control stream every PingIntervalMS; the coordinator
+// drops it (and moves its channels) after TimeoutMS without one.
 type WorkerWelcome struct {
 	Version        int   `json:"version"`
 	PingIntervalMS int64 `json:"ping_interval_ms,omitempty"`

@@ -34,7 +34,7 @@ import (
 //	3: coordinator clusters: a follower answers a client's first message
 //	   with not_leader, naming the leader and the members; clients follow
 //	   it. The messages are those of version 2: older peers are still
-//	   accepted.
+//	   accepted (a version-2 coordinator refuses version-3 clients).
 const Version = 3
 
 // MinVersion is the oldest version still accepted.
@@ -74,7 +74,7 @@ const (
 	TWorkerWelcome Type = 31 // JSON WorkerWelcome
 	TAssign        Type = 32 // JSON Assign (first message of an assignment stream)
 	TWorkerEvent   Type = 33 // JSON WorkerEvent
-	TWorkerPing    Type = 34 // empty: a version-2 worker is alive (control stream)
+	TWorkerPing    Type = 34 // empty: a worker (version 2 and later) is alive (control stream)
 )
 
 // Limits.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/internal/wer"
@@ -29,18 +30,23 @@ var selfTestWAV []byte
 
 // Config configures a worker process.
 type Config struct {
-	Coordinator string // host:port of the coordinator's QUIC listener
-	CAFile      string
-	CertFile    string // client certificate (mutual TLS); "" for none
-	KeyFile     string
-	ServerName  string
-	Token       string
-	WorkerID    proto.WorkerID
-	NodeID      proto.NodeID
-	Model       string
-	ModelDir    string
-	Slots       int
-	Logger      *slog.Logger
+	// Coordinator is the host:port of the coordinator's QUIC listener.
+	// Coordinators lists the coordinators of a cluster (after Coordinator,
+	// if both are set): the worker dials them in turn and follows the
+	// leader a follower names (internal/leader).
+	Coordinator  string
+	Coordinators []string
+	CAFile       string
+	CertFile     string // client certificate (mutual TLS); "" for none
+	KeyFile      string
+	ServerName   string
+	Token        string
+	WorkerID     proto.WorkerID
+	NodeID       proto.NodeID
+	Model        string
+	ModelDir     string
+	Slots        int
+	Logger       *slog.Logger
 }
 
 // ErrSelfTest means the engine failed its test decode.
@@ -88,9 +94,20 @@ func Run(ctx context.Context, cfg Config) error {
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	hello := proto.WorkerHello{Version: proto.Version, Token: cfg.Token, WorkerID: cfg.WorkerID, NodeID: cfg.NodeID, Model: m.Name, Slots: slots, SelfTest: text, PID: os.Getpid()}
-	backoff := 50 * time.Millisecond
+	return connect(ctx, leader.New(append([]string{cfg.Coordinator}, cfg.Coordinators...)), tc, hello, pool, log)
+}
+
+// connect registers with the coordinators' leader and serves it until ctx
+// ends, reconnecting when the coordinator goes away: the next coordinator
+// at once when one cannot be reached, a pause once all have failed, the
+// leader at once when a follower names it. Only a refusal ends it early.
+func connect(ctx context.Context, targets *leader.Targets, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
+	if len(targets.Addrs()) == 0 {
+		return errors.New("worker: no coordinator address")
+	}
 	for ctx.Err() == nil {
-		err := serve(ctx, cfg.Coordinator, tc, hello, pool, log)
+		addr := targets.Next()
+		err := serve(ctx, addr, targets, tc, hello, pool, log)
 		var pe *proto.Error
 		if errors.As(err, &pe) && !pe.Retryable() {
 			return fmt.Errorf("worker: coordinator refused: %w", err)
@@ -98,12 +115,20 @@ func Run(ctx context.Context, cfg Config) error {
 		if ctx.Err() != nil {
 			break
 		}
-		log.Warn("coordinator connection ended: reconnecting", "err", err, "in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		var wait time.Duration
+		if pe != nil && pe.Code == proto.CodeNotLeader {
+			wait = targets.Redirect(pe)
+			log.Info("coordinator is a follower: going to the leader", "addr", addr, "leader", pe.Leader, "in", wait)
+		} else {
+			wait, err = targets.Failed(addr, err)
+			log.Warn("coordinator connection ended: reconnecting", "addr", addr, "err", err, "in", wait)
 		}
-		backoff = min(backoff*2, 500*time.Millisecond)
+		if wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+		}
 	}
 	return nil
 }
@@ -139,7 +164,7 @@ func SelfTest(ctx context.Context, pool *engine.Pool, m *models.Manifest) (strin
 	return text, nil
 }
 
-func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
+func serve(ctx context.Context, addr string, targets *leader.Targets, tc *tls.Config, hello proto.WorkerHello, pool *engine.Pool, log *slog.Logger) error {
 	// A dial to a dead coordinator gets no ICMP answer over QUIC: keep the
 	// timeout short and retry, so a restarted coordinator is found at once.
 	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
@@ -167,6 +192,7 @@ func serve(ctx context.Context, addr string, tc *tls.Config, hello proto.WorkerH
 	if err := cr.ReadJSON(proto.TWorkerWelcome, &wel); err != nil {
 		return err
 	}
+	targets.Connected(addr)
 	log.Info("registered with coordinator", "addr", addr)
 	if wel.Version >= 2 && wel.PingIntervalMS > 0 {
 		// Liveness: a frozen or wedged worker stops pinging, and the

@@ -5,12 +5,18 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/pki"
 )
 
@@ -40,14 +46,32 @@ func (a *apiFlags) call(ctx context.Context, method, path string, body any) ([]b
 	return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 }
 
-// apiClient talks to the coordinator's HTTP API with a bearer token.
+// apiClient talks to the coordinator's HTTP API with a bearer token. Given
+// several coordinators (a cluster), it sends each request to the one that
+// last answered, passing over those that cannot be connected to, and
+// follows a follower's redirect to the leader (with the token only to a
+// coordinator of the list: see leader.CheckRedirect).
 type apiClient struct {
-	base, token string
-	client      *http.Client
+	token  string
+	client *http.Client
+
+	mu    sync.Mutex
+	bases []string // base URLs; bases[0] answered last
 }
 
+// apiDialTimeout bounds one connection to a coordinator, so a dead one is
+// passed over for the next within a request's time.
+const apiDialTimeout = 5 * time.Second
+
+// newAPIClient makes a client of the coordinators at server: a base URL
+// or address (http:// when no scheme is given), or a comma-separated list.
 func newAPIClient(server, caFile, token string) (*apiClient, error) {
+	bases, err := leader.ParseURLs(server, "http")
+	if err != nil {
+		return nil, fmt.Errorf("--server: %w", err)
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: apiDialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	if caFile != "" {
 		pool, err := pki.CertPool(caFile)
 		if err != nil {
@@ -55,39 +79,88 @@ func newAPIClient(server, caFile, token string) (*apiClient, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	base := strings.TrimRight(server, "/")
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	return &apiClient{base: base, token: token, client: &http.Client{Transport: tr}}, nil
+	return &apiClient{bases: bases, token: token, client: &http.Client{Transport: tr, CheckRedirect: leader.CheckRedirect(bases)}}, nil
 }
 
 // do sends a request (body, when not nil, as JSON) and returns a 2xx
 // answer for the caller to read; other answers are errors carrying the
-// coordinator's reason (410: a *goneError).
+// coordinator's reason (410: a *goneError). A coordinator that cannot be
+// connected to (the request was not sent) is passed over for the next.
 func (a *apiClient) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
+	a.mu.Lock()
+	bases := slices.Clone(a.bases)
+	a.mu.Unlock()
+	var errs []error
+	for _, base := range bases {
+		resp, err := a.send(ctx, method, base+path, b, body != nil)
+		if err != nil && isDialError(err) && ctx.Err() == nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("coordinator at %s: %w", base, err)
+		}
+		a.answered(base, resp)
+		return a.check(resp)
+	}
+	if len(bases) == 1 {
+		return nil, fmt.Errorf("coordinator at %s: %w", bases[0], errs[0])
+	}
+	return nil, &leader.UnreachableError{Addrs: bases, Errs: errs}
+}
+
+// isDialError reports whether err means no connection could be made.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (a *apiClient) send(ctx context.Context, method, u string, body []byte, isJSON bool) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body) // with GetBody: a 307 sends it again
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return nil, err
 	}
-	if body != nil {
+	if isJSON {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator at %s: %w", a.base, err)
+	return a.client.Do(req)
+}
+
+// answered puts first the coordinator that answered: base, or the leader
+// base redirected to, when it is in the list.
+func (a *apiClient) answered(base string, resp *http.Response) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if resp.Request != nil {
+		o := leader.Origin(resp.Request.URL)
+		for _, b := range a.bases {
+			if u, err := url.Parse(b); err == nil && leader.Origin(u) == o {
+				base = b
+				break
+			}
+		}
 	}
+	if i := slices.Index(a.bases, base); i > 0 {
+		a.bases = append(append([]string{base}, a.bases[:i]...), a.bases[i+1:]...)
+	}
+}
+
+// check returns a 2xx answer, or the error another answer carries.
+func (a *apiClient) check(resp *http.Response) (*http.Response, error) {
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
 	}

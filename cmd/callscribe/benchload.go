@@ -16,6 +16,7 @@ import (
 
 	"github.com/callscribe/callscribe/bench"
 	"github.com/callscribe/callscribe/internal/audio"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models"
 )
@@ -37,8 +38,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	transport := fs.String("transport", "quic", "quic or whip")
 	calls := fs.Int("calls", 10, "simulated consoles, each one call at real-time pace")
 	dur := fs.Duration("duration", 10*time.Second, "audio each call sends")
-	quicAddr := fs.String("server", "127.0.0.1:4433", "coordinator QUIC address (quic)")
-	httpURL := fs.String("http", "http://127.0.0.1:8080", "coordinator HTTP(S) base URL (whip, and call checks)")
+	quicAddr := fs.String("server", "127.0.0.1:4433", "coordinator QUIC address (quic), or a comma-separated list of coordinators (a cluster: the consoles follow its leader)")
+	httpURL := fs.String("http", "http://127.0.0.1:8080", "coordinator HTTP(S) base URL (whip, and call checks; a cluster's leader)")
 	caFile := fs.String("ca", "", "CA certificate of the coordinator")
 	serverName := fs.String("server-name", "localhost", "coordinator certificate name")
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
@@ -74,6 +75,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *token == "" || *calls < 1 || (*transport == "quic" && *caFile == "") {
 		fmt.Fprintln(stderr, "usage: callscribe bench load --transport quic|whip --calls N --duration D --token T [--ca FILE] [--server ADDR] [--http URL]")
 		return errUsage
+	}
+	if _, err := leader.ParseList(*quicAddr); err != nil {
+		return fmt.Errorf("--server: %w", err)
 	}
 	var pool *x509.CertPool
 	if *caFile != "" {

@@ -15,6 +15,7 @@ import (
 	"github.com/callscribe/callscribe/agent/firmware"
 	"github.com/callscribe/callscribe/agent/gpu"
 	"github.com/callscribe/callscribe/internal/config"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/internal/sdnotify"
 	"github.com/callscribe/callscribe/models"
@@ -37,8 +38,8 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg worker.Config
-	var id, node, tokenFile, level string
-	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:4433", "coordinator QUIC address")
+	var id, node, tokenFile, level, coordinators string
+	fs.StringVar(&coordinators, "coordinator", "127.0.0.1:4433", "coordinator QUIC address, or a comma-separated list of coordinators")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file")
 	fs.StringVar(&cfg.CertFile, "cert", "", "client certificate (mutual TLS)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "client certificate key")
@@ -57,6 +58,11 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "worker: --worker-id and --ca are required")
 		return errUsage
 	}
+	list, err := leader.ParseList(coordinators)
+	if err != nil {
+		return fmt.Errorf("worker: --coordinator: %w", err)
+	}
+	cfg.Coordinators = list
 	tok, err := nodeToken(tokenFile)
 	if err != nil {
 		return err
@@ -69,20 +75,39 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) error {
 // agentConfig is agent.toml; each key is also a flag and a CALLSCRIBE_*
 // environment variable.
 type agentConfig struct {
-	Coordinator string   `toml:"coordinator" help:"coordinator QUIC address"`
-	CA          string   `toml:"ca" help:"CA certificate file"`
-	Cert        string   `toml:"cert" help:"this node's client certificate (callscribe ca issue --kind node)"`
-	Key         string   `toml:"key" help:"its key"`
-	ServerName  string   `toml:"server_name" help:"name in the coordinator's certificate"`
-	Node        string   `toml:"node" help:"node id"`
-	TokenFile   string   `toml:"token_file" help:"node token file (or CALLSCRIBE_NODE_TOKEN)"`
-	Models      string   `toml:"models" help:"directory of extra model manifests"`
-	State       string   `toml:"state" help:"state directory (its disk is reported)"`
-	Profile     string   `toml:"profile" help:"node-class profile (a file from firmware-configs/)"`
-	Apply       bool     `toml:"apply" help:"set what NVML can set to match the profile (persistence mode, power limit)"`
-	IgnoreXIDs  []uint64 `toml:"ignore_xids" help:"XIDs caused by applications, which do not make a GPU unhealthy"`
-	SimGPUs     string   `toml:"sim_gpus" help:"simulate a GPU server instead of NVML (dgxa100; development builds only: -tags simgpus)"`
-	LogLevel    string   `toml:"log_level" help:"debug, info, warn or error"`
+	Coordinator  string   `toml:"coordinator" help:"coordinator QUIC address, or a comma-separated list of coordinators"`
+	Coordinators []string `toml:"coordinators" help:"the coordinators' QUIC addresses, a list (a cluster: the agent follows its leader); when set, coordinator is not used"`
+	CA           string   `toml:"ca" help:"CA certificate file"`
+	Cert         string   `toml:"cert" help:"this node's client certificate (callscribe ca issue --kind node)"`
+	Key          string   `toml:"key" help:"its key"`
+	ServerName   string   `toml:"server_name" help:"name in the coordinator's certificate"`
+	Node         string   `toml:"node" help:"node id"`
+	TokenFile    string   `toml:"token_file" help:"node token file (or CALLSCRIBE_NODE_TOKEN)"`
+	Models       string   `toml:"models" help:"directory of extra model manifests"`
+	State        string   `toml:"state" help:"state directory (its disk is reported)"`
+	Profile      string   `toml:"profile" help:"node-class profile (a file from firmware-configs/)"`
+	Apply        bool     `toml:"apply" help:"set what NVML can set to match the profile (persistence mode, power limit)"`
+	IgnoreXIDs   []uint64 `toml:"ignore_xids" help:"XIDs caused by applications, which do not make a GPU unhealthy"`
+	SimGPUs      string   `toml:"sim_gpus" help:"simulate a GPU server instead of NVML (dgxa100; development builds only: -tags simgpus)"`
+	LogLevel     string   `toml:"log_level" help:"debug, info, warn or error"`
+}
+
+// coordinatorList is the coordinators the agent reaches: coordinators when
+// set, else coordinator (one address, or several separated by commas).
+// Every address must be host:port.
+func (ac *agentConfig) coordinatorList() ([]string, error) {
+	if len(ac.Coordinators) == 0 {
+		l, err := leader.ParseList(ac.Coordinator)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: %w", err)
+		}
+		return l, nil
+	}
+	l, err := leader.ParseList(strings.Join(ac.Coordinators, ","))
+	if err != nil {
+		return nil, fmt.Errorf("coordinators: %w", err)
+	}
+	return l, nil
 }
 
 func defaultAgentConfig() *agentConfig {
@@ -112,12 +137,19 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("config", "effective", line)
 	}
 	var tok string
+	var coordinators []string
 	if !*probe {
+		if coordinators, err = ac.coordinatorList(); err != nil {
+			return err
+		}
+		if len(ac.Coordinators) > 0 && src["coordinator"] != "default" {
+			log.Warn("config: coordinator is not used: coordinators is set", "coordinator", ac.Coordinator, "from", src["coordinator"])
+		}
 		if tok, err = nodeToken(ac.TokenFile); err != nil {
 			return err
 		}
 	}
-	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinator: ac.Coordinator, CAFile: ac.CA, CertFile: ac.Cert, KeyFile: ac.Key, ServerName: ac.ServerName, Token: tok,
+	cfg := agent.Config{NodeID: proto.NodeID(ac.Node), Coordinators: coordinators, CAFile: ac.CA, CertFile: ac.Cert, KeyFile: ac.Key, ServerName: ac.ServerName, Token: tok,
 		ModelDir: ac.Models, StateDir: ac.State, Apply: ac.Apply && !*probe, IgnoredXIDs: ac.IgnoreXIDs, Logger: log}
 	if cfg.IgnoredXIDs == nil {
 		cfg.IgnoredXIDs = []uint64{} // an empty list ignores none
@@ -176,6 +208,11 @@ func cmdConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	src, err := config.Resolve(fs, target, path, true)
 	if err != nil {
 		return err
+	}
+	if c, ok := target.(*agentConfig); ok {
+		if _, err := c.coordinatorList(); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	if c, ok := target.(*coordinatorConfig); ok && c.Vocabulary != "" {
 		ws, err := models.LoadVocabulary(c.Vocabulary)

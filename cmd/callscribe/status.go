@@ -130,7 +130,7 @@ const defaultOperatorToken = "/var/lib/callscribe/operator.token"
 
 func addAPIFlags(fs *flag.FlagSet) *apiFlags {
 	return &apiFlags{
-		server:    fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on)"),
+		server:    fs.String("server", "http://127.0.0.1:8080", "coordinator HTTP address (https://… when http_tls is on), or a comma-separated list of coordinators (a cluster: requests go to its leader)"),
 		ca:        fs.String("ca", "", "CA to trust for an https:// coordinator"),
 		token:     fs.String("token", "", "credential to send (default: $CALLSCRIBE_TOKEN, else --token-file; a supervisor's for verify)"),
 		tokenFile: fs.String("token-file", "", "file holding the credential (default: $CALLSCRIBE_TOKEN_FILE, else "+defaultOperatorToken+" when readable)"),

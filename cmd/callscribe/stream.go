@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest/console"
 	"github.com/callscribe/callscribe/ingest/whip"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/pki"
 	"github.com/callscribe/callscribe/models/asr"
 	"github.com/callscribe/callscribe/proto"
@@ -23,7 +23,7 @@ import (
 func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stream", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "", "coordinator address: QUIC host:port (default 127.0.0.1:4433), or for whip its HTTP(S) address or URL (default http://127.0.0.1:8080)")
+	server := fs.String("server", "", "coordinator address: QUIC host:port (default 127.0.0.1:4433), or for whip its HTTP(S) address or URL (default http://127.0.0.1:8080); or a comma-separated list of coordinators (a cluster: the console follows its leader)")
 	caFile := fs.String("ca", "", "CA certificate the coordinator's certificate chains to")
 	serverName := fs.String("server-name", "localhost", "coordinator certificate name")
 	token := fs.String("token", os.Getenv("CALLSCRIBE_TOKEN"), "console token (or CALLSCRIBE_TOKEN)")
@@ -65,26 +65,32 @@ func cmdStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if *codec == string(proto.CodecL16) {
 			return errors.New("l16 is not a WebRTC codec: use --codec opus, pcmu or pcma with --transport whip")
 		}
-		base := *server
-		switch {
-		case base == "":
-			base = "http://127.0.0.1:8080"
-		case !strings.Contains(base, "://") && pool != nil:
-			base = "https://" + base
-		case !strings.Contains(base, "://"):
-			base = "http://" + base
+		if *server == "" {
+			*server = "http://127.0.0.1:8080"
 		}
-		return streamWHIP(ctx, whip.ClientConfig{Server: base, RootCAs: pool, Token: *token, CallID: proto.CallID(*callID), ConsoleID: proto.ConsoleID(*consoleID),
+		scheme := "http"
+		if pool != nil {
+			scheme = "https"
+		}
+		bases, err := leader.ParseURLs(*server, scheme)
+		if err != nil {
+			return fmt.Errorf("--server: %w", err)
+		}
+		return streamWHIP(ctx, whip.ClientConfig{Servers: bases, RootCAs: pool, Token: *token, CallID: proto.CallID(*callID), ConsoleID: proto.ConsoleID(*consoleID),
 			Channels: labels, Codec: proto.Codec(*codec), Model: *model, Logger: log}, frames, dur, *speed, out)
 	}
 	if *server == "" {
 		*server = "127.0.0.1:4433"
 	}
+	servers, err := leader.ParseList(*server)
+	if err != nil {
+		return fmt.Errorf("--server: %w", err)
+	}
 	maxUnacked := 0
 	if *speed == 0 {
 		maxUnacked = 64
 	}
-	call := console.New(console.Config{Server: *server, RootCAs: pool, ServerName: *serverName, Token: *token, CallID: proto.CallID(*callID),
+	call := console.New(console.Config{Servers: servers, RootCAs: pool, ServerName: *serverName, Token: *token, CallID: proto.CallID(*callID),
 		ConsoleID: proto.ConsoleID(*consoleID), Channels: labels, Codec: proto.Codec(*codec), Model: *model, MaxUnacked: maxUnacked, Logger: log})
 
 	runErr := make(chan error, 1)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/internal/tuning"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/quic-go/quic-go"
@@ -22,7 +23,12 @@ import (
 
 // Config configures a call.
 type Config struct {
-	Server     string // coordinator QUIC host:port
+	// Server is the coordinator's QUIC host:port. Servers lists the
+	// coordinators of a cluster (after Server, if both are set): the
+	// console dials them in turn and follows the leader a follower names
+	// (internal/leader). One of the two is required.
+	Server     string
+	Servers    []string
 	RootCAs    *x509.CertPool
 	ServerName string
 	Token      string
@@ -161,46 +167,13 @@ func (c *Call) doneErrLocked() error {
 }
 
 // Run streams until the call is finalised (nil), refused, or the
-// coordinator stays unreachable for ReconnectFor.
+// coordinator stays unreachable for ReconnectFor. With several
+// coordinators it tries the next at once when one cannot be reached
+// (giving up only after a whole round has failed), and follows a
+// follower's not_leader answer to the leader, resuming the call there.
 func (c *Call) Run(ctx context.Context) error {
 	defer close(c.events)
-	tc := &tls.Config{RootCAs: c.cfg.RootCAs, ServerName: c.cfg.ServerName, NextProtos: []string{proto.ALPNConsole}, MinVersion: tls.VersionTLS13,
-		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
-	lastOK := time.Now()
-	backoff := 50 * time.Millisecond
-	first := true
-	var err error
-	for {
-		var finalised bool
-		finalised, err = c.session(ctx, tc, !first, &lastOK)
-		if finalised {
-			err = nil
-			break
-		}
-		if ctx.Err() != nil {
-			err = ctx.Err()
-			break
-		}
-		var pe *proto.Error
-		if errors.As(err, &pe) && !pe.Retryable() {
-			err = fmt.Errorf("%w: %v", ErrRefused, pe)
-			break
-		}
-		if time.Since(lastOK) > c.cfg.ReconnectFor {
-			err = fmt.Errorf("console: coordinator unreachable for %v: %w", c.cfg.ReconnectFor, err)
-			break
-		}
-		c.log.Warn("connection lost: reconnecting", "err", err, "in", backoff)
-		if c.cfg.OnError != nil {
-			c.cfg.OnError(err)
-		}
-		first = false
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(backoff*2, 500*time.Millisecond)
-	}
+	err := c.run(ctx)
 	c.mu.Lock()
 	c.done, c.err = true, err
 	c.cond.Broadcast()
@@ -208,14 +181,72 @@ func (c *Call) Run(ctx context.Context) error {
 	return err
 }
 
-func (c *Call) session(ctx context.Context, tc *tls.Config, resume bool, lastOK *time.Time) (bool, error) {
+func (c *Call) run(ctx context.Context) error {
+	targets := leader.New(append([]string{c.cfg.Server}, c.cfg.Servers...))
+	if len(targets.Addrs()) == 0 {
+		return errors.New("console: no coordinator address")
+	}
+	tc := &tls.Config{RootCAs: c.cfg.RootCAs, ServerName: c.cfg.ServerName, NextProtos: []string{proto.ALPNConsole}, MinVersion: tls.VersionTLS13,
+		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	lastOK := time.Now()
+	first := true
+	for {
+		addr := targets.Next()
+		finalised, err := c.session(ctx, addr, targets, tc, &first, &lastOK)
+		if finalised {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var pe *proto.Error
+		if errors.As(err, &pe) && !pe.Retryable() {
+			return fmt.Errorf("%w: %v", ErrRefused, pe)
+		}
+		var wait time.Duration
+		if pe != nil && pe.Code == proto.CodeNotLeader {
+			// A follower (or a leader that stepped down): not a lost
+			// connection. A call whose first hello was redirected is not
+			// counted as a reconnect; one that was running resumes at the
+			// leader as after any reconnect.
+			wait = targets.Redirect(pe)
+			c.log.Info("coordinator is a follower: going to the leader", "addr", addr, "leader", pe.Leader, "in", wait)
+		} else {
+			// Another coordinator is tried at once (wait 0); the pause
+			// comes once every one has failed, with an error naming them.
+			wait, err = targets.Failed(addr, err)
+			first = false
+		}
+		if wait > 0 && time.Since(lastOK) > c.cfg.ReconnectFor {
+			return fmt.Errorf("console: coordinator unreachable for %v: %w", c.cfg.ReconnectFor, err)
+		}
+		if pe == nil || pe.Code != proto.CodeNotLeader {
+			c.log.Warn("connection lost: reconnecting", "addr", addr, "err", err, "in", wait)
+		}
+		if c.cfg.OnError != nil {
+			c.cfg.OnError(err)
+		}
+		if wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+		}
+	}
+}
+
+// session runs one connection to addr. first says no stream has been
+// welcomed (or lost) yet: a welcome then is the call's start, not a
+// reconnect; session clears it once welcomed.
+func (c *Call) session(ctx context.Context, addr string, targets *leader.Targets, tc *tls.Config, first *bool, lastOK *time.Time) (bool, error) {
+	resume := !*first
 	// QUIC gets no ICMP answer from a dead server: a short dial timeout and
 	// quick retries find a restarted coordinator at once.
 	dctx, cancel := context.WithTimeout(ctx, tuning.DialTimeout)
-	conn, err := quic.DialAddr(dctx, c.cfg.Server, tc, &quic.Config{MaxIdleTimeout: tuning.ConsoleQUICIdle, KeepAlivePeriod: tuning.ConsoleQUICKeepAlive})
+	conn, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: tuning.ConsoleQUICIdle, KeepAlivePeriod: tuning.ConsoleQUICKeepAlive})
 	cancel()
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.CloseWithError(0, "")
 	st, err := conn.OpenStreamSync(ctx)
@@ -239,6 +270,8 @@ func (c *Call) session(ctx context.Context, tc *tls.Config, resume bool, lastOK 
 		return false, fmt.Errorf("console: welcome has %d channels, want %d", len(wel.NextSeq), len(c.cfg.Channels))
 	}
 	*lastOK = time.Now()
+	*first = false
+	targets.Connected(addr)
 	c.mu.Lock()
 	for ch, n := range wel.NextSeq {
 		c.ackLocked(ch, n)

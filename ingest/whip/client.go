@@ -13,11 +13,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/callscribe/callscribe/ingest"
+	"github.com/callscribe/callscribe/internal/leader"
 	"github.com/callscribe/callscribe/proto"
 	"github.com/pion/ice/v4"
 	"github.com/pion/rtp"
@@ -26,8 +28,12 @@ import (
 
 // ClientConfig configures a WHIP console (the CLI and the load generator).
 type ClientConfig struct {
-	// Server is the coordinator's HTTP(S) base URL.
+	// Server is the coordinator's HTTP(S) base URL. Servers lists the
+	// coordinators of a cluster (after Server, if both are set): the offer
+	// goes to the first that can be reached, and a follower's redirect to
+	// the leader is followed, with the credential, only to one of them.
 	Server    string
+	Servers   []string
 	RootCAs   *x509.CertPool
 	Token     string
 	CallID    proto.CallID
@@ -46,6 +52,7 @@ type ClientConfig struct {
 // Client is one WebRTC console call.
 type Client struct {
 	cfg     ClientConfig
+	bases   []string // Server and Servers, without trailing slashes
 	http    *http.Client
 	pc      *webrtc.PeerConnection
 	dc      *webrtc.DataChannel
@@ -67,9 +74,26 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	var bases []string
+	for _, b := range append([]string{cfg.Server}, cfg.Servers...) {
+		if b = strings.TrimRight(strings.TrimSpace(b), "/"); b != "" && !slices.Contains(bases, b) {
+			bases = append(bases, b)
+		}
+	}
+	if len(bases) == 0 {
+		return nil, errors.New("whip: no coordinator URL")
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
-	c := &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: 15 * time.Second}, events: make(chan ingest.Event, 4096), open: make(chan struct{}),
+	// A coordinator that is down is passed over for the next well within
+	// the request's time.
+	tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	// A follower answers the offer with 307 to the leader: followed (the
+	// body goes again) only to a configured coordinator, with the
+	// credential; net/http alone would drop it for another host and keep
+	// it for any port of the same host.
+	hc := &http.Client{Transport: tr, Timeout: 15 * time.Second, CheckRedirect: leader.CheckRedirect(bases)}
+	c := &Client{cfg: cfg, bases: bases, http: hc, events: make(chan ingest.Event, 4096), open: make(chan struct{}),
 		seq: make([]uint16, len(cfg.Channels)), ts: make([]uint32, len(cfg.Channels)), sent: make([]uint64, len(cfg.Channels))}
 	me := &webrtc.MediaEngine{}
 	capab := codecCapability(cfg.Codec)
@@ -180,8 +204,40 @@ func payloadType(c proto.Codec) webrtc.PayloadType {
 	return 111
 }
 
+// dialTimeout bounds one TCP connection to a coordinator.
+const dialTimeout = 5 * time.Second
+
+// post offers sdp to the first coordinator that can be reached and
+// returns the answer. A coordinator that cannot be connected to is passed
+// over for the next; any answer, a refusal included, is final.
 func (c *Client) post(ctx context.Context, sdp string) (string, error) {
-	u := strings.TrimSuffix(c.cfg.Server, "/") + "/v1/whip/" + url.PathEscape(string(c.cfg.CallID))
+	var errs []error
+	for _, base := range c.bases {
+		answer, err := c.postTo(ctx, base, sdp)
+		if err == nil || !connectFailed(err) || ctx.Err() != nil {
+			return answer, err
+		}
+		c.cfg.Logger.Warn("whip: coordinator unreachable: trying the next", "server", base, "err", err)
+		var ue *url.Error // "Post URL: dial …", without the "whip: " prefix
+		if errors.As(err, &ue) {
+			err = ue
+		}
+		errs = append(errs, err)
+	}
+	return "", fmt.Errorf("whip: %w", &leader.UnreachableError{Addrs: c.bases, Errs: errs})
+}
+
+// connectFailed reports whether err means no connection could be made:
+// the request was not sent, so sending it elsewhere is safe.
+func connectFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (c *Client) postTo(ctx context.Context, base, sdp string) (string, error) {
+	u := base + "/v1/whip/" + url.PathEscape(string(c.cfg.CallID))
+	// A strings.Reader body gives the request GetBody: a 307 or 308 from a
+	// follower sends the offer again to the leader.
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(sdp))
 	if err != nil {
 		return "", err
@@ -205,6 +261,8 @@ func (c *Client) post(ctx context.Context, sdp string) (string, error) {
 	if res.StatusCode != http.StatusCreated {
 		return "", fmt.Errorf("whip: the coordinator refused the call: %s: %s", res.Status, bytes.TrimSpace(body))
 	}
+	// Location is resolved against the URL that answered: after a
+	// redirect, the leader's.
 	loc, err := res.Location()
 	if err != nil {
 		return "", fmt.Errorf("whip: answer without a Location: %w", err)
@@ -213,7 +271,8 @@ func (c *Client) post(ctx context.Context, sdp string) (string, error) {
 	return string(body), nil
 }
 
-// Session is the WHIP session's URL (the answer's Location).
+// Session is the WHIP session's URL: the answer's Location, resolved
+// against the URL that answered (the leader's, after a redirect).
 func (c *Client) Session() string { return c.session }
 
 // Events delivers transcript events; it is closed when the session ends.
@@ -301,10 +360,8 @@ func (c *Client) End() error {
 func (c *Client) Close(ctx context.Context) error {
 	var err error
 	if c.session != "" {
-		u, perr := url.Parse(c.cfg.Server)
-		if perr == nil {
-			loc, _ := url.Parse(c.session)
-			req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, u.ResolveReference(loc).String(), nil)
+		req, rerr := http.NewRequestWithContext(ctx, http.MethodDelete, c.session, nil)
+		if rerr == nil {
 			req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 			res, derr := c.http.Do(req)
 			if derr == nil {

@@ -56,6 +56,32 @@ const (
 	DialTimeout = time.Second
 )
 
+// Reconnecting to a coordinator (consoles, agents, workers; see
+// internal/leader). A client given several coordinators tries the next at
+// once when one cannot be reached, and pauses only when all of them have
+// failed in a row; a follower's not_leader answer naming the leader is
+// followed at once.
+const (
+	// ReconnectMin and ReconnectMax bound the pause between rounds: it
+	// starts at ReconnectMin and doubles up to ReconnectMax, so a restarted
+	// coordinator is found within half a second. Each pause is jittered
+	// between half and all of its value, so clients cut off together do not
+	// come back in step.
+	ReconnectMin = 50 * time.Millisecond
+	ReconnectMax = 500 * time.Millisecond
+	// ReconnectStable: a session that lasted this long ends a run of
+	// failures, and the pause starts again from ReconnectMin.
+	ReconnectStable = 10 * time.Second
+	// RedirectHops is how many not_leader answers in a row are followed at
+	// once; beyond it (followers that disagree, or name a dead leader) each
+	// waits a pause, so a client never spins.
+	RedirectHops = 8
+	// MaxCoordinators bounds the addresses a client learns from not_leader
+	// answers (the configured ones are always kept): a cluster has a
+	// handful, and a malicious or broken answer must not grow the list.
+	MaxCoordinators = 16
+)
+
 // Agent liveness. The coordinator hands each agent its heartbeat interval
 // and a TTL; an agent silent for the TTL is declared lost and its workers'
 // channels move.
