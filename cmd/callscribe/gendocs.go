@@ -103,6 +103,13 @@ var docSpecs = map[string]docSpec{
 	"status":     {synopsis: []string{"status [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE] [--json]"}, desc: "Shows the coordinator's nodes, GPUs, workers and live calls. Needs an operator credential (default: /var/lib/callscribe/operator.token when readable)."},
 	"node": {synopsis: []string{"node drain NODE [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE]", "node undrain NODE [--server URL] [--ca FILE] [--token TOKEN | --token-file FILE]"}, desc: "Takes a node out of service (drain): its workers stop, their calls move to other nodes and resume, and no new work goes there. Undrain returns it to service. Needs an operator credential.",
 		subs: [][]string{{"drain", "NODE", "-h"}}},
+	"cluster": {synopsis: []string{"cluster status [--json] [--server URL] [--token OPERATOR_TOKEN]", "cluster init [--server URL] [--token OPERATOR_TOKEN]",
+		"cluster join --leader URL --join-token TOKEN [--server URL] [--token OPERATOR_TOKEN]", "cluster remove NAME [--server URL] [--token OPERATOR_TOKEN]"},
+		desc: "Manages the cluster of coordinators (README, Cluster). status shows this member's view: its role, the leader, the log's indexes and every member with its addresses. " +
+			"init, on a coordinator with cluster_listen set and no state, starts a new cluster with it as the only member; on a member of a cluster it makes a new join token (the old one stops working) and prints it. " +
+			"join, on a new coordinator with cluster_listen set and an empty data directory, asks the member at --leader to add it, with the join token; it then catches up from the leader (a snapshot of the store, then the log). " +
+			"remove takes a member out of the cluster (a dead machine being replaced). Needs an operator credential; --server is this coordinator's HTTP address.",
+		subs: [][]string{{"status", "-h"}, {"init", "-h"}, {"join", "-h"}, {"remove", "-h"}}},
 	"token": {synopsis: []string{"token add --role console|supervisor|operator --name NAME [--server URL] [--ca FILE] [--token OPERATOR_TOKEN]", "token list [--json] [--server URL] [--token OPERATOR_TOKEN]", "token revoke --name NAME [--server URL] [--token OPERATOR_TOKEN]"},
 		desc: "Manages credentials on a running coordinator (operator role). add prints a new token on stdout, usable at once and shown only this once (the coordinator keeps its SHA-256). " +
 			"list shows every credential, active and revoked, without secrets. revoke refuses every token of that name, and console certificates with that common name, and ends their live sessions (console streams, WebRTC sessions, transcript streams) at once. " +
