@@ -12,6 +12,7 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/keys"
+	"github.com/callscribe/callscribe/internal/raftlog"
 )
 
 // cmdStore checks the coordinator's store.
@@ -134,7 +135,16 @@ func rotateKey(data, keyFile, newFile string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The cluster's log shares the store's key: it is re-encrypted first,
+	// and back again if the store's rotation fails.
+	rlog := filepath.Join(dataDirOf(data), "raft", "log")
+	if err := raftlog.Rekey(rlog, old, nk); err != nil {
+		return fmt.Errorf("the cluster log could not be re-encrypted; nothing was changed: %w", err)
+	}
 	if err := store.RotateKey(dir, old, nk, keyFile); err != nil {
+		if rerr := raftlog.Rekey(rlog, nk, old); rerr != nil {
+			return fmt.Errorf("%w; and the cluster log, already encrypted with the key in %s, could not be put back: %w", err, newFile, rerr)
+		}
 		return err
 	}
 	if err := keys.Install(keyFile, nk, true); err != nil {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/callscribe/callscribe/coordinator/store"
 	"github.com/callscribe/callscribe/internal/keys"
+	"github.com/callscribe/callscribe/internal/raftlog"
+	"github.com/hashicorp/raft"
 )
 
 // A new data directory gets a key; a store written without one is left
@@ -80,6 +82,15 @@ func TestStoreRotateKeyCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
+	// The cluster log shares the key.
+	rl, err := raftlog.Open(filepath.Join(data, "raft", "log"), raftlog.Options{Key: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rl.StoreLog(&raft.Log{Index: 1, Term: 1, Type: raft.LogCommand, Data: []byte("frame")}); err != nil {
+		t.Fatal(err)
+	}
+	rl.Close()
 	newFile := filepath.Join(t.TempDir(), "new.key")
 	var out, errb bytes.Buffer
 	if err := cmdStore(context.Background(), []string{"rotate-key", "--data", data, "--new-key", newFile}, &out, &errb); err != nil {
@@ -99,6 +110,15 @@ func TestStoreRotateKeyCommand(t *testing.T) {
 	if o, err := runStoreCheck(t, data); err != nil || !strings.Contains(o, "intact") {
 		t.Fatalf("check: %v\n%s", err, o)
 	}
+	rl, err = raftlog.Open(filepath.Join(data, "raft", "log"), raftlog.Options{Key: nk})
+	if err != nil {
+		t.Fatalf("the cluster log does not open with the new key: %v", err)
+	}
+	var e raft.Log
+	if err := rl.GetLog(1, &e); err != nil || string(e.Data) != "frame" {
+		t.Fatalf("the cluster log's entry after rotation: %q %v", e.Data, err)
+	}
+	rl.Close()
 }
 
 // store encrypt: a store from before encryption comes out encrypted with
