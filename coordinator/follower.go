@@ -156,6 +156,16 @@ func (f *follower) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, clusterView(f.m, advertised(f.cfg.Cluster.QUIC, f.ql.Addr().String()), advertised(f.cfg.Cluster.HTTP, f.httpLn.Addr().String())))
 	})
+	metrics := followerMetrics(f.m)
+	if f.cfg.MetricsOpen {
+		mux.Handle("GET /metrics", metrics)
+	} else {
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := f.operator(w, r); ok {
+				metrics.ServeHTTP(w, r)
+			}
+		})
+	}
 	mux.HandleFunc("POST /v1/cluster/init", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := f.operator(w, r); !ok {
 			return

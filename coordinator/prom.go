@@ -72,8 +72,8 @@ func newProm(c *Coordinator) *prom {
 		toWorker:  lat("frame_to_worker_seconds", "Frame received to written to its worker."),
 		toConsole: lat("final_to_console_seconds", "Worker final received to persisted and queued to the console."),
 		resume:    lat("resume_seconds", "Channel lost its worker to assigned to another."),
-		commitTime: lat("store_commit_seconds", "One group commit of the store: Badger's value-log and WAL writes and their syncs. "+
-			"Ack latency is the wait for the commit in progress plus its own."),
+		commitTime: lat("store_commit_seconds", "One group commit of the store: replicated to a quorum of the cluster's logs (each one fdatasync) and applied to the leader's store; "+
+			"in a cluster of one, the log's write and sync and the apply. Ack latency is the wait for the commit in progress plus its own."),
 		commitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "callscribe", Name: "store_commit_writes",
 			Help: "Writes (frame batches, finals, call records) carried by one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		framesUndecodable: ctr("frames_undecodable_total", "Stored frames no decoder could read (corrupt Opus, odd-length L16): concealed as lost packets, the call goes on."),
@@ -88,7 +88,7 @@ func newProm(c *Coordinator) *prom {
 	}
 	p.reg.MustRegister(p.framesRecv, p.framesDup, p.framesStor, p.framesDec, p.framesLost, p.framesConceal, p.failovers, p.placements, p.finals,
 		p.ack, p.toWorker, p.toConsole, p.resume, p.commitTime, p.commitWrites,
-		p.framesUndecodable, p.admissions, p.idleReleases, p.workersUnresponsive, p.authRefused, p.sessionsEnded, &stateCollector{c: c},
+		p.framesUndecodable, p.admissions, p.idleReleases, p.workersUnresponsive, p.authRefused, p.sessionsEnded, &stateCollector{c: c}, &clusterCollector{m: func() *Member { return c.member }},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Every reason is exported from the start (at 0), so that rates and
 	// alerts see the first refusal.

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,6 +90,9 @@ type Node struct {
 	leadMu  sync.Mutex
 	leading bool
 	changed chan struct{} // closed at the next change of leading
+	// unreachable: members the leader's heartbeats do not reach, with
+	// when they last answered.
+	unreachable map[string]time.Time
 }
 
 // Timing of a cluster: a follower that hears nothing from the leader for
@@ -131,7 +135,7 @@ func Start(cfg Config) (*Node, error) {
 		cfg.ClusterID = func() string { return "" }
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, fsm: cfg.FSM, failed: make(chan struct{}), notify: make(chan bool, 16), done: make(chan struct{}),
-		single: cfg.Bind == "", changed: make(chan struct{})}
+		single: cfg.Bind == "", changed: make(chan struct{}), unreachable: map[string]time.Time{}}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
@@ -193,8 +197,11 @@ func Start(cfg Config) (*Node, error) {
 	n.r = r
 	n.obs = make(chan raft.Observation, 64)
 	n.observer = raft.NewObserver(n.obs, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+			return true
+		}
+		return false
 	})
 	r.RegisterObserver(n.observer)
 	go n.watch()
@@ -223,9 +230,26 @@ func (n *Node) watch() {
 			}
 			n.leadMu.Unlock()
 		case o := <-n.obs:
-			lo := o.Data.(raft.LeaderObservation)
-			n.leaderChanges.Add(1)
-			n.log.Info("cluster: leader", "leader", lo.LeaderID, "address", lo.LeaderAddr)
+			switch d := o.Data.(type) {
+			case raft.LeaderObservation:
+				n.leaderChanges.Add(1)
+				n.log.Info("cluster: leader", "leader", d.LeaderID, "address", d.LeaderAddr)
+				n.leadMu.Lock()
+				clear(n.unreachable)
+				n.leadMu.Unlock()
+			case raft.FailedHeartbeatObservation:
+				n.leadMu.Lock()
+				if _, ok := n.unreachable[string(d.PeerID)]; !ok {
+					n.log.Warn("cluster: a member does not answer the leader", "member", d.PeerID, "last_contact", d.LastContact)
+				}
+				n.unreachable[string(d.PeerID)] = d.LastContact
+				n.leadMu.Unlock()
+			case raft.ResumedHeartbeatObservation:
+				n.leadMu.Lock()
+				delete(n.unreachable, string(d.PeerID))
+				n.leadMu.Unlock()
+				n.log.Info("cluster: a member answers the leader again", "member", d.PeerID)
+			}
 		case <-n.done:
 			return
 		}
@@ -385,6 +409,9 @@ type Status struct {
 	LeaderChanges uint64    `json:"leader_changes"`
 	LogBytes      int64     `json:"log_bytes"`
 	Members       []Member  `json:"members"`
+	// Unreachable names the members the leader cannot reach (on the
+	// leader), with when each last answered.
+	Unreachable map[string]time.Time `json:"unreachable,omitempty"`
 }
 
 // Status reports this member's view.
@@ -403,6 +430,11 @@ func (n *Node) Status() Status {
 		s.LastContact = n.r.LastContact()
 	}
 	s.Members, _ = n.Members()
+	n.leadMu.Lock()
+	if len(n.unreachable) > 0 && s.State == "leader" {
+		s.Unreachable = maps.Clone(n.unreachable)
+	}
+	n.leadMu.Unlock()
 	return s
 }
 

@@ -232,7 +232,9 @@ func batchCost(vlog, wal int64) int64 { return vlog + wal*9/4 + 32<<10 }
 
 // diskGuard decides, before each commit, which writes the disk can take.
 type diskGuard struct {
-	dir                       string
+	dir string
+	// replicated: writes also go to the cluster's log, on this filesystem.
+	replicated                bool
 	audioReserve, metaReserve int64
 	log                       *slog.Logger
 
@@ -331,6 +333,7 @@ type admission struct {
 	free      int64
 	head      int64
 	vlog, wal int64 // admitted so far
+	log       int64 // what they add to the replicated log
 }
 
 // begin measures once for a commit (or reuses a measurement younger than
@@ -390,7 +393,7 @@ func (a *admission) admit(r *req) error {
 	if r.audio {
 		reserve, what = a.g.audioReserve, "audio"
 	}
-	batch := batchCost(a.vlog+r.vlog, a.wal+r.wal)
+	batch := batchCost(a.vlog+r.vlog, a.wal+r.wal) + a.log + a.g.logCost(r)
 	need := a.head + batch + reserve
 	if a.free < need {
 		if r.audio {
@@ -402,16 +405,27 @@ func (a *admission) admit(r *req) error {
 	}
 	a.vlog += r.vlog
 	a.wal += r.wal
+	a.log += a.g.logCost(r)
 	return nil
+}
+
+// logCost is what a write adds to the replicated log (on the same
+// filesystem, in DATA/raft) before a snapshot compacts it: its bytes and a
+// record header.
+func (g *diskGuard) logCost(r *req) int64 {
+	if !g.replicated {
+		return 0
+	}
+	return int64(r.size()) + 128
 }
 
 // done counts what the commit admitted against the measurement it used.
 func (a *admission) done() {
-	if !a.ok || (a.vlog == 0 && a.wal == 0) {
+	if !a.ok || (a.vlog == 0 && a.wal == 0 && a.log == 0) {
 		return
 	}
 	a.g.mu.Lock()
-	a.g.admitted += batchCost(a.vlog, a.wal)
+	a.g.admitted += batchCost(a.vlog, a.wal) + a.log
 	a.g.mu.Unlock()
 }
 
@@ -489,7 +503,7 @@ func (g *diskGuard) room(r *req) error {
 	if !a.ok {
 		return nil
 	}
-	batch := batchCost(r.vlog, r.wal)
+	batch := batchCost(r.vlog, r.wal) + g.logCost(r)
 	if need := a.head + batch; a.free < need {
 		return &DiskFullError{Dir: g.dir, What: "a committed batch", Free: uint64(max(a.free, 0)), Needed: uint64(need), Headroom: uint64(a.head), Batch: uint64(batch)}
 	}

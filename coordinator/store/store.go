@@ -269,7 +269,9 @@ func Open(dir string, o Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	s := newStore(db, dir, o, log, newDiskGuard(dir, audio, meta, log))
+	g := newDiskGuard(dir, audio, meta, log)
+	g.replicated = o.Replicated
+	s := newStore(db, dir, o, log, g)
 	s.encrypted = len(key) > 0
 	if err := s.stamp(rec); err != nil {
 		close(s.done) // no committer yet
