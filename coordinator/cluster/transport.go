@@ -31,6 +31,32 @@ type streamLayer struct {
 	tls       *tls.Config // both sides: certificate, CA pool
 	cluster   func() string
 	log       *slog.Logger
+
+	// conns are the connections made or accepted, closed with the layer
+	// (Raft's transport leaves them open at Close).
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// track records a connection to close with the layer; false once closed.
+func (s *streamLayer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[net.Conn]struct{}{}
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *streamLayer) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 func newStreamLayer(bind, advertise string, tc *tls.Config, cluster func() string, log *slog.Logger) (*streamLayer, error) {
@@ -86,10 +112,27 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &peerConn{Conn: tls.Server(c, s.tls), server: true, s: s}, nil
+	pc := &peerConn{Conn: tls.Server(c, s.tls), server: true, s: s}
+	if !s.track(pc) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	return pc, nil
 }
 
-func (s *streamLayer) Close() error   { return s.ln.Close() }
+// Close stops accepting and closes every connection.
+func (s *streamLayer) Close() error {
+	err := s.ln.Close()
+	s.mu.Lock()
+	s.closed = true
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for c := range conns {
+		_ = c.Close()
+	}
+	return err
+}
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
@@ -105,6 +148,10 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
+	if !s.track(pc) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
 	return pc, nil
 }
 
@@ -187,6 +234,11 @@ func (c *peerConn) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.rd.Read(b)
+}
+
+func (c *peerConn) Close() error {
+	c.s.untrack(c)
+	return c.Conn.Close()
 }
 
 func (c *peerConn) Write(b []byte) (int, error) {
