@@ -362,6 +362,8 @@ type Status struct {
 		Live int `json:"live"`
 	} `json:"calls"`
 	Stats Stats `json:"stats"`
+	// Cluster is the leader's view of the coordinator cluster.
+	Cluster *ClusterView `json:"cluster,omitempty"`
 }
 
 func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
@@ -369,6 +371,8 @@ func (c *Coordinator) handleStatus(w http.ResponseWriter, r *http.Request) {
 	s.Nodes, s.Workers = c.rack.Snapshot()
 	s.Calls.Live = c.calls.Live()
 	s.Stats = c.metrics.stats()
+	cv := clusterView(c.member, advertised(c.cfg.Cluster.QUIC, c.ql.Addr().String()), advertised(c.cfg.Cluster.HTTP, c.httpLn.Addr().String()))
+	s.Cluster = &cv
 	writeJSON(w, http.StatusOK, s)
 }
 

@@ -70,7 +70,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "live calls: %d\tfinalised: %d\tfailovers: %d\tack p99: %.2f ms\n", st.Calls.Live, st.Stats.Finalised, st.Stats.Failovers, st.Stats.Ack.P99MS)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if st.Cluster != nil {
+		fmt.Fprintln(stdout)
+		b, _ := json.Marshal(st.Cluster)
+		return printCluster(stdout, b)
+	}
+	return nil
 }
 
 func opt(v *uint32, unit string) string {
