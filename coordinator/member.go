@@ -71,11 +71,17 @@ func OpenMember(cfg Config, onCommit func(writes, bytes int, took time.Duration)
 		_ = st.Close()
 		return nil, err
 	}
+	// The cluster's ID never changes once set: read it until then.
+	var known atomic.Pointer[string]
 	clusterID := func() string {
+		if id := known.Load(); id != nil {
+			return *id
+		}
 		ci, err := st.Cluster()
 		if err != nil || ci == nil {
 			return ""
 		}
+		known.Store(&ci.ID)
 		return ci.ID
 	}
 	node, err := cluster.Start(cluster.Config{Dir: filepath.Join(cfg.DataDir, "raft"), Name: name, Bind: cfg.Cluster.Bind, Advertise: cfg.Cluster.Advertise,
