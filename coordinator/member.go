@@ -109,8 +109,12 @@ func advertised(set, listen string) string {
 	return listen
 }
 
-// Close stops the member, then closes the store.
+// Close hands leadership over if this member leads a cluster, stops the
+// member, then closes the store.
 func (m *Member) Close() error {
+	if err := m.Node.Handover(); err != nil {
+		m.Node.Logger().Warn("coordinator: leadership not handed over; the others elect a leader after their timeout", "err", err)
+	}
 	err := m.Node.Shutdown()
 	if cerr := m.Store.Close(); err == nil {
 		err = cerr

@@ -271,6 +271,9 @@ func (n *Node) Single() bool { return n.single }
 // Address is this member's address for the others.
 func (n *Node) Address() string { return string(n.trans.LocalAddr()) }
 
+// Logger is the member's logger.
+func (n *Node) Logger() *slog.Logger { return n.log }
+
 // Name is this member's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
@@ -436,6 +439,18 @@ func (n *Node) Status() Status {
 	}
 	n.leadMu.Unlock()
 	return s
+}
+
+// Handover asks another member to lead now (before this one stops), so
+// that clients wait for no election timeout.
+func (n *Node) Handover() error {
+	if n.single || !n.IsLeader() {
+		return nil
+	}
+	if err := n.r.LeadershipTransfer().Error(); err != nil {
+		return fmt.Errorf("cluster: hand leadership over: %w", err)
+	}
+	return nil
 }
 
 // Snapshot takes a snapshot now (a checkpoint of the store) and compacts
