@@ -22,7 +22,7 @@ var (
 	descApplyLag = prometheus.NewDesc("callscribe_cluster_apply_lag_entries", "Entries known committed that this member's store has not applied yet.", nil, nil)
 	descContact  = prometheus.NewDesc("callscribe_cluster_last_contact_seconds", "On a follower: seconds since it last heard from the leader.", nil, nil)
 	descMembers  = prometheus.NewDesc("callscribe_cluster_members", "Members of the cluster's configuration.", nil, nil)
-	descPeerUp   = prometheus.NewDesc("callscribe_cluster_member_reachable", "On the leader: 1 for each member its heartbeats reach, 0 for one they do not.", []string{"member"}, nil)
+	descPeerUp   = prometheus.NewDesc("callscribe_cluster_member_reachable", "On the leader: 1 for each member its heartbeats reach (itself included), 0 for one they do not.", []string{"member"}, nil)
 	descLogBytes = prometheus.NewDesc("callscribe_cluster_log_bytes", "Bytes of this member's log on disk (it is compacted after each snapshot).", nil, nil)
 )
 
@@ -62,9 +62,6 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	g(descMembers, float64(len(s.Members)))
 	if lead == 1 {
 		for _, m := range s.Members {
-			if m.Name == s.Name {
-				continue
-			}
 			up := 1.0
 			if _, ok := s.Unreachable[m.Name]; ok {
 				up = 0

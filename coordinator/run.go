@@ -105,6 +105,16 @@ func (s *Service) Run(ctx context.Context) error {
 			s.cfg.Logger.Error("coordinator: close", "err", err)
 		}
 	}()
+	if s.m.Node.Single() {
+		// A cluster of one leads within milliseconds: it serves nothing
+		// as a follower meanwhile (clients would be told to wait).
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.m.waitLeader(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
 	for ctx.Err() == nil {
 		if err := s.m.Node.Err(); err != nil {
 			return err
