@@ -3,11 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/callscribe/callscribe/internal/config"
@@ -61,5 +67,29 @@ func TestWorkerCoordinatorFlag(t *testing.T) {
 	err := cmdWorker(context.Background(), []string{"--worker-id", "w1", "--ca", "ca.pem", "--coordinator", "c1:4433,nonsense"}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), `"nonsense"`) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// cluster init retries while the member it bootstrapped becomes the
+// leader: the answer that says so (503), and the connections its switch
+// from follower to leader closes (reset, EOF) or refuses; not a refusal
+// of the request itself.
+func TestClusterInitRetryable(t *testing.T) {
+	reset := &url.Error{Op: "Post", URL: "https://10.0.0.1:8080/v1/cluster/init",
+		Err: &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("coordinator at https://10.0.0.1:8080: %w", reset), true},
+		{fmt.Errorf("coordinator at https://10.0.0.1:8080: %w", &url.Error{Op: "Post", URL: "u", Err: io.EOF}), true},
+		{errors.New("coordinator answered 503 Service Unavailable: a new cluster was started with this member"), true},
+		{errors.New("dial tcp 10.0.0.1:8080: connect: connection refused"), true},
+		{errors.New("coordinator answered 401 Unauthorized: operators only"), false},
+		{errors.New("coordinator answered 409 Conflict: a cluster of one"), false},
+	} {
+		if got := retryable(c.err); got != c.want {
+			t.Errorf("retryable(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
