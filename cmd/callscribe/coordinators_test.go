@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -15,8 +16,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/callscribe/callscribe/internal/config"
+	"github.com/callscribe/callscribe/internal/tuning"
 )
 
 // The agent's coordinators: the old single address still works, a
@@ -67,6 +70,44 @@ func TestWorkerCoordinatorFlag(t *testing.T) {
 	err := cmdWorker(context.Background(), []string{"--worker-id", "w1", "--ca", "ca.pem", "--coordinator", "c1:4433,nonsense"}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), `"nonsense"`) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// The cluster's snapshot keys reach the member's configuration (the
+// defaults are tuning's), and values that would never snapshot, or check
+// all the time, are refused.
+func TestClusterSnapshotKeys(t *testing.T) {
+	for _, c := range []struct {
+		args        []string
+		bad         bool
+		n, trailing uint64
+		interval    time.Duration
+	}{
+		{n: tuning.ClusterSnapshotThreshold, trailing: tuning.ClusterTrailingLogs, interval: tuning.ClusterSnapshotInterval},
+		{args: []string{"--cluster-snapshot-entries", "64", "--cluster-trailing-entries", "16", "--cluster-snapshot-interval", "1s"}, n: 64, trailing: 16, interval: time.Second},
+		{args: []string{"--cluster-snapshot-entries", "0"}, bad: true},
+		{args: []string{"--cluster-trailing-entries", "-1"}, bad: true},
+		{args: []string{"--cluster-snapshot-interval", "1ms"}, bad: true},
+	} {
+		dir := t.TempDir()
+		fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+		l, _, err := loadCoordinatorConfig(fs, append([]string{"--data", dir}, c.args...), dir, "", io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		cfg, _, _, err := l.setup(slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if c.bad {
+			if err == nil || !strings.Contains(err.Error(), "cluster_snapshot_entries") {
+				t.Errorf("%v: got %v, want a refusal naming the keys", c.args, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if cl := cfg.Cluster; cl.SnapshotThreshold != c.n || cl.TrailingLogs != c.trailing || cl.SnapshotInterval != c.interval {
+			t.Errorf("%v: got entries %d, trailing %d, interval %v", c.args, cl.SnapshotThreshold, cl.TrailingLogs, cl.SnapshotInterval)
+		}
 	}
 }
 

@@ -55,8 +55,10 @@ type Config struct {
 	// ClusterID returns the cluster's ID ("" before it has one).
 	ClusterID func() string
 	Logger    *slog.Logger
-	// SnapshotThreshold and TrailingLogs override tuning's (tests).
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs override
+	// tuning's (zero: those).
 	SnapshotThreshold, TrailingLogs uint64
+	SnapshotInterval                time.Duration
 }
 
 // Node is this coordinator's member of the cluster.
@@ -180,6 +182,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.TrailingLogs > 0 {
 		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
 	}
 	rc.NotifyCh = n.notify
 	has, err := raft.HasExistingState(logs, logs, snaps)
