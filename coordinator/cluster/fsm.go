@@ -41,7 +41,7 @@ func (f fsm) Apply(l *raft.Log) any {
 	return nil
 }
 
-func (f fsm) Snapshot() (raft.FSMSnapshot, error) { return checkpoint{f.n}, nil }
+func (f fsm) Snapshot() (raft.FSMSnapshot, error) { return checkpoint(f), nil }
 
 // Restore installs a snapshot: a backup from the leader (a checkpoint only
 // names the store itself, already at or past it).
