@@ -29,6 +29,8 @@ type clusterFault struct {
 	recover    func(t *testing.T, r *clusterRack, f *faultRun)
 	// quiet: the calls must not notice (no reconnect, no error).
 	quiet bool
+	// killsLeader: the leader's process is killed.
+	killsLeader bool
 	// check, if set, checks the calls' acknowledgements once they end and
 	// returns notes for the report.
 	check func(t *testing.T, f *faultRun) []string
@@ -167,7 +169,7 @@ func librivox(names ...string) []string {
 // Faults. Each is done to whichever member holds the part it needs when
 // it comes (the leader, a follower).
 var (
-	leaderLost = &clusterFault{name: "leader lost", what: "SIGKILL to the leader mid-call and its data directory deleted; then `cluster remove` of it and a fresh coordinator (new name, new address, empty data directory) joined with `cluster join`",
+	leaderLost = &clusterFault{name: "leader lost", what: "SIGKILL to the leader mid-call and its data directory deleted; then `cluster remove` of it and a fresh coordinator (new name, new address, empty data directory) joined with `cluster join`", killsLeader: true,
 		inject: func(t *testing.T, r *clusterRack, f *faultRun) {
 			f.victim = f.leader
 			r.kill(f.victim)
@@ -258,7 +260,7 @@ var (
 			r.caughtUp(t, f.victim, 60*time.Second)
 			f.note("%s restarted: caught up (applied index the leader's) %v after its restart%s", f.victim.name, time.Since(t0).Round(time.Millisecond), snapshotNote(f.victim.p))
 		}}
-	staleLeader = &clusterFault{name: "old leader back with stale data", what: "SIGKILL to the leader mid-call (data kept); the others go on for 5 s; then it is restarted on its stale data directory",
+	staleLeader = &clusterFault{name: "old leader back with stale data", what: "SIGKILL to the leader mid-call (data kept); the others go on for 5 s; then it is restarted on its stale data directory", killsLeader: true,
 		inject: func(t *testing.T, r *clusterRack, f *faultRun) {
 			f.victim = f.leader
 			r.kill(f.victim)
@@ -400,6 +402,22 @@ func runClusterChaos(t *testing.T, workers int, calls []clusterCall, faults []*c
 		}
 		if f.fault.quiet {
 			res.notes = append(res.notes, "the calls saw nothing: no reconnect, no connection error; acks went on from the leader")
+		}
+		if f.fault.killsLeader {
+			// Where the console went once the dead leader's connection
+			// idled out: the dead address again costs a dial timeout.
+			redialled := 0
+			for _, c := range f.calls {
+				for _, e := range c.errorsAfter(f.at) {
+					if strings.Contains(e, "dial "+f.victim.quic()) {
+						redialled++
+						break
+					}
+				}
+			}
+			if redialled > 0 {
+				res.notes = append(res.notes, fmt.Sprintf("%d of %d calls dialled the dead leader again first when its connection idled out (%v lost to the dial timeout: the console's next address in turn was the one it had just lost)", redialled, len(f.calls), tuning.DialTimeout))
+			}
 		}
 		if f.fault.check != nil {
 			res.notes = append(res.notes, f.fault.check(t, f)...)
@@ -545,9 +563,10 @@ func writeClusterReport(t *testing.T, path string, rs []clusterResult, summary s
 		cs = append(cs, fmt.Sprintf("*%s* (%s, %d channel(s), %.0f s, at %g× real time)", c.name, src, w.Channels, float64(len(w.Samples)/w.Channels)/float64(w.Rate), c.speed))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n\nWritten by `make chaos` (TestClusterChaos) on %s; the run took %v. Three coordinators in a Raft cluster, each alone in its own network namespace (its machine), set up as an operator would by hand: one CA and one set of tokens copied to each, a coordinator certificate issued per member, `callscribe cluster init` on the first and `cluster join` on the others. One agent with two Moonshine workers, the consoles and the operator's command line share a fourth namespace; every client is given the three addresses and follows the leader by itself. Every packet between namespaces is delayed %v one way: the test forwards them itself, through a TUN device in each namespace (the kernel it ran on has no sch_netem), which also lets it cut the leader off from the other two coordinators while consoles and the agent still reach it. The faults come one after another on the same cluster, each during calls of its own started before it (each call had a final): %s. The leader lease is %v.\n\n",
-		clusterHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"), took.Round(time.Second), delay, strings.Join(cs, ", "), tuning.ClusterLeaderLease)
-	b.WriteString("*Resumed after* is from the fault to the first ack, on the slowest call, of a frame the console had not had acknowledged at the fault (each call's in the notes). *Acked frames lost* compares every remaining member's store — read after the last fault, the cluster converged and stopped — with every frame the consoles had had acknowledged, byte for byte (the largest count of any store). *Identical* compares every call's transcript with `callscribe transcribe` of its audio (a fault-free run).\n\n")
+	fmt.Fprintf(&b, "%s\n\nWritten by `make chaos` (TestClusterChaos) on %s; the run took %v. Three coordinators in a Raft cluster, each alone in its own network namespace (its machine), set up as an operator would by hand: one CA and one set of tokens copied to each, a coordinator certificate issued per member, `callscribe cluster init` on the first and `cluster join` on the others. One agent with two Moonshine workers, the consoles and the operator's command line share a fourth namespace; every client is given the three addresses and follows the leader by itself. Every packet between namespaces is delayed %v one way: the test forwards them itself, through a TUN device in each namespace, rather than with tc's netem, which not every kernel has (and it can cut the leader off from the other two coordinators while consoles and the agent still reach it). The faults come one after another on the same cluster, each during calls of its own started before it (each call had a final): %s. The leader lease is %v. Members take a snapshot every %d log entries and keep %d behind it (`cluster_snapshot_entries`, `cluster_trailing_entries`; the defaults, %d and %d, are never reached by a test's calls), so that a member joining, or coming back far behind, is sent a snapshot of the leader's store.\n\n",
+		clusterHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"), took.Round(time.Second), delay, strings.Join(cs, ", "), tuning.ClusterLeaderLease,
+		clusterSnapshotEntries, clusterTrailingEntries, tuning.ClusterSnapshotThreshold, tuning.ClusterTrailingLogs)
+	fmt.Fprintf(&b, "*Resumed after* is from the fault to the first ack, on the slowest call, of a frame the console had not had acknowledged at the fault (each call's in the notes). A console notices a killed leader only when its QUIC connection idles out (tuning.ConsoleQUICIdle, %v): that is most of it where the leader was killed, the election being shorter (in the notes); a partitioned leader ends its calls' streams when it steps down, and they move at once. *Acked frames lost* compares every remaining member's store — read after the last fault, the cluster converged and stopped — with every frame the consoles had had acknowledged, byte for byte (the largest count of any store). *Identical* compares every call's transcript with `callscribe transcribe` of its audio (a fault-free run).\n\n", tuning.ConsoleQUICIdle)
 	b.WriteString("| fault | what was done | resumed after | acked frames lost | transcripts identical | notes |\n|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		notes := append([]string{fmt.Sprintf("per call %v", roundAll(r.resumedPer))}, r.notes...)

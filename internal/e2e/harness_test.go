@@ -297,11 +297,12 @@ type sentCall struct {
 	// acks is every acknowledgement the console received, in order: each
 	// ack, and each welcome's next_seq (which acknowledges what the
 	// coordinator holds), with the coordinator that sent it.
-	acks   []ackRecord
-	addr   string // the coordinator of the current session
-	errors int    // errors that ended a connection
-	mu     sync.Mutex
-	done   chan error
+	acks     []ackRecord
+	addr     string // the coordinator of the current session
+	errors   int    // errors that ended a connection
+	errTexts []timedText
+	mu       sync.Mutex
+	done     chan error
 }
 
 // ackRecord is one acknowledgement a console received: every frame of
@@ -312,6 +313,25 @@ type ackRecord struct {
 	ch      int
 	next    uint32
 	welcome bool // a welcome's next_seq, not an ack
+}
+
+// timedText is a message and when it came.
+type timedText struct {
+	at   time.Time
+	text string
+}
+
+// errorsAfter returns the errors that ended a connection after t.
+func (s *sentCall) errorsAfter(t time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, e := range s.errTexts {
+		if e.at.After(t) {
+			out = append(out, e.text)
+		}
+	}
+	return out
 }
 
 // ackRecords returns a copy of the call's acknowledgements.
@@ -400,6 +420,7 @@ func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *
 	onError := func(err error) {
 		s.mu.Lock()
 		s.errors++
+		s.errTexts = append(s.errTexts, timedText{time.Now(), err.Error()})
 		s.mu.Unlock()
 		if to.onError != nil {
 			to.onError(err)
