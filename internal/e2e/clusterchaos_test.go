@@ -288,6 +288,7 @@ var (
 // differs from a fault-free decode of its audio, or a fault's own checks
 // fail.
 func runClusterChaos(t *testing.T, workers int, calls []clusterCall, faults []*clusterFault) ([]clusterResult, string) {
+	requireWire(t) // before the reference transcripts
 	want := map[string][][]string{}
 	for _, c := range calls {
 		if _, ok := want[c.wav]; !ok {

@@ -58,15 +58,7 @@ type wirePacket struct {
 // made.
 func newWire(t *testing.T, delay time.Duration) *wire {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("iproute2 not installed")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no TUN devices here: %v", err)
-	}
+	requireWire(t)
 	n := os.Getpid() % 250
 	w := &wire{delay: delay, prefix: [3]byte{10, 217, byte(n)}, tag: fmt.Sprint(os.Getpid()),
 		hosts: map[byte]*wireHost{}, cut: map[[2]byte]bool{}, closing: make(chan struct{})}
@@ -77,6 +69,21 @@ func newWire(t *testing.T, delay time.Duration) *wire {
 // ip is host i's address.
 func (w *wire) ip(i byte) string {
 	return fmt.Sprintf("%d.%d.%d.%d", w.prefix[0], w.prefix[1], w.prefix[2], i)
+}
+
+// requireWire skips the test where a wire cannot be made: not root, no
+// iproute2, no TUN device.
+func requireWire(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("iproute2 not installed")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skipf("no TUN devices here: %v", err)
+	}
 }
 
 // add makes host i (1–254) named name: its namespace, with loopback up
