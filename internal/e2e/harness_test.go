@@ -155,8 +155,8 @@ func (a *appliance) dev(t *testing.T, workers int) *proc {
 	return p
 }
 
-// coordinator starts a coordinator and waits until it serves HTTP (by then
-// its CA and tokens exist, so agents can be started).
+// coordinator starts a coordinator and waits until it serves HTTP as the
+// leader (by then its CA and tokens exist, so agents can be started).
 func (a *appliance) coordinator(t *testing.T, workers int) *proc {
 	t.Helper()
 	p := start(t, "coordinator", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
@@ -168,8 +168,11 @@ func (a *appliance) coordinator(t *testing.T, workers int) *proc {
 		default:
 		}
 		if r, err := http.Get("http://" + a.http + "/healthz"); err == nil {
+			b, _ := io.ReadAll(r.Body)
 			r.Body.Close()
-			if r.StatusCode == 200 {
+			// A coordinator follows (and says so) until its member leads,
+			// a moment after it starts.
+			if r.StatusCode == 200 && !strings.Contains(string(b), "follower") {
 				return p
 			}
 		}
