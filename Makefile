@@ -64,8 +64,8 @@ bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
 	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md -bin $(BIN)
 
 .PHONY: chaos
-chaos: deps-test build ## kill workers, agents and the coordinator mid-call, cut an agent off; write CHAOS.md (needs root)
-	CALLSCRIBE_CHAOS_REPORT=$(CURDIR)/CHAOS.md $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v ./internal/e2e
+chaos: deps-test build ## kill workers, agents and the coordinator mid-call, cut an agent off, fail a coordinator cluster's leader and followers; write CHAOS.md (needs root)
+	CALLSCRIBE_CHAOS_REPORT=$(CURDIR)/CHAOS.md $(GO) test -count=1 -timeout 20m -run '^(TestChaos|TestClusterChaos)$$' -v ./internal/e2e
 
 .PHONY: fuzz
 fuzz: deps ## fuzz the frame decoder for 60 s

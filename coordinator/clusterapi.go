@@ -109,6 +109,15 @@ func (c *Coordinator) handleClusterJoin(w http.ResponseWriter, r *http.Request) 
 			return
 		}
 	}
+	// Reach it over the members' transport before anything is recorded:
+	// a voter that can never be reached (its certificate from another CA,
+	// a wrong address) would count towards every quorum.
+	if err := c.member.Node.Probe(jr.Raft); err != nil {
+		c.log.Warn("cluster: a join was refused: the new member cannot be reached over the cluster's transport", "member", jr.Name, "raft", jr.Raft, "remote", remote, "err", err)
+		_ = c.AuditAs(r.Context(), "join:"+remote, audit.ActionClusterJoin, jr.Name, audit.ErrorOutcome(err), "refused: not reachable as a member; nothing changed")
+		httpError(w, http.StatusBadGateway, fmt.Sprintf("%v: nothing changed; check that the new member runs with cluster_listen at %s and a coordinator certificate from this cluster's CA (callscribe ca issue --kind coordinator)", err, jr.Raft))
+		return
+	}
 	if err := c.AuditAs(r.Context(), "join:"+remote, audit.ActionClusterJoin, jr.Name, audit.OutcomeOK, "raft "+jr.Raft); err != nil {
 		httpError(w, http.StatusServiceUnavailable, err.Error()+": the request is refused")
 		return

@@ -38,6 +38,10 @@ type ClusterConfig struct {
 	// to them by the other members (default: QUICAddr and HTTPAddr, when
 	// those name a host).
 	QUIC, HTTP string
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs override
+	// tuning's ClusterSnapshot* and ClusterTrailingLogs (zero: those).
+	SnapshotThreshold, TrailingLogs uint64
+	SnapshotInterval                time.Duration
 }
 
 // Member is this coordinator's lasting part: its store and its member of
@@ -85,7 +89,8 @@ func OpenMember(cfg Config, onCommit func(writes, bytes int, took time.Duration)
 		return ci.ID
 	}
 	node, err := cluster.Start(cluster.Config{Dir: filepath.Join(cfg.DataDir, "raft"), Name: name, Bind: cfg.Cluster.Bind, Advertise: cfg.Cluster.Advertise,
-		Cert: cfg.Cluster.Cert, CAs: cfg.Cluster.CAs, Key: cfg.StoreKey, FSM: st, ClusterID: clusterID, Logger: cfg.Logger.With("component", "cluster")})
+		Cert: cfg.Cluster.Cert, CAs: cfg.Cluster.CAs, Key: cfg.StoreKey, FSM: st, ClusterID: clusterID, Logger: cfg.Logger.With("component", "cluster"),
+		SnapshotThreshold: cfg.Cluster.SnapshotThreshold, TrailingLogs: cfg.Cluster.TrailingLogs, SnapshotInterval: cfg.Cluster.SnapshotInterval})
 	if err != nil {
 		_ = st.Close()
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -122,10 +123,15 @@ func cmdCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return errUsage
 }
 
-// retryable: a member answering while it becomes the leader.
+// retryable: a member answering while it becomes the leader. Its switch
+// from follower to leader closes the connections it had (a request sent
+// then sees a reset or an early EOF) before the leader listens (refused).
 func retryable(err error) bool {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
 	s := err.Error()
-	return strings.Contains(s, "503") || strings.Contains(s, "connection refused")
+	return strings.Contains(s, "503") || strings.Contains(s, "connection refused") || strings.Contains(s, "connection reset")
 }
 
 func printCluster(w io.Writer, b []byte) error {

@@ -3,14 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/callscribe/callscribe/internal/config"
+	"github.com/callscribe/callscribe/internal/tuning"
 )
 
 // The agent's coordinators: the old single address still works, a
@@ -61,5 +70,67 @@ func TestWorkerCoordinatorFlag(t *testing.T) {
 	err := cmdWorker(context.Background(), []string{"--worker-id", "w1", "--ca", "ca.pem", "--coordinator", "c1:4433,nonsense"}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), `"nonsense"`) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// The cluster's snapshot keys reach the member's configuration (the
+// defaults are tuning's), and values that would never snapshot, or check
+// all the time, are refused.
+func TestClusterSnapshotKeys(t *testing.T) {
+	for _, c := range []struct {
+		args        []string
+		bad         bool
+		n, trailing uint64
+		interval    time.Duration
+	}{
+		{n: tuning.ClusterSnapshotThreshold, trailing: tuning.ClusterTrailingLogs, interval: tuning.ClusterSnapshotInterval},
+		{args: []string{"--cluster-snapshot-entries", "64", "--cluster-trailing-entries", "16", "--cluster-snapshot-interval", "1s"}, n: 64, trailing: 16, interval: time.Second},
+		{args: []string{"--cluster-snapshot-entries", "0"}, bad: true},
+		{args: []string{"--cluster-trailing-entries", "-1"}, bad: true},
+		{args: []string{"--cluster-snapshot-interval", "1ms"}, bad: true},
+	} {
+		dir := t.TempDir()
+		fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+		l, _, err := loadCoordinatorConfig(fs, append([]string{"--data", dir}, c.args...), dir, "", io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		cfg, _, _, err := l.setup(slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if c.bad {
+			if err == nil || !strings.Contains(err.Error(), "cluster_snapshot_entries") {
+				t.Errorf("%v: got %v, want a refusal naming the keys", c.args, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if cl := cfg.Cluster; cl.SnapshotThreshold != c.n || cl.TrailingLogs != c.trailing || cl.SnapshotInterval != c.interval {
+			t.Errorf("%v: got entries %d, trailing %d, interval %v", c.args, cl.SnapshotThreshold, cl.TrailingLogs, cl.SnapshotInterval)
+		}
+	}
+}
+
+// cluster init retries while the member it bootstrapped becomes the
+// leader: the answer that says so (503), and the connections its switch
+// from follower to leader closes (reset, EOF) or refuses; not a refusal
+// of the request itself.
+func TestClusterInitRetryable(t *testing.T) {
+	reset := &url.Error{Op: "Post", URL: "https://10.0.0.1:8080/v1/cluster/init",
+		Err: &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("coordinator at https://10.0.0.1:8080: %w", reset), true},
+		{fmt.Errorf("coordinator at https://10.0.0.1:8080: %w", &url.Error{Op: "Post", URL: "u", Err: io.EOF}), true},
+		{errors.New("coordinator answered 503 Service Unavailable: a new cluster was started with this member"), true},
+		{errors.New("dial tcp 10.0.0.1:8080: connect: connection refused"), true},
+		{errors.New("coordinator answered 401 Unauthorized: operators only"), false},
+		{errors.New("coordinator answered 409 Conflict: a cluster of one"), false},
+	} {
+		if got := retryable(c.err); got != c.want {
+			t.Errorf("retryable(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

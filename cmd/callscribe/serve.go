@@ -81,6 +81,9 @@ type coordinatorConfig struct {
 	ClusterKey    string          `toml:"cluster_key" help:"its key (default DATA/coordinator-key.pem)"`
 	ClusterQUIC   string          `toml:"cluster_quic" help:"the QUIC address clients are sent to for this coordinator (default: quic, when it names a host)"`
 	ClusterHTTP   string          `toml:"cluster_http" help:"the HTTP address clients are sent to for this coordinator (default: http, when it names a host)"`
+	ClusterSnapN  int             `toml:"cluster_snapshot_entries" help:"take a snapshot (a checkpoint of the store) once the log has grown this many entries since the last one"`
+	ClusterSnapIv config.Duration `toml:"cluster_snapshot_interval" help:"how often the member checks whether a snapshot is due"`
+	ClusterTrail  int             `toml:"cluster_trailing_entries" help:"entries kept in the log behind a snapshot, for members that fall a little behind (further behind, a member is sent a snapshot of the store)"`
 }
 
 func defaultCoordinatorConfig(data string) *coordinatorConfig {
@@ -88,7 +91,8 @@ func defaultCoordinatorConfig(data string) *coordinatorConfig {
 		Workers: 2, IdleSlots: 2, CheckInterval: config.Duration{Duration: tuning.CheckInterval}, AbandonAfter: config.Duration{Duration: tuning.AbandonAfter}, LogLevel: "info",
 		AudioRet: config.Duration{Duration: 30 * 24 * time.Hour}, WebRTCCands: 20, WebRTCConnect: config.Duration{Duration: 10 * time.Second},
 		WebRTCIdle: config.Duration{Duration: 15 * time.Second}, WebRTCPendIP: 16, WebRTCPending: 64, DiskReserveMB: 256, MaxSettingUp: tuning.MaxSettingUp, MaxSetUpPer: tuning.MaxSettingUpPerConsole, MaxSetUpIP: tuning.MaxSettingUpPerRemote, AuthFailures: 10, FirstAudio: config.Duration{Duration: tuning.FirstAudio},
-		IdleRelease: config.Duration{Duration: tuning.IdleRelease}, WorkerPing: config.Duration{Duration: tuning.WorkerPing}, WorkerTimeout: config.Duration{Duration: tuning.WorkerTimeout}}
+		IdleRelease: config.Duration{Duration: tuning.IdleRelease}, WorkerPing: config.Duration{Duration: tuning.WorkerPing}, WorkerTimeout: config.Duration{Duration: tuning.WorkerTimeout},
+		ClusterSnapN: tuning.ClusterSnapshotThreshold, ClusterSnapIv: config.Duration{Duration: tuning.ClusterSnapshotInterval}, ClusterTrail: tuning.ClusterTrailingLogs}
 }
 
 // loaded is a resolved configuration and how to reload it.
@@ -232,7 +236,11 @@ func (l *loaded) setup(log *slog.Logger) (coordinator.Config, string, string, er
 		MinWorkers: f.Workers, IdleSlots: f.IdleSlots, AbandonAfter: f.AbandonAfter.Duration, CheckInterval: f.CheckInterval.Duration,
 		AudioRetention: f.AudioRet.Duration, TranscriptRetention: f.TranscriptRet.Duration, Limits: lim, DiskReserve: int64(f.DiskReserveMB) << 20, Signer: signer,
 		Logger: log.With("component", "coordinator")}
-	cfg.Cluster = coordinator.ClusterConfig{Name: f.ClusterName, Bind: f.ClusterListen, Advertise: f.ClusterAdv, QUIC: f.ClusterQUIC, HTTP: f.ClusterHTTP}
+	if f.ClusterSnapN < 1 || f.ClusterTrail < 1 || f.ClusterSnapIv.Duration < 100*time.Millisecond {
+		return cfg, "", "", errors.New("cluster_snapshot_entries and cluster_trailing_entries must be at least 1, cluster_snapshot_interval at least 100ms")
+	}
+	cfg.Cluster = coordinator.ClusterConfig{Name: f.ClusterName, Bind: f.ClusterListen, Advertise: f.ClusterAdv, QUIC: f.ClusterQUIC, HTTP: f.ClusterHTTP,
+		SnapshotThreshold: uint64(f.ClusterSnapN), TrailingLogs: uint64(f.ClusterTrail), SnapshotInterval: f.ClusterSnapIv.Duration}
 	if f.ClusterListen != "" {
 		cp, kp := f.ClusterCert, f.ClusterKey
 		if cp == "" {

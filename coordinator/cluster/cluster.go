@@ -56,8 +56,10 @@ type Config struct {
 	// ClusterID returns the cluster's ID ("" before it has one).
 	ClusterID func() string
 	Logger    *slog.Logger
-	// SnapshotThreshold and TrailingLogs override tuning's (tests).
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs override
+	// tuning's (zero: those).
 	SnapshotThreshold, TrailingLogs uint64
+	SnapshotInterval                time.Duration
 }
 
 // Node is this coordinator's member of the cluster.
@@ -69,7 +71,9 @@ type Node struct {
 	snaps *snapStore
 	fsm   FSM
 	trans raft.Transport
-	close func() error
+	// stream is the TLS transport between members (nil alone).
+	stream *streamLayer
+	close  func() error
 
 	leaderChanges atomic.Uint64
 	failOnce      sync.Once
@@ -167,7 +171,7 @@ func Start(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		t := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: sl, MaxPool: 4, Timeout: 10 * time.Second, Logger: hl})
-		n.trans, closeTrans = t, t.Close
+		n.trans, closeTrans, n.stream = t, t.Close, sl
 	}
 	n.close = func() error {
 		err := closeTrans()
@@ -182,6 +186,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.TrailingLogs > 0 {
 		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
 	}
 	rc.NotifyCh = n.notify
 	has, err := raft.HasExistingState(logs, logs, snaps)
@@ -359,6 +366,26 @@ func (n *Node) Barrier(ctx context.Context) error {
 		return fmt.Errorf("cluster: barrier: %w", err)
 	}
 	return nil
+}
+
+// probeTimeout bounds Probe's connection and handshakes.
+const probeTimeout = 5 * time.Second
+
+// Probe connects to the coordinator at addr over the members' transport
+// (mutual TLS: each side checks that the other's certificate is a
+// coordinator's from this appliance's CA, then the cluster ID) and hangs
+// up. A member must pass it before it is added: raft would otherwise make
+// a coordinator it can never reach (a certificate from another CA, a
+// wrong address) a voter, which counts towards every quorum from then on.
+func (n *Node) Probe(addr string) error {
+	if n.stream == nil {
+		return errors.New("cluster: a cluster of one has no transport to other members")
+	}
+	c, err := n.stream.Dial(raft.ServerAddress(addr), probeTimeout)
+	if err != nil {
+		return fmt.Errorf("cluster: the coordinator at %s cannot be reached as a member: %w", addr, err)
+	}
+	return c.Close()
 }
 
 // AddVoter adds (or re-addresses) a member.

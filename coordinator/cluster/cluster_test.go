@@ -304,3 +304,32 @@ func TestSingleMemberAndStoppedWrites(t *testing.T) {
 		t.Fatalf("a write after the member stopped: %v", err)
 	}
 }
+
+// Probe passes for a coordinator of this cluster's CA and fails for one
+// whose certificate comes from another CA, or where nothing listens.
+func TestProbe(t *testing.T) {
+	ca, other := newCA(t), newCA(t)
+	a := startMember(t, ca, ca.cert(t, "a", pki.KindCoordinator), "a", t.TempDir(), freeAddr(t), 0)
+	defer a.stop()
+	if err := a.n.Bootstrap(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to lead", a.n.IsLeader)
+	b := startMember(t, ca, ca.cert(t, "b", pki.KindCoordinator), "b", t.TempDir(), freeAddr(t), 0)
+	defer b.stop()
+	if err := a.n.Probe(b.n.Address()); err != nil {
+		t.Fatalf("a coordinator of the same CA: %v", err)
+	}
+	f := startMember(t, other, other.cert(t, "f", pki.KindCoordinator), "f", t.TempDir(), freeAddr(t), 0)
+	defer f.stop()
+	if err := a.n.Probe(f.n.Address()); err == nil || !strings.Contains(err.Error(), "CA") {
+		t.Fatalf("a coordinator of another CA: %v", err)
+	}
+	if err := a.n.Probe(freeAddr(t)); err == nil {
+		t.Fatal("an address where nothing listens passed")
+	}
+	ms, err := a.n.Members()
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("probing changed the configuration: %v %v", ms, err)
+	}
+}

@@ -47,6 +47,12 @@ type Config struct {
 	// sequence number every frame below is durable up to (load tests time
 	// acks with it).
 	OnAck func(ch int, next uint32)
+	// OnConnect, if set, is called each time a coordinator welcomes the
+	// call (its start, and every resume), with the address that answered
+	// and the sequence number per channel it holds every frame below
+	// (which the console counts as acknowledged): with a cluster, which
+	// member the acks that follow come from, until the next OnConnect.
+	OnConnect func(addr string, next []uint32)
 	// OnError, if set, is called with each error that ends a connection
 	// before the console reconnects (a coordinator's error message, a lost
 	// connection).
@@ -272,6 +278,9 @@ func (c *Call) session(ctx context.Context, addr string, targets *leader.Targets
 	*lastOK = time.Now()
 	*first = false
 	targets.Connected(addr)
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect(addr, append([]uint32(nil), wel.NextSeq...))
+	}
 	c.mu.Lock()
 	for ch, n := range wel.NextSeq {
 		c.ackLocked(ch, n)

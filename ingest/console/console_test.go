@@ -200,7 +200,19 @@ func resumeAtNewLeader(t *testing.T, notLeader bool, followerAsks int) {
 		}
 	})
 	f := leadertest.Follower(t, p, proto.ALPNConsole, func() *proto.Error { return proto.NotLeader(bs.Addr, []string{as.Addr, bs.Addr}) })
-	call := New(config(p, as.Addr, f.Addr))
+	cfg := config(p, as.Addr, f.Addr)
+	type connect struct {
+		addr string
+		next []uint32
+	}
+	var mu sync.Mutex
+	var connects []connect
+	cfg.OnConnect = func(addr string, next []uint32) {
+		mu.Lock()
+		defer mu.Unlock()
+		connects = append(connects, connect{addr, next})
+	}
+	call := New(cfg)
 	finals, err := runCall(t, call, 6)
 	if err != nil {
 		t.Fatalf("run: %v", err)
@@ -224,6 +236,14 @@ func resumeAtNewLeader(t *testing.T, notLeader bool, followerAsks int) {
 	}
 	if call.Reconnects() != 1 {
 		t.Fatalf("%d reconnects, want 1", call.Reconnects())
+	}
+	// OnConnect names who welcomed the call, and what it held: A from 0,
+	// then B from 2 (the followers that only redirected are not named).
+	mu.Lock()
+	defer mu.Unlock()
+	if len(connects) != 2 || connects[0].addr != as.Addr || !slices.Equal(connects[0].next, []uint32{0}) ||
+		connects[1].addr != bs.Addr || !slices.Equal(connects[1].next, []uint32{2}) {
+		t.Fatalf("OnConnect saw %+v, want %s [0] then %s [2]", connects, as.Addr, bs.Addr)
 	}
 }
 

@@ -228,6 +228,12 @@ func writeChaosReport(t *testing.T, path string, rs []chaosResult, fs []faultRes
 	for _, r := range fs {
 		fmt.Fprintf(&b, "| %s | %s | %s | %d ms | %d | %v | %s |\n", r.name, r.fault, strings.ReplaceAll(r.consoleSaw, "|", "/"), r.recovered.Milliseconds(), r.ackedLost, r.complete, strings.ReplaceAll(r.note, "|", "/"))
 	}
+	// The cluster's section (TestClusterChaos) is kept.
+	if old, err := os.ReadFile(path); err == nil {
+		if sec := reportSection(string(old), clusterHeading); sec != "" {
+			b.WriteString("\n" + sec)
+		}
+	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -155,8 +155,8 @@ func (a *appliance) dev(t *testing.T, workers int) *proc {
 	return p
 }
 
-// coordinator starts a coordinator and waits until it serves HTTP (by then
-// its CA and tokens exist, so agents can be started).
+// coordinator starts a coordinator and waits until it serves HTTP as the
+// leader (by then its CA and tokens exist, so agents can be started).
 func (a *appliance) coordinator(t *testing.T, workers int) *proc {
 	t.Helper()
 	p := start(t, "coordinator", "--data", a.dir, "--http", a.http, "--quic", a.quic, "--workers", fmt.Sprint(workers))
@@ -168,8 +168,11 @@ func (a *appliance) coordinator(t *testing.T, workers int) *proc {
 		default:
 		}
 		if r, err := http.Get("http://" + a.http + "/healthz"); err == nil {
+			b, _ := io.ReadAll(r.Body)
 			r.Body.Close()
-			if r.StatusCode == 200 {
+			// A coordinator follows (and says so) until its member leads,
+			// a moment after it starts.
+			if r.StatusCode == 200 && !strings.Contains(string(b), "follower") {
 				return p
 			}
 		}
@@ -294,8 +297,58 @@ type sentCall struct {
 	frames    [][][]byte
 	finals    [][]string
 	resumedAt [][]time.Time
-	mu        sync.Mutex
-	done      chan error
+	// acks is every acknowledgement the console received, in order: each
+	// ack, and each welcome's next_seq (which acknowledges what the
+	// coordinator holds), with the coordinator that sent it.
+	acks     []ackRecord
+	addr     string // the coordinator of the current session
+	errors   int    // errors that ended a connection
+	errTexts []timedText
+	mu       sync.Mutex
+	done     chan error
+}
+
+// ackRecord is one acknowledgement a console received: every frame of
+// channel ch below next is durable, says the coordinator at addr.
+type ackRecord struct {
+	at      time.Time
+	addr    string
+	ch      int
+	next    uint32
+	welcome bool // a welcome's next_seq, not an ack
+}
+
+// timedText is a message and when it came.
+type timedText struct {
+	at   time.Time
+	text string
+}
+
+// errorsAfter returns the errors that ended a connection after t.
+func (s *sentCall) errorsAfter(t time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, e := range s.errTexts {
+		if e.at.After(t) {
+			out = append(out, e.text)
+		}
+	}
+	return out
+}
+
+// ackRecords returns a copy of the call's acknowledgements.
+func (s *sentCall) ackRecords() []ackRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.acks)
+}
+
+// connErrors is how many connections ended in an error.
+func (s *sentCall) connErrors() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.errors
 }
 
 func (s *sentCall) texts() [][]string {
@@ -322,6 +375,8 @@ func (s *sentCall) resumed() int {
 // callTarget is the coordinator a test console talks to.
 type callTarget struct {
 	quic, dir string // QUIC address; data directory (CA and console token)
+	// servers are more coordinators (a cluster), dialled after quic.
+	servers   []string
 	consoleID string
 	// token is the console's credential (default: DATA/console.token).
 	token string
@@ -365,8 +420,31 @@ func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *
 	if to.mutate != nil {
 		to.mutate(s.frames)
 	}
-	s.call = console.New(console.Config{Server: to.quic, RootCAs: pool, ServerName: "localhost", Token: tok, CallID: proto.CallID(id),
-		ConsoleID: proto.ConsoleID(to.consoleID), Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second, OnError: to.onError})
+	onError := func(err error) {
+		s.mu.Lock()
+		s.errors++
+		s.errTexts = append(s.errTexts, timedText{time.Now(), err.Error()})
+		s.mu.Unlock()
+		if to.onError != nil {
+			to.onError(err)
+		}
+	}
+	onConnect := func(addr string, next []uint32) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.addr = addr
+		for ch, n := range next {
+			s.acks = append(s.acks, ackRecord{at: time.Now(), addr: addr, ch: ch, next: n, welcome: true})
+		}
+	}
+	onAck := func(ch int, next uint32) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.acks = append(s.acks, ackRecord{at: time.Now(), addr: s.addr, ch: ch, next: next})
+	}
+	s.call = console.New(console.Config{Server: to.quic, Servers: to.servers, RootCAs: pool, ServerName: "localhost", Token: tok, CallID: proto.CallID(id),
+		ConsoleID: proto.ConsoleID(to.consoleID), Channels: labels, Codec: proto.CodecL16, ReconnectFor: 45 * time.Second, OnError: onError,
+		OnConnect: onConnect, OnAck: onAck})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
 	go func() {
