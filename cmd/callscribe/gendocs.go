@@ -107,7 +107,7 @@ var docSpecs = map[string]docSpec{
 		"cluster join --leader URL --join-token TOKEN [--server URL] [--token OPERATOR_TOKEN]", "cluster remove NAME [--server URL] [--token OPERATOR_TOKEN]"},
 		desc: "Manages the cluster of coordinators (README, Cluster). status shows this member's view: its role, the leader, the log's indexes and every member with its addresses. " +
 			"init, on a coordinator with cluster_listen set and no state, starts a new cluster with it as the only member; on a member of a cluster it makes a new join token (the old one stops working) and prints it. " +
-			"join, on a new coordinator with cluster_listen set and an empty data directory, asks the member at --leader to add it, with the join token; it then catches up from the leader (a snapshot of the store, then the log). " +
+			"join, on a new coordinator with cluster_listen set and an empty data directory, asks the member at --leader to add it, with the join token; it then catches up from the leader: the log, or, where the log was compacted, a streamed copy of the store and the log after it. " +
 			"remove takes a member out of the cluster (a dead machine being replaced). Needs an operator credential; --server is this coordinator's HTTP address.",
 		subs: [][]string{{"status", "-h"}, {"init", "-h"}, {"join", "-h"}, {"remove", "-h"}}},
 	"token": {synopsis: []string{"token add --role console|supervisor|operator --name NAME [--server URL] [--ca FILE] [--token OPERATOR_TOKEN]", "token list [--json] [--server URL] [--token OPERATOR_TOKEN]", "token revoke --name NAME [--server URL] [--token OPERATOR_TOKEN]"},

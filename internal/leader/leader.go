@@ -125,6 +125,15 @@ func (t *Targets) Failed(addr string, err error) (time.Duration, error) {
 		}
 		t.connAddr, t.connAt = "", time.Time{}
 		t.clearRound()
+		// The coordinator that just failed is tried last (a dead leader
+		// reached through a redirect would otherwise come round first),
+		// and a follower still naming it as the leader is not followed at
+		// once.
+		if i := slices.Index(t.addrs, addr); i >= 0 {
+			t.pos = i + 1
+		}
+		t.round = append(t.round, addr)
+		t.roundErr[addr] = err
 		return t.pauseLocked(), err
 	}
 	if _, ok := t.roundErr[addr]; !ok {

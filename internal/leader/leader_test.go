@@ -271,3 +271,27 @@ func TestParseList(t *testing.T) {
 		}
 	}
 }
+
+// A leader reached through a redirect that then dies is not dialled first
+// again, and a follower still naming it is not followed at once.
+func TestALostLeaderIsTriedLast(t *testing.T) {
+	tg := New([]string{"a:1", "b:2", "c:3"})
+	for range 2 {
+		tg.Next() // a, b: the turn is at c
+	}
+	if got := tg.Next(); got != "c:3" {
+		t.Fatalf("Next %s", got)
+	}
+	tg.Redirect(&proto.Error{Code: proto.CodeNotLeader, Leader: "a:1"})
+	if got := tg.Next(); got != "a:1" {
+		t.Fatalf("after the redirect: %s", got)
+	}
+	tg.Connected("a:1")
+	tg.Failed("a:1", errors.New("idle timeout"))
+	if got := tg.Next(); got == "a:1" {
+		t.Fatal("the lost leader is dialled first again")
+	}
+	if wait := tg.Redirect(&proto.Error{Code: proto.CodeNotLeader, Leader: "a:1"}); wait == 0 {
+		t.Fatal("a stale redirect to the lost leader is followed at once")
+	}
+}

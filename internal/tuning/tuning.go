@@ -44,11 +44,15 @@ const (
 	// WorkerQUICStreams bounds the assignment streams a worker accepts.
 	WorkerQUICStreams = 1024
 
-	// ConsoleQUICIdle: a console notices a dead coordinator within 3 s and
-	// resumes its calls from the acks it has; frames keep being buffered
-	// meanwhile, so a little more patience than the rack's is cheap.
-	ConsoleQUICIdle      = 3 * time.Second
-	ConsoleQUICKeepAlive = 500 * time.Millisecond
+	// ConsoleQUICIdle: a console notices a dead coordinator (a leader
+	// whose machine died: no stateless reset comes) within 1.2 s and
+	// resumes its calls from the acks it has at the new leader, which the
+	// others elect meanwhile (a heartbeat timeout, 0.4 to 0.8 s): calls
+	// resume within 2 s of a leader's loss. Keep-alives every 300 ms
+	// keep a live but quiet connection from timing out (four in a row
+	// would have to be lost on a LAN).
+	ConsoleQUICIdle      = 1200 * time.Millisecond
+	ConsoleQUICKeepAlive = 300 * time.Millisecond
 
 	// DialTimeout bounds one QUIC dial: a dead coordinator sends no ICMP
 	// answer over QUIC, so a short timeout and quick retries find a
