@@ -25,6 +25,13 @@ func (r *Recorder) Add(d time.Duration) {
 	r.mu.Unlock()
 }
 
+// Reset forgets what was recorded.
+func (r *Recorder) Reset() {
+	r.mu.Lock()
+	r.d = nil
+	r.mu.Unlock()
+}
+
 // Summary is a latency distribution.
 type Summary struct {
 	N             int
