@@ -1,0 +1,310 @@
+package main
+
+// The durable ack of a single coordinator and of a 3-coordinator cluster,
+// beside the disk's floor and Badger alone, taking turns.
+//
+// The cluster's members talk over TCP with a delay added between them.
+// The delay is netem on `lo` (tc qdisc add dev lo root netem delay D), and
+// so that it delays only the benchmark's own loopback, the comparison runs
+// in a child process in a network namespace of its own: benchreport
+// re-executes itself under `unshare -n` (-cluster-child), the child brings
+// its `lo` up, adds the qdisc, runs every turn (the floor and the stores
+// touch no network, so the namespace changes nothing for them) and prints
+// the section, which the parent copies into the report. Re-executing, not
+// setns on one locked thread: every socket Raft opens (its listener, and
+// its dials from whatever thread its goroutines run on) must be in the
+// namespace, which only a whole process in it guarantees.
+//
+// Where the kernel has no netem (CONFIG_NET_SCH_NETEM off), or with
+// -cluster-link relay, the delay is added in user space instead: each
+// member advertises a bench.Relay on 127.0.0.1 that forwards to it after
+// the delay, each way. Where no namespace can be made, netem cannot be
+// used without delaying the host's loopback: the relay is used (-cluster-link
+// auto) or the cluster's row is skipped with a note (-cluster-link netem).
+// Either way the section says which, and measures the round trip the
+// members see.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/callscribe/callscribe/bench"
+)
+
+// clusterHeading starts the section (-cluster-turns-only replaces the
+// section that starts with it).
+const clusterHeading = "### A single coordinator and a 3-coordinator cluster against the floor, taking turns"
+
+// netnsEnv is set in the child that runs in the benchmark's network
+// namespace.
+const netnsEnv = "CALLSCRIBE_BENCH_NETNS"
+
+// clusterOpts are the comparison's settings (flags).
+type clusterOpts struct {
+	delay time.Duration // one-way delay between members
+	link  string        // auto, netem or relay
+	turns int           // turns per store and number of calls
+}
+
+// args are the child's command-line flags for the same settings.
+func (o clusterOpts) args(dir string, dur time.Duration) []string {
+	return []string{"-cluster-child", "-dir", dir, "-duration", dur.String(), "-cluster-delay", o.delay.String(), "-cluster-link", o.link, "-cluster-turns", fmt.Sprint(o.turns)}
+}
+
+// clusterSection writes the comparison: from a child in a network
+// namespace of its own where one can be made, else in this process.
+func clusterSection(ctx context.Context, w, log func(string, ...any), dir string, dur time.Duration, o clusterOpts) error {
+	if os.Getenv(netnsEnv) != "" {
+		return clusterTurns(ctx, w, log, dir, dur, o, true, "")
+	}
+	if out, err := exec.CommandContext(ctx, "unshare", "-n", "true").CombinedOutput(); err != nil {
+		why := fmt.Sprintf("no network namespace could be made here (`unshare -n`: %s)", oneLine(out, err))
+		log("cluster: %s", why)
+		return clusterTurns(ctx, w, log, dir, dur, o, false, why)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "unshare", append([]string{"-n", "--", exe}, o.args(abs, dur)...)...)
+	cmd.Env = append(os.Environ(), netnsEnv+"=1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	w("%s", out)
+	if err != nil {
+		return fmt.Errorf("the cluster comparison (in its network namespace): %w", err)
+	}
+	return nil
+}
+
+// oneLine is a command's output, or its error, on one line.
+func oneLine(out []byte, err error) string {
+	s := strings.Join(strings.Fields(string(out)), " ")
+	if s == "" {
+		s = err.Error()
+	}
+	return s
+}
+
+// setupLink prepares the members' link in this process's namespace and
+// says how the delay is added: relay is the one-way delay the cluster's
+// relays must add (0: the network stack adds it), skip is why the cluster
+// cannot be measured ("" when it can).
+func setupLink(ctx context.Context, o clusterOpts, inNetns bool, why string) (desc string, relay time.Duration, skip string) {
+	relayed := func(reason string) (string, time.Duration, string) {
+		return fmt.Sprintf("added by a relay in this process (`bench.Relay`: each member advertises a relay on 127.0.0.1 that forwards its traffic after %v, each way), because %s", o.delay, reason), o.delay, ""
+	}
+	if o.delay == 0 {
+		return "none (the members talk over loopback as it is)", 0, ""
+	}
+	if !inNetns {
+		if o.link == "netem" {
+			return "", 0, why + ", and netem on the host's own `lo` would delay everything else on it"
+		}
+		return relayed(why)
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return "", 0, "`ip link set lo up` in the benchmark's network namespace failed: " + oneLine(out, err)
+	}
+	if o.link == "relay" {
+		return relayed("`-cluster-link relay` was asked for")
+	}
+	ms := fmt.Sprintf("%gms", float64(o.delay)/float64(time.Millisecond))
+	if out, err := exec.CommandContext(ctx, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", ms).CombinedOutput(); err != nil {
+		reason := fmt.Sprintf("this kernel has no netem (`tc qdisc add dev lo root netem delay %s`: %s)", ms, oneLine(out, err))
+		if o.link == "netem" {
+			return "", 0, reason
+		}
+		return relayed(reason)
+	}
+	return fmt.Sprintf("`tc qdisc add dev lo root netem delay %s` on the loopback of a network namespace the benchmark made (`unshare -n`), where the members listen on 127.0.0.1: every packet between them waits %v", ms, o.delay), 0, ""
+}
+
+// side is one store of the comparison, kept open across its turns.
+type side struct {
+	name    string
+	sink    bench.Sink
+	commits bench.Commits
+	acks    bench.Recorder
+	errors  int
+	p99s    []time.Duration
+}
+
+// clusterTurns measures, in this process, the ack latency of the floor,
+// Badger alone, a single coordinator and a 3-coordinator cluster at 1 and
+// 200 calls, in alternating turns, and writes the section.
+func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, dur time.Duration, o clusterOpts, inNetns bool, why string) error {
+	const size = 3200
+	slices := map[int]time.Duration{1: 4 * dur / 10, 200: 2 * dur / 10}
+	link, relay, skip := setupLink(ctx, o, inNetns, why)
+	w("\n%s (targets: the cluster's ack p99 ≤ 2× the single coordinator's; the single coordinator's ≤ 1.3× the floor's)\n\n", clusterHeading)
+	w("Since the coordinator became a Raft cluster, a *single coordinator* is a cluster of one: its store (`Replicated`) hands each group commit to Raft, which makes it durable with one write and one fdatasync of its log (internal/raftlog) and then applies it to Badger without a sync; that is the product's default path. The *3-coordinator cluster* is three such members in this process, each with its own store and log in its own directory on the same disk, talking Raft over TCP with mutual TLS (a CA and coordinator certificates made for the run); frames are written through the leader's store and acknowledged once two of the three logs have them and the leader has applied them. *Badger alone* is the store synced by itself, as the coordinator wrote before the cluster (the Badger rows above), kept for reference; the *floor* is the append-only file with group commit and fdatasync. Every store writes each frame with `PutFrames`, as the rows above. The stores are opened once and kept open; for each number of calls they take %d turns each — the order rotating by one each turn — of one 3,200 B frame per call every 100 ms, %v per turn at 1 call and %v at 200, and every ack (submit → durable) of all turns is pooled per store. A *commit* is one group commit of the store (for the single coordinator and the cluster: the whole replicated write, propose → applied).\n\n", o.turns, slices[1], slices[200])
+
+	// The disk, as this section found it.
+	p, _ := fresh(dir, "cl-fsync")
+	defer os.RemoveAll(p)
+	fs, err := bench.FsyncLatency(p, 300)
+	if err != nil {
+		return err
+	}
+	sides := []*side{{name: "floor"}, {name: "Badger alone, synced (before the cluster)"}, {name: "single coordinator (a cluster of one)"}, {name: fmt.Sprintf("3-coordinator cluster, +%v each way", o.delay)}}
+	mks := []func(string, *bench.Commits) (bench.Sink, func(), error){bench.FloorSink, bench.BadgerSink, bench.SingleSink, nil}
+	var cl *bench.Cluster
+	if skip == "" {
+		mks[3] = func(p string, c *bench.Commits) (bench.Sink, func(), error) {
+			sink, c2, err := bench.ClusterSink(p, bench.ClusterOptions{LinkDelay: relay, Commits: c,
+				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			if err != nil {
+				return nil, nil, err
+			}
+			cl = c2
+			return sink, c2.Close, nil
+		}
+	} else {
+		sides = sides[:3]
+	}
+	for k, sd := range sides {
+		p, _ := fresh(dir, fmt.Sprintf("cl-%d", k))
+		defer os.RemoveAll(p) // after the store's close, deferred below
+		sink, closeFn, err := mks[k](p, &sd.commits)
+		if err != nil {
+			return fmt.Errorf("%s: %w", sd.name, err)
+		}
+		defer closeFn()
+		sd.sink = sink
+	}
+	var rtt bench.Summary
+	if skip == "" {
+		if rtt, err = bench.EchoRTT(relay, 100); err != nil {
+			return fmt.Errorf("round trip between members: %w", err)
+		}
+		w("The delay between the members: %s. A 64-byte round trip between two sockets on 127.0.0.1 here, by the same path, took p50 %s ms, p99 %s ms (100 in a row). The disk, measured at the start of this section: 4 KiB write + fdatasync, one at a time, p50 %s ms, p99 %s ms, max %s ms (300).\n\n",
+			link, bench.MS(rtt.P50), bench.MS(rtt.P99), bench.MS(fs.P50), bench.MS(fs.P99), bench.MS(fs.Max))
+	} else {
+		w("**The cluster is not measured here**: %s.\n\nThe disk, measured at the start of this section: 4 KiB write + fdatasync, one at a time, p50 %s ms, p99 %s ms, max %s ms (300).\n\n", skip, bench.MS(fs.P50), bench.MS(fs.P99), bench.MS(fs.Max))
+	}
+	log("cluster section: link %q; rtt p50 %s; fsync p50 %s p99 %s", link, bench.MS(rtt.P50), bench.MS(fs.P50), bench.MS(fs.P99))
+
+	type ratio struct {
+		name   string
+		num    int // sides index
+		den    int
+		target float64
+	}
+	ratios := []ratio{{"single coordinator / floor", 2, 0, 1.3}}
+	if skip == "" {
+		ratios = append([]ratio{{"cluster / single coordinator", 3, 2, 2}}, ratios...)
+	}
+	ratios = append(ratios, ratio{"Badger alone / floor (for reference)", 1, 0, 0})
+	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms |\n|---|---|---|---|---|---|---|---|\n")
+	var summary strings.Builder
+	for _, calls := range []int{1, 200} {
+		slice := slices[calls]
+		for _, sd := range sides {
+			sd.acks.Reset()
+			sd.commits.Reset()
+			sd.p99s, sd.errors = nil, 0
+		}
+		for i := range o.turns {
+			for k := range sides {
+				sd := sides[(i+k)%len(sides)]
+				r := bench.Workload{Calls: calls, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sd.sink)
+				for _, d := range r.Latencies {
+					sd.acks.Add(d)
+				}
+				sd.errors += r.Errors
+				sd.p99s = append(sd.p99s, r.Latency.P99)
+			}
+		}
+		timed := time.Duration(o.turns) * slice
+		for _, sd := range sides {
+			a, c := sd.acks.Summary(), sd.commits.Summary()
+			log("%d calls, %s: ack p50 %s p99 %s; %d commits of %.2f writes, p50 %s", calls, sd.name, bench.MS(a.P50), bench.MS(a.P99), c.N, sd.commits.PerCommit(), bench.MS(c.P50))
+			w("| %d | %s | %d | %d | %s / **%s** / %s | %.0f | %.2f | %s / %s |\n", calls, sd.name, a.N, sd.errors, bench.MS(a.P50), bench.MS(a.P99), bench.MS(a.Max),
+				float64(c.N)/timed.Seconds(), sd.commits.PerCommit(), bench.MS(c.P50), bench.MS(c.P99))
+		}
+		for _, rt := range ratios {
+			num, den := sides[rt.num].acks.Summary().P99, sides[rt.den].acks.Summary().P99
+			r := float64(num) / float64(den)
+			var per []float64
+			met := 0
+			for i := range o.turns {
+				x := float64(sides[rt.num].p99s[i]) / float64(sides[rt.den].p99s[i])
+				per = append(per, x)
+				if rt.target > 0 && x <= rt.target {
+					met++
+				}
+			}
+			verdict := ""
+			if rt.target > 0 {
+				verdict = fmt.Sprintf(" — target ≤ %g×: %s; turn by turn the median is %.2f×, the target met in %d of %d turns", rt.target, verdictAtMost(r, rt.target, "×"), median(per), met, o.turns)
+			} else {
+				verdict = fmt.Sprintf("; turn by turn the median is %.2f×", median(per))
+			}
+			log("%d calls: %s p99 %.2f×", calls, rt.name, r)
+			fmt.Fprintf(&summary, "- %d call%s: %s ack p99 **%.2f×**%s.\n", calls, plural(calls), rt.name, r, verdict)
+		}
+	}
+	w("\n%s", summary.String())
+	if cl != nil {
+		changes := cl.LeaderChanges()
+		w("\nThe cluster's elections: %d after the first (as its first member saw them); %d writes were refused by a member that had stopped leading and written again through the new leader, their ack latency counting the wait.\n", max(changes, 1)-1, cl.Failovers())
+	}
+	return nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// replaceSection replaces, in the markdown doc, the section whose heading
+// line starts with heading (up to the next heading of level 2 or 3) with
+// section; without one, section goes before the line starting with before,
+// or at the end.
+func replaceSection(doc, heading, before, section string) string {
+	section = strings.Trim(section, "\n") + "\n\n"
+	lines := strings.SplitAfter(doc, "\n")
+	start, end := -1, len(lines)
+	for i, l := range lines {
+		switch {
+		case start < 0 && strings.HasPrefix(l, heading):
+			start = i
+		case start >= 0 && (strings.HasPrefix(l, "## ") || strings.HasPrefix(l, "### ")):
+			end = i
+		}
+		if start >= 0 && end < len(lines) {
+			break
+		}
+	}
+	if start < 0 {
+		start, end = len(lines), len(lines)
+		for i, l := range lines {
+			if strings.HasPrefix(l, before) {
+				start, end = i, i
+				break
+			}
+		}
+	}
+	var b bytes.Buffer
+	b.WriteString(strings.Join(lines[:start], ""))
+	if start > 0 && !strings.HasSuffix(b.String(), "\n\n") {
+		b.WriteString("\n")
+	}
+	b.WriteString(section)
+	b.WriteString(strings.Join(lines[end:], ""))
+	return b.String()
+}
