@@ -127,7 +127,8 @@ type ClusterOptions struct {
 	// address). Zero: the members talk straight to each other over
 	// 127.0.0.1 (delayed, if at all, by the network stack: netem).
 	LinkDelay time.Duration
-	// Commits, if not nil, records the first member's group commits.
+	// Commits, if not nil, records the group commits of the store written
+	// to (the leader's).
 	Commits *Commits
 	// Logger gets the members' logs (nil: errors, to stderr).
 	Logger *slog.Logger
@@ -208,8 +209,7 @@ func (c *Cluster) Close() {
 // bootstrapped and adds the others; frames are written through its store
 // as BadgerSink writes them (through the new leader's after an election),
 // and acknowledged once a quorum has them in its log and the leader has
-// applied them. Commits records the first member's group commits (while it
-// leads).
+// applied them.
 func ClusterSink(dir string, o ClusterOptions) (Sink, *Cluster, error) {
 	if o.Members == 0 {
 		o.Members = 3
@@ -245,10 +245,8 @@ func ClusterSink(dir string, o ClusterOptions) (Sink, *Cluster, error) {
 			c.relays = append(c.relays, r)
 			advertise = r.Addr()
 		}
-		var onCommit func(int, int, time.Duration)
-		if i == 0 {
-			onCommit = func(writes, _ int, took time.Duration) { o.Commits.add(writes, took) }
-		}
+		// Only the store written to commits: the leader's.
+		onCommit := func(writes, _ int, took time.Duration) { o.Commits.add(writes, took) }
 		m, err := startMember(filepath.Join(dir, name), name, bind, advertise, key, cert, ca.pool, onCommit, o.Logger)
 		if err != nil {
 			c.Close()

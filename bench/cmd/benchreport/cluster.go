@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -139,6 +140,10 @@ type side struct {
 	acks    bench.Recorder
 	errors  int
 	p99s    []time.Duration
+	cpu     time.Duration     // this process's CPU time during its turns
+	stages  *bench.RaftStages // Raft's timers during its turns (Raft sides)
+	// networked: a member with peers (the cluster).
+	networked bool
 }
 
 // clusterTurns measures, in this process, the ack latency of the floor,
@@ -158,7 +163,8 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	if err != nil {
 		return err
 	}
-	sides := []*side{{name: "floor"}, {name: "Badger alone, synced (before the cluster)"}, {name: "single coordinator (a cluster of one)"}, {name: fmt.Sprintf("3-coordinator cluster, +%v each way", o.delay)}}
+	sides := []*side{{name: "floor"}, {name: "Badger alone, synced (before the cluster)"}, {name: "single coordinator (a cluster of one)", stages: bench.NewRaftStages()},
+		{name: fmt.Sprintf("3-coordinator cluster, +%v each way", o.delay), stages: bench.NewRaftStages(), networked: true}}
 	mks := []func(string, *bench.Commits) (bench.Sink, func(), error){bench.FloorSink, bench.BadgerSink, bench.SingleSink, nil}
 	var cl *bench.Cluster
 	if skip == "" {
@@ -207,19 +213,29 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 		ratios = append([]ratio{{"cluster / single coordinator", 3, 2, 2}}, ratios...)
 	}
 	ratios = append(ratios, ratio{"Badger alone / floor (for reference)", 1, 0, 0})
-	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms |\n|---|---|---|---|---|---|---|---|\n")
-	var summary strings.Builder
+	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms | CPU, % of one core |\n|---|---|---|---|---|---|---|---|---|\n")
+	var summary, stages strings.Builder
+	defer bench.StopRaftStages()
 	for _, calls := range []int{1, 200} {
 		slice := slices[calls]
 		for _, sd := range sides {
 			sd.acks.Reset()
 			sd.commits.Reset()
-			sd.p99s, sd.errors = nil, 0
+			sd.p99s, sd.errors, sd.cpu = nil, 0, 0
+			if sd.stages != nil {
+				sd.stages.Reset()
+			}
 		}
 		for i := range o.turns {
 			for k := range sides {
 				sd := sides[(i+k)%len(sides)]
+				bench.StopRaftStages()
+				if sd.stages != nil {
+					sd.stages.Install()
+				}
+				c0 := cpuTime()
 				r := bench.Workload{Calls: calls, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sd.sink)
+				sd.cpu += cpuTime() - c0
 				for _, d := range r.Latencies {
 					sd.acks.Add(d)
 				}
@@ -231,9 +247,10 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 		for _, sd := range sides {
 			a, c := sd.acks.Summary(), sd.commits.Summary()
 			log("%d calls, %s: ack p50 %s p99 %s; %d commits of %.2f writes, p50 %s", calls, sd.name, bench.MS(a.P50), bench.MS(a.P99), c.N, sd.commits.PerCommit(), bench.MS(c.P50))
-			w("| %d | %s | %d | %d | %s / **%s** / %s | %.0f | %.2f | %s / %s |\n", calls, sd.name, a.N, sd.errors, bench.MS(a.P50), bench.MS(a.P99), bench.MS(a.Max),
-				float64(c.N)/timed.Seconds(), sd.commits.PerCommit(), bench.MS(c.P50), bench.MS(c.P99))
+			w("| %d | %s | %d | %d | %s / **%s** / %s | %.0f | %.2f | %s / %s | %.0f %% |\n", calls, sd.name, a.N, sd.errors, bench.MS(a.P50), bench.MS(a.P99), bench.MS(a.Max),
+				float64(c.N)/timed.Seconds(), sd.commits.PerCommit(), bench.MS(c.P50), bench.MS(c.P99), 100*sd.cpu.Seconds()/timed.Seconds())
 		}
+		writeStages(&stages, calls, sides)
 		for _, rt := range ratios {
 			num, den := sides[rt.num].acks.Summary().P99, sides[rt.den].acks.Summary().P99
 			r := float64(num) / float64(den)
@@ -256,12 +273,129 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 			fmt.Fprintf(&summary, "- %d call%s: %s ack p99 **%.2f×**%s.\n", calls, plural(calls), rt.name, r, verdict)
 		}
 	}
+	// One more turn of the single coordinator at 200 calls, under the CPU
+	// profiler.
+	prof := profileTurn(ctx, dir, sides[2].sink, size, slices[200])
 	w("\n%s", summary.String())
+	w("\n#### Where a replicated commit's time goes\n\nRaft's own timers (hashicorp/raft reports them through go-metrics; recorded during each store's turns only, so the single coordinator's and the cluster's are apart), pooled over the same turns, beside the store's whole commit and the floor's. Each row is p50 / p99 / mean ms; *n* is how many samples. In the cluster the follower rows pool both followers, and *apply* pools all three members.\n\n%s", stages.String())
+	if prof != "" {
+		w("\nWhere the single coordinator's CPU goes: one more turn of it at 200 calls (%v) under Go's CPU profiler; the heaviest frames of callscribe, Raft, Badger and the crypto they use, by cumulative time (`go tool pprof -top -cum`):\n\n```\n%s```\n", slices[200], prof)
+	}
 	if cl != nil {
 		changes := cl.LeaderChanges()
 		w("\nThe cluster's elections: %d after the first (as its first member saw them); %d writes were refused by a member that had stopped leading and written again through the new leader, their ack latency counting the wait.\n", max(changes, 1)-1, cl.Failovers())
 	}
 	return nil
+}
+
+// profileTurn runs one turn of sink at 200 calls under the CPU profiler
+// and returns the heaviest frames of the replicate path ("" when the
+// profile could not be taken or read).
+func profileTurn(ctx context.Context, dir string, sink bench.Sink, size int, slice time.Duration) string {
+	f, err := os.Create(filepath.Join(dir, "single.pprof"))
+	if err != nil {
+		return ""
+	}
+	defer os.Remove(f.Name())
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return ""
+	}
+	bench.Workload{Calls: 200, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sink)
+	pprof.StopCPUProfile()
+	f.Close()
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=300", f.Name()).Output()
+	if err != nil {
+		return ""
+	}
+	return pathFrames(string(out), 18)
+}
+
+// pathFrames keeps the header and the first n frames of the replicate
+// path (callscribe, hashicorp/raft, Badger, crypto, syscalls) of a pprof
+// -top listing.
+func pathFrames(top string, n int) string {
+	var b strings.Builder
+	rows := 0
+	for _, l := range strings.Split(top, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case strings.HasPrefix(strings.TrimSpace(l), "flat"), strings.HasPrefix(l, "Showing nodes"), strings.HasPrefix(l, "Duration:"):
+			b.WriteString(l + "\n")
+		case len(f) >= 6 && rows < n && (strings.Contains(f[5], "callscribe/") || strings.Contains(f[5], "hashicorp/raft") ||
+			strings.Contains(f[5], "badger/") || strings.HasPrefix(f[5], "crypto/") || strings.HasPrefix(f[5], "syscall.") || strings.HasPrefix(f[5], "internal/runtime/syscall")):
+			b.WriteString(l + "\n")
+			rows++
+		}
+	}
+	if rows == 0 {
+		return ""
+	}
+	return b.String()
+}
+
+// raftStages are the timers of the replicate path, in its order.
+// network: only a member with peers has it (the single coordinator's
+// column would show the idle cluster's).
+var raftStages = []struct {
+	key, label string
+	network    bool
+}{
+	{"raft.leader.dispatchLog", "leader: the batch written to its log + fdatasync (`raft.leader.dispatchLog`)", false},
+	{"raft.replication.appendEntries.rpc", "leader → follower: AppendEntries sent → answered, pipelined, empty ones (sent every `CommitTimeout`) included (`raft.replication.appendEntries.rpc`)", true},
+	{"raft.rpc.appendEntries.storeLogs", "follower: the entries written to its log + fdatasync (`raft.rpc.appendEntries.storeLogs`)", true},
+	{"raft.replication.heartbeat", "leader → follower: a heartbeat's round trip, the link's own (`raft.replication.heartbeat`)", true},
+	{"raft.commitTime", "leader: dispatched → committed (`raft.commitTime`)", false},
+	{"raft.fsm.apply", "apply to Badger, unsynced, per entry (`raft.fsm.apply`)", false},
+}
+
+// writeStages writes the table of Raft's stages at one number of calls:
+// a column per Raft side, beside the floor's and each side's commit.
+func writeStages(b *strings.Builder, calls int, sides []*side) {
+	var raft []*side
+	for _, sd := range sides {
+		if sd.stages != nil {
+			raft = append(raft, sd)
+		}
+	}
+	cell := func(s bench.Summary, mean time.Duration) string {
+		if s.N == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%s / %s / %s (n %d)", bench.MS(s.P50), bench.MS(s.P99), bench.MS(mean), s.N)
+	}
+	fmt.Fprintf(b, "| %d call%s |", calls, plural(calls))
+	for _, sd := range raft {
+		fmt.Fprintf(b, " %s |", sd.name)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(raft)) + "\n")
+	fmt.Fprintf(b, "| floor: its commit, write + fdatasync | %s |%s\n", cell(commitStats(sides[0])), strings.Repeat(" |", max(len(raft)-1, 0)))
+	b.WriteString("| the store's commit, propose → applied (as in the table above) |")
+	for _, sd := range raft {
+		fmt.Fprintf(b, " %s |", cell(commitStats(sd)))
+	}
+	b.WriteString("\n")
+	for _, st := range raftStages {
+		fmt.Fprintf(b, "| %s |", st.label)
+		for _, sd := range raft {
+			if st.network && !sd.networked {
+				b.WriteString(" — |") // no peers: the samples are the idle cluster's
+				continue
+			}
+			fmt.Fprintf(b, " %s |", cell(sd.stages.Stage(st.key)))
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+}
+
+// commitStats are a side's commits, with their mean.
+func commitStats(sd *side) (bench.Summary, time.Duration) {
+	s := sd.commits.Summary()
+	if s.N == 0 {
+		return s, 0
+	}
+	return s, sd.commits.Mean()
 }
 
 func plural(n int) string {
