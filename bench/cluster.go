@@ -184,6 +184,29 @@ func (c *Cluster) sink() Sink {
 	}
 }
 
+// RecordRelays starts or stops recording the relays' lateness (no relays:
+// nothing).
+func (c *Cluster) RecordRelays(on bool) {
+	for _, r := range c.relays {
+		r.Record(on)
+	}
+}
+
+// RelayLateness pools the relays' lateness recorded since the last reset,
+// and forgets it if reset (ok false: the cluster has no relays).
+func (c *Cluster) RelayLateness(reset bool) (s Summary, ok bool) {
+	var all Recorder
+	for _, r := range c.relays {
+		r.late.mu.Lock()
+		all.d = append(all.d, r.late.d...)
+		r.late.mu.Unlock()
+		if reset {
+			r.late.Reset()
+		}
+	}
+	return all.Summary(), len(c.relays) > 0
+}
+
 // Failovers is how many writes were refused by a member that had stopped
 // leading and written again through the new leader.
 func (c *Cluster) Failovers() int64 { return c.failovers.Load() }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,11 @@ type Relay struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	// late, while recording, gets how late each chunk was written after
+	// its due time: what the relay adds beyond the delay.
+	recording atomic.Bool
+	late      *Recorder
 }
 
 // NewRelay listens on 127.0.0.1 (a free port) and relays each connection
@@ -32,7 +38,7 @@ func NewRelay(target string, delay time.Duration) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: relay: %w", err)
 	}
-	r := &Relay{ln: ln, target: target, delay: delay, conns: map[net.Conn]struct{}{}}
+	r := &Relay{ln: ln, target: target, delay: delay, conns: map[net.Conn]struct{}{}, late: &Recorder{}}
 	r.wg.Add(1)
 	go r.accept()
 	return r, nil
@@ -114,6 +120,10 @@ func (r *Relay) pipe(dst, src net.Conn) {
 		if _, err := dst.Write(c.b); err != nil {
 			failed = true
 			src.Close()
+			continue
+		}
+		if r.recording.Load() {
+			r.late.Add(time.Since(c.due))
 		}
 	}
 	if tc, ok := dst.(*net.TCPConn); ok && !failed {
@@ -122,6 +132,13 @@ func (r *Relay) pipe(dst, src net.Conn) {
 	}
 	dst.Close()
 }
+
+// Record starts or stops recording how late the relay writes each chunk
+// (after its due time, once written).
+func (r *Relay) Record(on bool) { r.recording.Store(on) }
+
+// Lateness is what was recorded; Reset forgets it.
+func (r *Relay) Lateness() *Recorder { return r.late }
 
 // Close stops the relay and cuts every relayed connection.
 func (r *Relay) Close() error {

@@ -213,8 +213,10 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 		ratios = append([]ratio{{"cluster / single coordinator", 3, 2, 2}}, ratios...)
 	}
 	ratios = append(ratios, ratio{"Badger alone / floor (for reference)", 1, 0, 0})
-	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms | CPU, % of one core |\n|---|---|---|---|---|---|---|---|---|\n")
-	var summary, stages strings.Builder
+	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms | CPU, %% of one core |\n|---|---|---|---|---|---|---|---|---|\n")
+	var summary, stages, explain strings.Builder
+	missed := map[string][]int{}        // ratio → the numbers of calls where it missed
+	applyMax := map[int]time.Duration{} // calls → the single coordinator's longest apply
 	defer bench.StopRaftStages()
 	for _, calls := range []int{1, 200} {
 		slice := slices[calls]
@@ -233,9 +235,15 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 				if sd.stages != nil {
 					sd.stages.Install()
 				}
+				if cl != nil && sd.networked {
+					cl.RecordRelays(true)
+				}
 				c0 := cpuTime()
 				r := bench.Workload{Calls: calls, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sd.sink)
 				sd.cpu += cpuTime() - c0
+				if cl != nil {
+					cl.RecordRelays(false)
+				}
 				for _, d := range r.Latencies {
 					sd.acks.Add(d)
 				}
@@ -251,6 +259,12 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 				float64(c.N)/timed.Seconds(), sd.commits.PerCommit(), bench.MS(c.P50), bench.MS(c.P99), 100*sd.cpu.Seconds()/timed.Seconds())
 		}
 		writeStages(&stages, calls, sides)
+		a, _ := sides[2].stages.Stage("raft.fsm.apply")
+		applyMax[calls] = a.Max
+		if cl != nil {
+			late, relayed := cl.RelayLateness(true)
+			explainPhase(&explain, calls, o.delay, sides, late, relayed)
+		}
 		for _, rt := range ratios {
 			num, den := sides[rt.num].acks.Summary().P99, sides[rt.den].acks.Summary().P99
 			r := float64(num) / float64(den)
@@ -262,6 +276,9 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 				if rt.target > 0 && x <= rt.target {
 					met++
 				}
+			}
+			if rt.target > 0 && r > rt.target {
+				missed[rt.name] = append(missed[rt.name], calls)
 			}
 			verdict := ""
 			if rt.target > 0 {
@@ -277,16 +294,59 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	// profiler.
 	prof := profileTurn(ctx, dir, sides[2].sink, size, slices[200])
 	w("\n%s", summary.String())
-	w("\n#### Where a replicated commit's time goes\n\nRaft's own timers (hashicorp/raft reports them through go-metrics; recorded during each store's turns only, so the single coordinator's and the cluster's are apart), pooled over the same turns, beside the store's whole commit and the floor's. Each row is p50 / p99 / mean ms; *n* is how many samples. In the cluster the follower rows pool both followers, and *apply* pools all three members.\n\n%s", stages.String())
+	w("\n#### Where a replicated commit's time goes\n\nRaft's own timers (hashicorp/raft reports them through go-metrics; recorded during each store's turns only, so the single coordinator's and the cluster's are apart), pooled over the same turns, beside the store's whole commit and the floor's. Each cell is p50 / p99 / max ms and the mean; *n* is how many samples. In the cluster the follower rows pool both followers, and *apply* pools all three members.\n\n%s", stages.String())
+	w("%s", explain.String())
+	for _, calls := range missed["single coordinator / floor"] {
+		if calls == 1 {
+			w("\nWhy the single coordinator misses 1.3× at 1 call: its log's write + fdatasync is about the floor's whole commit (the stage table), and what it adds is Raft's hand-offs between goroutines and the apply — with one write every 100 ms every goroutine on the way is asleep and must be woken — on top of a disk whose own tail varies from turn to turn as much as the margin (see the turn-by-turn medians).\n")
+			continue
+		}
+		w("\nWhy the single coordinator misses 1.3× at %d calls: its log's write + fdatasync is about the floor's whole commit (the stage table); what it adds at the tail is the apply (the longest here took %s ms). Badger's writes stall now and then — measured while preparing this section: about 25 ms every 1.3 s through the second half of each 64 MB value-log file and 60–70 ms at each of its rotations (Badger truncates the full file, and ristretto's truncate msyncs it first: the syscall profile shows `msync` under `logFile.doneWriting`) — and while the apply is stalled Raft's FSM goroutine waits, and so does every ack, since the store acknowledges a write once it is applied. In three separate alternating runs of 15 turns at 200 calls (not in this report's run), with the apply replaced by one that does nothing (Raft's log alone), the single coordinator's ack p99 was 0.92–1.08× the floor's, against 1.56–1.96× with Badger.\n", calls, bench.MS(applyMax[calls]))
+	}
+	if len(missed["cluster / single coordinator"]) > 0 {
+		w("\nWhy the cluster misses 2× (at %s): a replicated commit is a chain — the leader's fdatasync, the link's round trip, a follower's fdatasync — that no setting of Raft's shortens (hashicorp/raft has no option to write the leader's log while it sends), and on this disk one fdatasync takes %s ms at p50, so the link's 2 × %v alone is several times the single coordinator's whole commit. The single coordinator's ack p99 is only a few of its commits (plus the disk's stalls); the cluster's is a few of its much longer ones. Its 3 members also share this one disk (three streams of fdatasyncs) and the 2 cores with the 200 calls and the relays, which separate machines would not. Measured while preparing this section, in separate alternating runs (not in this report's run): keeping 2 or 4 group commits in flight through Raft — the store proposing the next before the last is committed, so an ack would wait for its own commit only — made things worse here, not better: the cluster's commit p50 went from 4.2 ms to 6.2–6.5 ms and its ack p50 from 6.8–6.9 ms to 7.6–8.2 ms, and the single coordinator's ack p99 rose from 12–15 ms to 51–75 ms in those runs, since smaller, more numerous Raft entries mean more fdatasyncs from the three members on the one disk and more work on the two cores; it was not kept.\n", callsList(missed["cluster / single coordinator"]), bench.MS(fs.P50), o.delay)
+	}
 	if prof != "" {
 		w("\nWhere the single coordinator's CPU goes: one more turn of it at 200 calls (%v) under Go's CPU profiler; the heaviest frames of callscribe, Raft, Badger and the crypto they use, by cumulative time (`go tool pprof -top -cum`):\n\n```\n%s```\n", slices[200], prof)
 	}
 	if cl != nil {
 		changes := cl.LeaderChanges()
-		w("\nThe cluster's elections: %d after the first (as its first member saw them); %d writes were refused by a member that had stopped leading and written again through the new leader, their ack latency counting the wait.\n", max(changes, 1)-1, cl.Failovers())
+		w("\nThe cluster's leadership changed %d time%s after its first election, as its first member observed it (a leader lost counts, as does the next one elected: a leader steps down when it has not heard from a quorum for 300 ms, which a stall of this machine can cause); %d write%s refused by a member that had stopped leading went again through the new leader, its ack latency counting the wait.\n", max(changes, 1)-1, plural(int(max(changes, 1)-1)), cl.Failovers(), plural(int(cl.Failovers())))
 	}
 	return nil
 }
+
+// explainPhase says, from one number of calls' measurements, what a
+// replicated commit is made of, for the single coordinator (sides[2])
+// against the floor (sides[0]) and for the cluster (sides[3]).
+func explainPhase(b *strings.Builder, calls int, delay time.Duration, sides []*side, late bench.Summary, relayed bool) {
+	floor, single, cl := sides[0], sides[2], sides[3]
+	p50 := func(sd *side, key string) float64 {
+		s, _ := sd.stages.Stage(key)
+		return ms(s.P50)
+	}
+	fc, sc, cc := ms(floor.commits.Summary().P50), ms(single.commits.Summary().P50), ms(cl.commits.Summary().P50)
+	relay := ""
+	if relayed {
+		relay = fmt.Sprintf(", the relay writing each chunk %s ms late at p50 and %s ms at p99 — what it adds beyond the delay, which netem would not", bench.MS(late.P50), bench.MS(late.P99))
+	}
+	fmt.Fprintf(b, "At %d call%s, at p50: the single coordinator's commit (%.2f ms) is its log's write + fdatasync (%.2f ms; the floor's whole commit %.2f ms), then Raft's hand-offs between goroutines (committer → Raft's leader loop → its FSM goroutine → Badger's writer, and back) and the apply to Badger (%.2f ms). The cluster's commit (%.2f ms) is the leader's write + fdatasync (%.2f ms) and then — hashicorp/raft sends entries only once they are in the leader's log — their round trip to a follower, of which a bare heartbeat takes %.2f ms (2 × %v of delay, TLS, Raft's RPC handling%s) and the follower's write + fdatasync %.2f ms. An ack waits for the commit under way, then its own (the store proposes one group commit at a time): the cluster's ack p50 is %s ms, %.1f of its commits.\n\n",
+		calls, plural(calls), sc, p50(single, "raft.leader.dispatchLog"), fc, p50(single, "raft.fsm.apply"),
+		cc, p50(cl, "raft.leader.dispatchLog"), p50(cl, "raft.replication.heartbeat"), delay, relay, p50(cl, "raft.rpc.appendEntries.storeLogs"),
+		bench.MS(cl.acks.Summary().P50), ms(cl.acks.Summary().P50)/cc)
+}
+
+// callsList names numbers of calls: "1 call and 200 calls".
+func callsList(calls []int) string {
+	var names []string
+	for _, c := range calls {
+		names = append(names, fmt.Sprintf("%d call%s", c, plural(c)))
+	}
+	return strings.Join(names, " and ")
+}
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // profileTurn runs one turn of sink at 200 calls under the CPU profiler
 // and returns the heaviest frames of the replicate path ("" when the
@@ -362,7 +422,7 @@ func writeStages(b *strings.Builder, calls int, sides []*side) {
 		if s.N == 0 {
 			return "—"
 		}
-		return fmt.Sprintf("%s / %s / %s (n %d)", bench.MS(s.P50), bench.MS(s.P99), bench.MS(mean), s.N)
+		return fmt.Sprintf("%s / %s / %s, mean %s (n %d)", bench.MS(s.P50), bench.MS(s.P99), bench.MS(s.Max), bench.MS(mean), s.N)
 	}
 	fmt.Fprintf(b, "| %d call%s |", calls, plural(calls))
 	for _, sd := range raft {

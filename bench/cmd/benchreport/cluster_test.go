@@ -46,7 +46,7 @@ func TestClusterTurnsWritesEveryRow(t *testing.T) {
 			}
 		}
 	}
-	for _, r := range []string{"1 call: cluster / single coordinator", "200 calls: single coordinator / floor", "relay", "elections"} {
+	for _, r := range []string{"1 call: cluster / single coordinator", "200 calls: single coordinator / floor", "relay", "leadership changed", "Where a replicated commit"} {
 		if !strings.Contains(out, r) {
 			t.Errorf("no %q in\n%s", r, out)
 		}
