@@ -32,7 +32,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -151,10 +153,10 @@ type side struct {
 // 200 calls, in alternating turns, and writes the section.
 func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, dur time.Duration, o clusterOpts, inNetns bool, why string) error {
 	const size = 3200
-	slices := map[int]time.Duration{1: 4 * dur / 10, 200: 2 * dur / 10}
+	turnLen := map[int]time.Duration{1: 4 * dur / 10, 200: 2 * dur / 10}
 	link, relay, skip := setupLink(ctx, o, inNetns, why)
 	w("\n%s (targets: the cluster's ack p99 ≤ 2× the single coordinator's; the single coordinator's ≤ 1.3× the floor's)\n\n", clusterHeading)
-	w("Since the coordinator became a Raft cluster, a *single coordinator* is a cluster of one: its store (`Replicated`) hands each group commit to Raft, which makes it durable with one write and one fdatasync of its log (internal/raftlog) and then applies it to Badger without a sync; that is the product's default path. The *3-coordinator cluster* is three such members in this process, each with its own store and log in its own directory on the same disk, talking Raft over TCP with mutual TLS (a CA and coordinator certificates made for the run); frames are written through the leader's store and acknowledged once two of the three logs have them and the leader has applied them. *Badger alone* is the store synced by itself, as the coordinator wrote before the cluster (the Badger rows above), kept for reference; the *floor* is the append-only file with group commit and fdatasync. Every store writes each frame with `PutFrames`, as the rows above. The stores are opened once and kept open; for each number of calls they take %d turns each — the order rotating by one each turn — of one 3,200 B frame per call every 100 ms, %v per turn at 1 call and %v at 200, and every ack (submit → durable) of all turns is pooled per store. A *commit* is one group commit of the store (for the single coordinator and the cluster: the whole replicated write, propose → applied).\n\n", o.turns, slices[1], slices[200])
+	w("Since the coordinator became a Raft cluster, a *single coordinator* is a cluster of one: its store (`Replicated`) hands each group commit to Raft, which makes it durable with one write and one fdatasync of its log (internal/raftlog) and then applies it to Badger without a sync; that is the product's default path. The *3-coordinator cluster* is three such members in this process, each with its own store and log in its own directory on the same disk, talking Raft over TCP with mutual TLS (a CA and coordinator certificates made for the run); frames are written through the leader's store and acknowledged once two of the three logs have them and the leader has applied them. *Badger alone* is the store synced by itself, as the coordinator wrote before the cluster (the Badger rows above), kept for reference; the *floor* is the append-only file with group commit and fdatasync. Every store writes each frame with `PutFrames`, as the rows above. The stores are opened once and kept open; for each number of calls they take %d turns each — the order rotating by one each turn — of one 3,200 B frame per call every 100 ms, %v per turn at 1 call and %v at 200, and every ack (submit → durable) of all turns is pooled per store. A *commit* is one group commit of the store (for the single coordinator and the cluster: the whole replicated write, propose → applied).\n\n", o.turns, turnLen[1], turnLen[200])
 
 	// The disk, as this section found it.
 	p, _ := fresh(dir, "cl-fsync")
@@ -215,11 +217,12 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	ratios = append(ratios, ratio{"Badger alone / floor (for reference)", 1, 0, 0})
 	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms | CPU, %% of one core |\n|---|---|---|---|---|---|---|---|---|\n")
 	var summary, stages, explain strings.Builder
+	var loads []float64                 // the 1-minute load average at each turn's start
 	missed := map[string][]int{}        // ratio → the numbers of calls where it missed
 	applyMax := map[int]time.Duration{} // calls → the single coordinator's longest apply
 	defer bench.StopRaftStages()
 	for _, calls := range []int{1, 200} {
-		slice := slices[calls]
+		slice := turnLen[calls]
 		for _, sd := range sides {
 			sd.acks.Reset()
 			sd.commits.Reset()
@@ -237,6 +240,9 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 				}
 				if cl != nil && sd.networked {
 					cl.RecordRelays(true)
+				}
+				if l, ok := loadAvg(); ok {
+					loads = append(loads, l)
 				}
 				c0 := cpuTime()
 				r := bench.Workload{Calls: calls, FrameSize: size, Interval: 100 * time.Millisecond, Duration: slice}.Run(ctx, sd.sink)
@@ -292,8 +298,11 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	}
 	// One more turn of the single coordinator at 200 calls, under the CPU
 	// profiler.
-	prof := profileTurn(ctx, dir, sides[2].sink, size, slices[200])
+	prof := profileTurn(ctx, dir, sides[2].sink, size, turnLen[200])
 	w("\n%s", summary.String())
+	if len(loads) > 0 {
+		w("\nThe machine's 1-minute load average at the start of each turn (this benchmark's own work included; anything else running on the machine shows here): median %.2f, max %.2f, on %d cores.\n", median(loads), slices.Max(loads), runtime.NumCPU())
+	}
 	w("\n#### Where a replicated commit's time goes\n\nRaft's own timers (hashicorp/raft reports them through go-metrics; recorded during each store's turns only, so the single coordinator's and the cluster's are apart), pooled over the same turns, beside the store's whole commit and the floor's. Each cell is p50 / p99 / max ms and the mean; *n* is how many samples. In the cluster the follower rows pool both followers, and *apply* pools all three members.\n\n%s", stages.String())
 	w("%s", explain.String())
 	for _, calls := range missed["single coordinator / floor"] {
@@ -301,13 +310,13 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 			w("\nWhy the single coordinator misses 1.3× at 1 call: its log's write + fdatasync is about the floor's whole commit (the stage table), and what it adds is Raft's hand-offs between goroutines and the apply — with one write every 100 ms every goroutine on the way is asleep and must be woken — on top of a disk whose own tail varies from turn to turn as much as the margin (see the turn-by-turn medians).\n")
 			continue
 		}
-		w("\nWhy the single coordinator misses 1.3× at %d calls: its log's write + fdatasync is about the floor's whole commit (the stage table); what it adds at the tail is the apply (the longest here took %s ms). Badger's writes stall now and then — measured while preparing this section: about 25 ms every 1.3 s through the second half of each 64 MB value-log file and 60–70 ms at each of its rotations (Badger truncates the full file, and ristretto's truncate msyncs it first: the syscall profile shows `msync` under `logFile.doneWriting`) — and while the apply is stalled Raft's FSM goroutine waits, and so does every ack, since the store acknowledges a write once it is applied. In three separate alternating runs of 15 turns at 200 calls (not in this report's run), with the apply replaced by one that does nothing (Raft's log alone), the single coordinator's ack p99 was 0.92–1.08× the floor's, against 1.56–1.96× with Badger.\n", calls, bench.MS(applyMax[calls]))
+		w("\nWhy the single coordinator misses 1.3× at %d calls: its log's write + fdatasync is about the floor's whole commit (the stage table); what it adds at the tail is the apply (the longest here took %s ms). Badger's writes stall now and then — measured while preparing this section: about 25 ms every 1.3 s through the last third or so of each 64 MB value-log file and 60–70 ms at each of its rotations (Badger truncates the full file, and ristretto's truncate msyncs it first: the syscall profile shows `msync` under `logFile.doneWriting`) — and while the apply is stalled Raft's FSM goroutine waits, and so does every ack, since the store acknowledges a write once it is applied. In three separate alternating runs of 15 turns at 200 calls (not in this report's run), with the apply replaced by one that does nothing (Raft's log alone), the single coordinator's ack p99 was 0.92–1.08× the floor's, against 1.56–1.96× with Badger.\n", calls, bench.MS(applyMax[calls]))
 	}
 	if len(missed["cluster / single coordinator"]) > 0 {
 		w("\nWhy the cluster misses 2× (at %s): a replicated commit is a chain — the leader's fdatasync, the link's round trip, a follower's fdatasync — that no setting of Raft's shortens (hashicorp/raft has no option to write the leader's log while it sends), and on this disk one fdatasync takes %s ms at p50, so the link's 2 × %v alone is several times the single coordinator's whole commit. The single coordinator's ack p99 is only a few of its commits (plus the disk's stalls); the cluster's is a few of its much longer ones. Its 3 members also share this one disk (three streams of fdatasyncs) and the 2 cores with the 200 calls and the relays, which separate machines would not. Measured while preparing this section, in separate alternating runs (not in this report's run): keeping 2 or 4 group commits in flight through Raft — the store proposing the next before the last is committed, so an ack would wait for its own commit only — made things worse here, not better: the cluster's commit p50 went from 4.2 ms to 6.2–6.5 ms and its ack p50 from 6.8–6.9 ms to 7.6–8.2 ms, and the single coordinator's ack p99 rose from 12–15 ms to 51–75 ms in those runs, since smaller, more numerous Raft entries mean more fdatasyncs from the three members on the one disk and more work on the two cores; it was not kept.\n", callsList(missed["cluster / single coordinator"]), bench.MS(fs.P50), o.delay)
 	}
 	if prof != "" {
-		w("\nWhere the single coordinator's CPU goes: one more turn of it at 200 calls (%v) under Go's CPU profiler; the heaviest frames of callscribe, Raft, Badger and the crypto they use, by cumulative time (`go tool pprof -top -cum`):\n\n```\n%s```\n", slices[200], prof)
+		w("\nWhere the single coordinator's CPU goes: one more turn of it at 200 calls (%v) under Go's CPU profiler; the heaviest frames of callscribe, Raft, Badger and the crypto they use, by cumulative time (`go tool pprof -top -cum`):\n\n```\n%s```\n", turnLen[200], prof)
 	}
 	if cl != nil {
 		changes := cl.LeaderChanges()
@@ -343,6 +352,19 @@ func callsList(calls []int) string {
 		names = append(names, fmt.Sprintf("%d call%s", c, plural(c)))
 	}
 	return strings.Join(names, " and ")
+}
+
+// loadAvg is the 1-minute load average.
+func loadAvg() (float64, bool) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	var l float64
+	if _, err := fmt.Sscan(string(b), &l); err != nil {
+		return 0, false
+	}
+	return l, true
 }
 
 // ms is d in milliseconds.
