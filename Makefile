@@ -63,6 +63,15 @@ test: deps-test build ## lint, then run every test with -race (installs what it 
 bench: deps-bench build ## run the benchmarks and write BENCHMARKS.md
 	$(GO) run ./bench/cmd/benchreport -out BENCHMARKS.md -bin $(BIN)
 
+# The durable ack of a single coordinator and a 3-coordinator cluster
+# against the disk's floor (about 11 minutes): only that section of
+# BENCHMARKS.md is replaced. Needs ip and tc (iproute2) for the cluster's
+# network namespace; CLUSTER_FLAGS passes more (-cluster-delay 2ms …).
+CLUSTER_FLAGS ?=
+.PHONY: bench-cluster
+bench-cluster: ## measure only the single coordinator and a 3-coordinator cluster against the floor, and replace that section of BENCHMARKS.md
+	$(GO) run ./bench/cmd/benchreport -cluster-turns-only -out BENCHMARKS.md $(CLUSTER_FLAGS)
+
 .PHONY: chaos
 chaos: deps-test build ## kill workers, agents and the coordinator mid-call, cut an agent off, fail a coordinator cluster's leader and followers; write CHAOS.md (needs root)
 	CALLSCRIBE_CHAOS_REPORT=$(CURDIR)/CHAOS.md $(GO) test -count=1 -timeout 20m -run '^(TestChaos|TestClusterChaos)$$' -v ./internal/e2e

@@ -129,6 +129,14 @@ func (c *Commits) add(writes int, took time.Duration) {
 	c.mu.Unlock()
 }
 
+// Reset forgets the commits recorded so far.
+func (c *Commits) Reset() {
+	c.Recorder.Reset()
+	c.mu.Lock()
+	c.commits, c.writes = 0, 0
+	c.mu.Unlock()
+}
+
 // Count is how many commits were recorded.
 func (c *Commits) Count() int {
 	c.mu.Lock()

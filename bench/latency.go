@@ -25,6 +25,27 @@ func (r *Recorder) Add(d time.Duration) {
 	r.mu.Unlock()
 }
 
+// Reset forgets what was recorded.
+func (r *Recorder) Reset() {
+	r.mu.Lock()
+	r.d = nil
+	r.mu.Unlock()
+}
+
+// Mean is the mean of what was recorded (0 for nothing).
+func (r *Recorder) Mean() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.d) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range r.d {
+		sum += d
+	}
+	return sum / time.Duration(len(r.d))
+}
+
 // Summary is a latency distribution.
 type Summary struct {
 	N             int

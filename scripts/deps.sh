@@ -10,8 +10,9 @@ case "${1:-run}" in
                gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base
                gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice" ;;
   bench) # RabbitMQ from Debian for the side-by-side durable hand-off (NATS
-         # JetStream is built by the benchmark with go install).
-         need="$need pocketsphinx-testdata espeak-ng rabbitmq-server" ;;
+         # JetStream is built by the benchmark with go install); ip and tc
+         # (iproute2) for the cluster's network namespace and its delay.
+         need="$need pocketsphinx-testdata espeak-ng rabbitmq-server iproute2" ;;
   deb)   # make deb: dpkg-deb and dpkg-shlibdeps (dpkg-dev), strip, patchelf.
          need="$need dpkg-dev binutils patchelf" ;;
   deb-test) # make test-deb: lintian, a Debian root (debootstrap; tar --zstd).

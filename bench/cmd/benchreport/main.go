@@ -33,11 +33,28 @@ func main() {
 	vocabOnly := flag.Bool("vocabulary-only", false, "measure only the vocabulary pass and print its table")
 	slowOnly := flag.Bool("slow-disk-only", false, "measure only the slow disk (needs root, cgroup v1 blkio and loop devices; skips otherwise) and print the section")
 	soakOnly := flag.Bool("memory-soak-only", false, "run only the memory soak (1,000 calls through the bench appliance) and print the section")
+	clusterOnly := flag.Bool("cluster-turns-only", false, "measure only the single coordinator and the 3-coordinator cluster against the floor (taking turns) and replace that section of -out")
+	var co clusterOpts
+	flag.DurationVar(&co.delay, "cluster-delay", time.Millisecond, "one-way delay added between the cluster's members")
+	flag.StringVar(&co.link, "cluster-link", "auto", "how the delay is added: netem (tc, in a network namespace), relay (in user space), or auto (netem where the kernel has it)")
+	flag.IntVar(&co.turns, "cluster-turns", 25, "turns per store and number of calls in the cluster comparison")
+	clusterChild := flag.Bool("cluster-child", false, "(internal) run the cluster comparison here, in the benchmark's network namespace, and print the section")
 	probeDir := flag.String("fsync-probe", "", "(internal) run the fdatasync probe in this directory and print its result as JSON")
 	probeDur := flag.Duration("probe-for", 2*time.Second, "(internal) how long the fdatasync probe runs")
 	flag.Parse()
 	if *probeDir != "" {
 		if err := fsyncProbe(*probeDir, *probeDur); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if co.link != "auto" && co.link != "netem" && co.link != "relay" {
+		fmt.Fprintf(os.Stderr, "benchreport: -cluster-link %q: want auto, netem or relay\n", co.link)
+		os.Exit(2)
+	}
+	if *clusterChild || *clusterOnly {
+		if err := clusterOnlyRun(*clusterChild, *out, *work, *dur, co); err != nil {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)
 			os.Exit(1)
 		}
@@ -77,7 +94,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*out, *work, *bin, *dur); err != nil {
+	if err := run(*out, *work, *bin, *dur, co); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
@@ -96,7 +113,37 @@ func fresh(dir, name string) (string, error) {
 	return p, os.MkdirAll(p, 0o700)
 }
 
-func run(out, dir, bin string, dur time.Duration) error {
+// clusterOnlyRun runs the cluster comparison alone: as the child in the
+// network namespace (print the section), or for -cluster-turns-only
+// (replace the section in out, keeping the rest of the report).
+func clusterOnlyRun(child bool, out, dir string, dur time.Duration, co clusterOpts) error {
+	var b strings.Builder
+	w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
+	log := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	err := clusterSection(context.Background(), w, log, dir, dur, co)
+	if child {
+		fmt.Print(b.String())
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	old, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	doc := replaceSection(string(old), clusterHeading, "### Most durable frames per second", b.String())
+	if err := os.WriteFile(out, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	log("replaced the cluster comparison in %s", out)
+	return nil
+}
+
+func run(out, dir, bin string, dur time.Duration, co clusterOpts) error {
 	ctx := context.Background()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -158,7 +205,7 @@ func run(out, dir, bin string, dur time.Duration) error {
 	} else {
 		skipped = append(skipped, "NATS JetStream: "+err.Error())
 	}
-	w("Each frame is acknowledged only once it is on disk. *Floor* is a plain append-only file with group commit and fdatasync — the best any durable store can do on this disk. *Badger* is callscribe's segment store exactly as the coordinator uses it (group commit across calls, `SyncWrites`, `ValueThreshold` 64). *RabbitMQ quorum* (the reference design's broker) is a durable quorum queue taking persistent messages, one channel per call, each publish waiting for its publisher confirm. *JetStream sync* is a NATS file-storage stream with `sync_interval: always` (fsync before every ack), each publish waiting for its ack. The brokers run on 127.0.0.1, started and stopped by the benchmark. Each store first takes 20 untimed writes (creating and mapping its files is paid once per process, not per call). %v per run. Versions: %s.\n\n", dur, strings.Join(versions, ", "))
+	w("Each frame is acknowledged only once it is on disk. *Floor* is a plain append-only file with group commit and fdatasync — the best any durable store can do on this disk. *Badger* is callscribe's segment store synced by itself, as the coordinator used it before it became a Raft cluster (group commit across calls, `SyncWrites`, `ValueThreshold` 64); the coordinator's path now, through its Raft log, is measured against the floor in the turns below. *RabbitMQ quorum* (the reference design's broker) is a durable quorum queue taking persistent messages, one channel per call, each publish waiting for its publisher confirm. *JetStream sync* is a NATS file-storage stream with `sync_interval: always` (fsync before every ack), each publish waiting for its ack. The brokers run on 127.0.0.1, started and stopped by the benchmark. Each store first takes 20 untimed writes (creating and mapping its files is paid once per process, not per call). %v per run. Versions: %s.\n\n", dur, strings.Join(versions, ", "))
 	for _, s := range skipped {
 		w("Skipped: %s.\n\n", s)
 	}
@@ -193,6 +240,9 @@ func run(out, dir, bin string, dur time.Duration) error {
 		w(".\n")
 	}
 	if err := floorTurns(ctx, w, log, dir, dur); err != nil {
+		return err
+	}
+	if err := clusterSection(ctx, w, log, dir, dur, co); err != nil {
 		return err
 	}
 	w("\n### Most durable frames per second (3,200 B, 64 writers, as fast as acks allow, 5 s)\n\n| store | frames/s |\n|---|---|\n")
