@@ -209,6 +209,10 @@ func (f *follower) operator(w http.ResponseWriter, r *http.Request) (auth.Princi
 	token, remote, err := auth.Request(r)
 	var p auth.Principal
 	if err == nil {
+		// The leader may have added or revoked credentials meanwhile.
+		err = f.auth.Reload()
+	}
+	if err == nil {
 		p, err = f.auth.Token(token, remote)
 	}
 	if err == nil && p.Role != auth.Operator {

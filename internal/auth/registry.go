@@ -175,6 +175,22 @@ func (r *Registry) SetStatic(static []Static) error {
 	return nil
 }
 
+// Reload reads the persisted credentials again: a follower of a cluster
+// sees the credentials the leader added or revoked since it started.
+func (r *Registry) Reload() error {
+	r.change.Lock()
+	defer r.change.Unlock()
+	stored, err := r.persist.Credentials()
+	if err != nil {
+		return fmt.Errorf("auth: load credentials: %w", err)
+	}
+	r.mu.Lock()
+	r.stored = stored
+	r.rebuildLocked()
+	r.mu.Unlock()
+	return nil
+}
+
 // rebuildLocked recomputes the active set. Caller holds r.mu.
 func (r *Registry) rebuildLocked() {
 	revoked := map[string]bool{}

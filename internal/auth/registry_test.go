@@ -134,3 +134,40 @@ func TestTicketsAndThrottle(t *testing.T) {
 		t.Fatalf("another address: %v", err)
 	}
 }
+
+// A registry that reads the same store as another (a follower of a
+// cluster) sees the other's additions and revocations once it reloads.
+func TestReloadSeesAnotherWriter(t *testing.T) {
+	p := &memPersister{m: map[string]Credential{}}
+	static := []Static{{Name: "operator", Role: Operator, Token: "file-operator-token-0123", Source: "file"}}
+	leader, err := NewRegistry(p, static, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower, err := NewRegistry(p, static, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := leader.Add(context.Background(), "op-2", Operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := follower.Token(tok, home); err == nil {
+		t.Fatal("the follower knew a credential before reloading")
+	}
+	if err := follower.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if pr, err := follower.Token(tok, home); err != nil || pr.Role != Operator {
+		t.Fatalf("after reload: %+v %v", pr, err)
+	}
+	if _, err := leader.Revoke(context.Background(), "op-2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := follower.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := follower.Token(tok, home); err == nil {
+		t.Fatal("a revoked credential still works on the follower after reload")
+	}
+}
