@@ -237,14 +237,14 @@ func (c *Coordinator) Listen() error {
 	err = c.member.publish(pctx, advertised(c.cfg.Cluster.QUIC, ql.Addr().String()), advertised(c.cfg.Cluster.HTTP, hl.Addr().String()))
 	pcancel()
 	if err == nil {
-		err = c.rack.LoadDraining()
+		if err = c.rack.LoadDraining(); err != nil {
+			err = fmt.Errorf("coordinator: load nodes: %w", err)
+		}
 	}
 	if err == nil {
 		if err = c.calls.Recover(); err != nil {
 			err = fmt.Errorf("coordinator: %w", err)
 		}
-	} else {
-		err = fmt.Errorf("coordinator: load nodes: %w", err)
 	}
 	if err != nil {
 		// Recovery may have started dispatchers: stop and wait for them.

@@ -49,7 +49,6 @@ type ClusterConfig struct {
 type Member struct {
 	Store *store.Store
 	Node  *cluster.Node
-	info  store.MemberInfo
 	// onCommit is the current term's observer of group commits.
 	onCommit atomic.Pointer[func(writes, bytes int, took time.Duration)]
 }
@@ -97,7 +96,6 @@ func OpenMember(cfg Config, onCommit func(writes, bytes int, took time.Duration)
 	}
 	st.SetReplicator(node)
 	m.Store, m.Node = st, node
-	m.info = store.MemberInfo{Name: name, Raft: node.Address()}
 	return m, nil
 }
 
@@ -152,8 +150,8 @@ func (m *Member) lead(ctx context.Context) error {
 		members, err := m.Node.Members()
 		if err == nil {
 			for _, x := range members {
-				if x.Name == m.info.Name && x.Address != m.info.Raft {
-					if err := m.Node.AddVoter(x.Name, m.info.Raft); err != nil {
+				if x.Name == m.Node.Name() && x.Address != m.Node.Address() {
+					if err := m.Node.AddVoter(x.Name, m.Node.Address()); err != nil {
 						return err
 					}
 				}
@@ -165,7 +163,7 @@ func (m *Member) lead(ctx context.Context) error {
 
 // publish records where this member serves clients, if that changed.
 func (m *Member) publish(ctx context.Context, quicAddr, httpAddr string) error {
-	info := store.MemberInfo{Name: m.info.Name, Raft: m.Node.Address(), QUIC: quicAddr, HTTP: httpAddr}
+	info := store.MemberInfo{Name: m.Node.Name(), Raft: m.Node.Address(), QUIC: quicAddr, HTTP: httpAddr}
 	ms, err := m.Store.Members()
 	if err != nil {
 		return err

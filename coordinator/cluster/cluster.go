@@ -83,7 +83,6 @@ type Node struct {
 	observer      *raft.Observer
 	notify        chan bool
 	done          chan struct{}
-	commitHist    func(time.Duration)
 	single        bool
 
 	// stopMu orders Shutdown after the writes in flight (held shared by
@@ -295,7 +294,6 @@ func (n *Node) Replicate(cmd []byte) error {
 	if n.stopped {
 		return fmt.Errorf("%w: the member is shutting down", ErrNotLeader)
 	}
-	t0 := time.Now()
 	f := n.r.Apply(cmd, tuning.ClusterApplyTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
@@ -306,15 +304,8 @@ func (n *Node) Replicate(cmd []byte) error {
 	if err, ok := f.Response().(error); ok && err != nil {
 		return err
 	}
-	if h := n.commitHist; h != nil {
-		h(time.Since(t0))
-	}
 	return nil
 }
-
-// OnCommit sets an observer of each replicated write's latency (propose
-// to applied), for metrics. Set it before writes start.
-func (n *Node) OnCommit(f func(time.Duration)) { n.commitHist = f }
 
 // IsLeader reports whether this member leads.
 func (n *Node) IsLeader() bool { return n.r.State() == raft.Leader }
