@@ -82,3 +82,7 @@ require (
 )
 
 tool honnef.co/go/tools/cmd/staticcheck
+
+// hashicorp/raft with its leader writing its log in parallel with
+// replication: third_party/raft/PATCHES.md.
+replace github.com/hashicorp/raft => ./third_party/raft

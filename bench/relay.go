@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Relay is a TCP relay on 127.0.0.1 that delays every byte it forwards, in
@@ -115,7 +117,7 @@ func (r *Relay) pipe(dst, src net.Conn) {
 			continue // drain, so the reader ends
 		}
 		if d := time.Until(c.due); d > 0 {
-			time.Sleep(d)
+			sleepPrecisely(d)
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			failed = true
@@ -131,6 +133,16 @@ func (r *Relay) pipe(dst, src net.Conn) {
 		return
 	}
 	dst.Close()
+}
+
+// sleepPrecisely sleeps d with nanosleep(2): Go's timers wake a sleeping
+// goroutine on a millisecond tick here (time.Sleep(250µs) takes about
+// 1.1 ms), which would make every delay under a millisecond one of about
+// a millisecond. The goroutine's thread blocks meanwhile.
+func sleepPrecisely(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	}
 }
 
 // Record starts or stops recording how late the relay writes each chunk

@@ -139,10 +139,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, fsm: cfg.FSM, failed: make(chan struct{}), notify: make(chan bool, 16), done: make(chan struct{}),
 		single: cfg.Bind == "", changed: make(chan struct{}), unreachable: map[string]time.Time{}}
+	cfg.FSM.OnApplyFailure(func(err error) {
+		n.fail(fmt.Errorf("cluster: this member cannot apply the log and stops: %w", err))
+	})
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	logs, err := raftlog.Open(filepath.Join(cfg.Dir, "log"), raftlog.Options{Key: cfg.Key, Logger: cfg.Logger})
+	logs, err := raftlog.Open(filepath.Join(cfg.Dir, "log"), raftlog.Options{Key: cfg.Key, Logger: cfg.Logger,
+		OnFailure: func(err error) { n.fail(fmt.Errorf("cluster: this member's log failed and it stops: %w", err)) }})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
@@ -287,7 +291,8 @@ func (n *Node) Name() string { return n.cfg.Name }
 // (or no longer) the leader.
 var ErrNotLeader = errors.New("cluster: not the leader")
 
-// Replicate makes cmd durable on a quorum and applies it (store.Replicator).
+// Replicate makes cmd durable on a quorum and hands it to the store
+// (store.Replicator).
 func (n *Node) Replicate(cmd []byte) error {
 	n.stopMu.RLock()
 	defer n.stopMu.RUnlock()

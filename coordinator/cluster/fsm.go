@@ -13,11 +13,18 @@ import (
 
 // FSM is the state machine the log drives (*store.Store satisfies it).
 type FSM interface {
-	// Apply applies the command at index (skipping what it already holds).
+	// Apply takes the command at index (skipping what it already holds)
+	// and applies it, in order, possibly after it returns: the store's
+	// reads wait for what was handed over before them.
 	Apply(index uint64, cmd []byte) error
 	// Applied is the index of the last command applied.
 	Applied() uint64
-	// Checkpoint makes what is applied durable and returns its index.
+	// Handed is the index of the last command taken by Apply.
+	Handed() uint64
+	// OnApplyFailure sets what is called when a command taken cannot be
+	// applied.
+	OnApplyFailure(fn func(error))
+	// Checkpoint makes everything taken durable and returns its index.
 	Checkpoint() (uint64, error)
 	// Backup writes the state for a member that fell behind; Restore
 	// replaces the state with one.
@@ -53,7 +60,7 @@ func (f fsm) Restore(rc io.ReadCloser) error {
 	if err == nil && string(head) == checkpointMagic {
 		line, _ := br.ReadString('\n')
 		ix, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(line, checkpointMagic)), 10, 64)
-		if got := f.n.fsm.Applied(); got < ix {
+		if got := f.n.fsm.Handed(); got < ix {
 			return fmt.Errorf("cluster: the store holds the log up to %d, but its checkpoint says %d", got, ix)
 		}
 		return nil

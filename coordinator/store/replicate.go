@@ -4,8 +4,10 @@ package store
 // state machine of a Raft log: the committer still gathers the writes of
 // every call into one batch, but instead of committing it to Badger with a
 // sync it hands the encoded batch to a Replicator, which makes it durable on
-// a quorum of coordinators' logs and then applies it here, on every member,
-// through Apply. Badger's own writes are then not synced (Options.Replicated):
+// a quorum of coordinators' logs and then hands it to Apply, on every
+// member, which applies it to Badger in order (applier.go): a write is
+// acknowledged once committed, and reads wait for what was acknowledged
+// before them to be applied. Badger's own writes are not synced (Options.Replicated):
 // the log is the point of durability, so a commit costs one flush of the log
 // instead of Badger's two msyncs in series. Badger is synced at each Raft
 // snapshot (Checkpoint), after which the log before it may be compacted;
@@ -26,10 +28,10 @@ import (
 // Replicator makes a batch durable on a quorum before it is applied to the
 // store (the cluster's Raft node).
 type Replicator interface {
-	// Replicate proposes cmd and returns once it is committed and applied
-	// to this store (through Apply), or with an error: then the batch may
-	// or may not be committed later, and none of its writes is reported
-	// durable.
+	// Replicate proposes cmd and returns once it is committed (durable on
+	// a quorum's logs) and handed to this store's Apply, or with an error:
+	// then the batch may or may not be committed later, and none of its
+	// writes is reported durable.
 	Replicate(cmd []byte) error
 }
 
@@ -118,38 +120,6 @@ func field(b []byte) (f, rest []byte, ok bool) {
 	return b[m : m+int(n)], b[m+int(n):], true
 }
 
-// Applied is the index of the last log batch the store holds.
-func (s *Store) Applied() uint64 { return s.applied.Load() }
-
-// Apply applies the log command at index to the store (the cluster's state
-// machine): every member applies the same commands in the same order. A
-// command at or below Applied is already held (a replay after a restart)
-// and skipped. An error means this member cannot go on applying the log
-// (a full disk, a failing disk): the caller stops the member.
-func (s *Store) Apply(index uint64, cmd []byte) error {
-	if index <= s.applied.Load() {
-		return nil
-	}
-	es, err := decodeBatch(cmd)
-	if err != nil {
-		return fmt.Errorf("store: apply %d: %w", index, err)
-	}
-	r := newReq(false, es)
-	if s.guard != nil {
-		if err := s.guard.room(r); err != nil {
-			return fmt.Errorf("store: apply %d: %w", index, err)
-		}
-	}
-	var ix [8]byte
-	binary.BigEndian.PutUint64(ix[:], index)
-	r.entries = append(r.entries, entry{key: appliedKey, val: ix[:]})
-	if err := s.commit([]*req{r}); err != nil {
-		return fmt.Errorf("store: apply %d: %w", index, err)
-	}
-	s.applied.Store(index)
-	return nil
-}
-
 // loadApplied reads appliedKey.
 func (s *Store) loadApplied() error {
 	s.restoreMu.RLock()
@@ -162,6 +132,7 @@ func (s *Store) loadAppliedLocked() error {
 		it, err := txn.Get(appliedKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			s.applied.Store(0)
+			s.apply.reset(0)
 			return nil
 		}
 		if err != nil {
@@ -172,6 +143,7 @@ func (s *Store) loadAppliedLocked() error {
 				return s.valueErr(appliedKey, "applied index", fmt.Errorf("%d bytes", len(v)))
 			}
 			s.applied.Store(binary.BigEndian.Uint64(v))
+			s.apply.reset(binary.BigEndian.Uint64(v))
 			return nil
 		})
 	})
@@ -181,6 +153,9 @@ func (s *Store) loadAppliedLocked() error {
 // returns the applied index: the log up to it is no longer needed to
 // recover this store.
 func (s *Store) Checkpoint() (uint64, error) {
+	if err := s.caughtUp(); err != nil {
+		return 0, fmt.Errorf("store: checkpoint: %w", err)
+	}
 	ix := s.applied.Load()
 	if err := s.db.Sync(); err != nil {
 		return 0, fmt.Errorf("store: checkpoint: %w", err)
@@ -193,6 +168,9 @@ func (s *Store) Checkpoint() (uint64, error) {
 // behind the log (a snapshot install). It is one consistent read: the
 // applied index inside it matches its data.
 func (s *Store) Backup(w io.Writer) error {
+	if err := s.caughtUp(); err != nil {
+		return fmt.Errorf("store: backup: %w", err)
+	}
 	st := s.db.NewStream()
 	st.LogPrefix = "store.Backup"
 	st.ChooseKey = func(item *badger.Item) bool { return !local(item.Key()) }
@@ -217,6 +195,10 @@ var ErrRestoreInterrupted = errors.New("store: a snapshot install was interrupte
 func (s *Store) Restore(r io.Reader) error {
 	if s.dir == "" {
 		return errors.New("store: restore: not supported in memory")
+	}
+	// What was handed to the applier before the install is replaced by it.
+	if err := s.caughtUp(); err != nil {
+		return fmt.Errorf("store: restore: %w", err)
 	}
 	mark := restoringPath(s.dir)
 	if err := writeFileSync(mark, []byte("a snapshot install began; if this file remains, the store is incomplete\n")); err != nil {
@@ -267,10 +249,20 @@ func writeFileSync(path string, b []byte) error {
 // Lead reloads what the store keeps in memory of the replicated state
 // (the audit log's head) before this member writes as the leader: it
 // applied other leaders' writes since it opened.
-func (s *Store) Lead() error { return s.loadAuditHead() }
+func (s *Store) Lead() error {
+	if err := s.caughtUp(); err != nil {
+		return err
+	}
+	return s.loadAuditHead()
+}
 
-// view runs a read-only transaction (never during a Restore).
+// view runs a read-only transaction (never during a Restore), once
+// everything committed to the log before it is applied: a read sees every
+// write acknowledged before it began.
 func (s *Store) view(fn func(txn *badger.Txn) error) error {
+	if err := s.caughtUp(); err != nil {
+		return err
+	}
 	s.restoreMu.RLock()
 	defer s.restoreMu.RUnlock()
 	return s.db.View(fn)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/callscribe/callscribe/proto"
 	badger "github.com/dgraph-io/badger/v4"
@@ -54,8 +55,8 @@ func TestReplicatedWritesApplyOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(l.cmds) == 0 || s.Applied() != l.next {
-		t.Fatalf("%d commands, applied %d, next %d", len(l.cmds), s.Applied(), l.next)
+	if len(l.cmds) == 0 || s.Handed() != l.next {
+		t.Fatalf("%d commands, handed %d, next %d", len(l.cmds), s.Handed(), l.next)
 	}
 	// A replay of the first command does nothing (it would otherwise
 	// rewrite frame 0 over nothing: it is already there).
@@ -65,7 +66,11 @@ func TestReplicatedWritesApplyOnce(t *testing.T) {
 	if n, _ := s.NextSeq("call-r", 0); n != 10 {
 		t.Fatalf("next seq %d, want 10", n)
 	}
+	// The read waited for every acknowledged write to be applied.
 	applied := s.Applied()
+	if applied != l.next {
+		t.Fatalf("applied %d after a read, want %d", applied, l.next)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -164,4 +169,94 @@ func identityOf(t *testing.T, s *Store) string {
 		t.Fatalf("no identity: %v", err)
 	}
 	return string(id)
+}
+
+// A command is acknowledged once handed over, before Badger holds it; a
+// read waits until what was handed over before it is applied, so it sees
+// every acknowledged write; Close applies what is queued.
+func TestApplyAcksBeforeBadgerAndReadsWait(t *testing.T) {
+	dir := t.TempDir()
+	s, l := openReplicated(t, dir)
+	gate := make(chan struct{})
+	s.apply.mu.Lock()
+	s.apply.hook = func() error { <-gate; return nil }
+	s.apply.mu.Unlock()
+	ctx := context.Background()
+	// Acknowledged while the applier is held.
+	for i := range 3 {
+		if err := s.PutFrames(ctx, "call-q", 0, []Frame{{Seq: uint32(i), Capture: 1, Payload: []byte{byte(i)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Handed() != l.next || s.Applied() >= l.next {
+		t.Fatalf("handed %d, applied %d, next %d: the ack waited for Badger", s.Handed(), s.Applied(), l.next)
+	}
+	read := make(chan uint32, 1)
+	go func() {
+		n, err := s.NextSeq("call-q", 0)
+		if err != nil {
+			t.Error(err)
+		}
+		read <- n
+	}()
+	select {
+	case n := <-read:
+		t.Fatalf("a read ran before the acknowledged writes were applied (next %d)", n)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	if n := <-read; n != 3 {
+		t.Fatalf("next seq %d after the apply, want 3", n)
+	}
+	// Queued at Close: applied, and found after a reopen.
+	gate2 := make(chan struct{})
+	s.apply.mu.Lock()
+	s.apply.hook = func() error { <-gate2; return nil }
+	s.apply.mu.Unlock()
+	if err := s.PutFrames(ctx, "call-q", 0, []Frame{{Seq: 3, Capture: 1, Payload: []byte{3}}}); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, func() { close(gate2) })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := openReplicated(t, dir)
+	defer s2.Close()
+	if n, _ := s2.NextSeq("call-q", 0); n != 4 || s2.Applied() != l.next {
+		t.Fatalf("after reopen: next seq %d (want 4), applied %d (want %d)", n, s2.Applied(), l.next)
+	}
+}
+
+// An apply that fails stops the applier: the member is told (its node
+// stops), later commands and reads are refused, nothing is applied past it.
+func TestApplyFailureStopsApplying(t *testing.T) {
+	s, l := openReplicated(t, t.TempDir())
+	defer s.Close()
+	failed := make(chan error, 1)
+	s.OnApplyFailure(func(err error) { failed <- err })
+	boom := errors.New("disk on fire")
+	s.apply.mu.Lock()
+	s.apply.hook = func() error { return boom }
+	s.apply.mu.Unlock()
+	ctx := context.Background()
+	if err := s.PutFrames(ctx, "call-f", 0, []Frame{{Seq: 0, Capture: 1, Payload: []byte{1}}}); err != nil {
+		t.Fatal(err) // committed to the log: acknowledged
+	}
+	select {
+	case err := <-failed:
+		if !errors.Is(err, boom) {
+			t.Fatalf("failure reported as %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the failed apply was not reported")
+	}
+	if _, err := s.NextSeq("call-f", 0); !errors.Is(err, boom) {
+		t.Fatalf("a read after a failed apply: %v", err)
+	}
+	if err := s.Apply(l.next+1, encodeBatch([]*req{newReq(false, []entry{{key: []byte("m/x"), val: []byte("1")}})})); !errors.Is(err, boom) {
+		t.Fatalf("a command after a failed apply: %v", err)
+	}
+	if s.Applied() >= l.next {
+		t.Fatalf("applied %d past the failure", s.Applied())
+	}
 }

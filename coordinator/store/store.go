@@ -109,6 +109,8 @@ type Store struct {
 	repl atomic.Pointer[Replicator]
 	// applied is the index of the last log command applied (Apply).
 	applied atomic.Uint64
+	// apply queues committed log commands for Badger (applier.go).
+	apply applier
 	// restoreMu is held by Restore, and shared by every read (view).
 	restoreMu sync.RWMutex
 
@@ -296,12 +298,14 @@ func Open(dir string, o Options) (*Store, error) {
 }
 
 func newStore(db *badger.DB, dir string, o Options, log *slog.Logger, g *diskGuard) *Store {
-	return &Store{db: db, dir: dir, onCommit: o.OnCommit, log: log, guard: g,
+	s := &Store{db: db, dir: dir, onCommit: o.OnCommit, log: log, guard: g,
 		reqs: make(chan *req, 4096), quit: make(chan struct{}), done: make(chan struct{})}
+	s.apply.init()
+	return s
 }
 
 // Close stops the committer (writes still queued fail with ErrClosed),
-// closes Badger and records the clean close in the state record.
+// applies the log commands already handed over, closes Badger and records the clean close in the state record.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closeMu.Lock()
@@ -309,6 +313,7 @@ func (s *Store) Close() error {
 		s.closeMu.Unlock()
 		close(s.quit)
 		<-s.done
+		s.stopApplier()
 		var r *StateRecord
 		s.stateMu.Lock()
 		defer s.stateMu.Unlock()

@@ -23,11 +23,36 @@ func (l *Log) StoreLog(e *raft.Log) error { return l.StoreLogs([]*raft.Log{e}) }
 // sync the segment is cut back to where the batch began and the log is as
 // it was; if that fails too, the log refuses writes until reopened.
 func (l *Log) StoreLogs(logs []*raft.Log) error {
+	return l.storeLogs(logs, nil)
+}
+
+// StoreLogsAsync appends entries as StoreLogs does, and they are readable
+// once it returns, but it returns before they are durable: their
+// fdatasync runs on another goroutine, and done is called with its
+// outcome (raft.AsyncLogStore: a leader sends the entries to its
+// followers meanwhile). Only one batch is unsynced at a time: a write
+// waits for the sync before it. A failed sync leaves the log refusing
+// writes until reopened (Options.OnFailure is called); Open then treats
+// the unsynced batch as the torn tail it may be.
+func (l *Log) StoreLogsAsync(logs []*raft.Log, done func(error)) error {
+	if len(logs) == 0 {
+		done(nil)
+		return nil
+	}
+	return l.storeLogs(logs, done)
+}
+
+// storeLogs appends logs and syncs them, before it returns (done nil) or
+// after (done called).
+func (l *Log) storeLogs(logs []*raft.Log, done func(error)) error {
 	if len(logs) == 0 {
 		return nil
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	if err := l.settled(); err != nil {
+		return err
+	}
 	if err := l.writable(); err != nil {
 		return err
 	}
@@ -52,7 +77,7 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 		return err
 	}
 	start := s.size
-	if err := l.write(s, buf, start); err != nil {
+	if err := l.write(s, buf, start, done == nil); err != nil {
 		return l.undo(s, start, err)
 	}
 	for i := range offs {
@@ -67,6 +92,49 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 	l.last = n + uint64(len(logs)) - 1
 	l.mu.Unlock()
 	l.size.Add(int64(len(buf)))
+	if done != nil {
+		l.amu.Lock()
+		l.inflight = true
+		l.amu.Unlock()
+		go l.syncAsync(s, done)
+	}
+	return nil
+}
+
+// syncAsync syncs s for StoreLogsAsync and reports the outcome.
+func (l *Log) syncAsync(s *segment, done func(error)) {
+	err := l.sync(s.f)
+	if err != nil {
+		err = fmt.Errorf("raftlog: fdatasync %s: %w", s.path, err)
+	}
+	done(err)
+	l.amu.Lock()
+	l.inflight = false
+	if err != nil {
+		l.aerr = err
+	}
+	l.acond.Broadcast()
+	l.amu.Unlock()
+	if err != nil {
+		l.log.Error("raftlog: a batch could not be synced: the log refuses writes until reopened", "err", err)
+		if l.onFail != nil {
+			l.onFail(err)
+		}
+	}
+}
+
+// settled waits for a StoreLogsAsync sync under way, and returns its
+// failure, if any (then writes are refused). Callers hold wmu, so no
+// other starts meanwhile.
+func (l *Log) settled() error {
+	l.amu.Lock()
+	defer l.amu.Unlock()
+	for l.inflight {
+		l.acond.Wait()
+	}
+	if l.aerr != nil {
+		return fmt.Errorf("raftlog: refusing writes until reopened after: %w", l.aerr)
+	}
 	return nil
 }
 
@@ -196,8 +264,8 @@ func (l *Log) active(n uint64) (*segment, error) {
 	return s, nil
 }
 
-// write writes buf at off in s and syncs it.
-func (l *Log) write(s *segment, buf []byte, off int64) error {
+// write writes buf at off in s, and syncs it if sync.
+func (l *Log) write(s *segment, buf []byte, off int64, sync bool) error {
 	var n int
 	var err error
 	if l.writeAt != nil {
@@ -210,6 +278,9 @@ func (l *Log) write(s *segment, buf []byte, off int64) error {
 	}
 	if err != nil {
 		return fmt.Errorf("raftlog: write %s: %w", s.path, err)
+	}
+	if !sync {
+		return nil
 	}
 	if err := l.sync(s.f); err != nil {
 		return fmt.Errorf("raftlog: fdatasync %s: %w", s.path, err)

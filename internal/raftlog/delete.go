@@ -25,6 +25,9 @@ import (
 func (l *Log) DeleteRange(min, max uint64) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	if err := l.settled(); err != nil {
+		return err
+	}
 	if err := l.writable(); err != nil {
 		return err
 	}

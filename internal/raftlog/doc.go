@@ -25,6 +25,13 @@
 // batch becomes visible to GetLog only once it is synced. A failed write or
 // sync cuts the segment back to where the batch began.
 //
+// StoreLogsAsync (a leader with followers, raft.AsyncLogStore) writes the
+// batch and makes it visible at once, and syncs it on another goroutine,
+// reporting the outcome to its caller, which counts the batch as durable
+// only then. At most one batch is unsynced: the next write waits for its
+// sync, so Open's recovery below holds. A failed sync leaves the log
+// refusing writes until reopened.
+//
 // # Records
 //
 // A record is a 60-byte header and a payload (segment.go). The header holds

@@ -46,6 +46,10 @@ type Options struct {
 	// SegmentSize is the size at which a new segment is started
 	// (0: DefaultSegmentSize).
 	SegmentSize int64
+	// OnFailure, if set, is called (once, from the syncing goroutine)
+	// when a StoreLogsAsync batch cannot be synced: the log then refuses
+	// writes until reopened, and its owner should stop.
+	OnFailure func(error)
 }
 
 // Log is the raft log and stable store in one directory. Its methods are
@@ -76,6 +80,14 @@ type Log struct {
 	stMu   sync.Mutex
 	stable map[string][]byte
 
+	// StoreLogsAsync's sync under way (at most one: only the last batch
+	// may be unsynced, as Open's recovery assumes).
+	amu      sync.Mutex
+	acond    *sync.Cond
+	inflight bool
+	aerr     error // a failed sync: writes refused
+	onFail   func(error)
+
 	// Test hooks (nil: the real calls).
 	writeAt  func(f *os.File, b []byte, off int64) (int, error)
 	datasync func(f *os.File) error
@@ -85,6 +97,7 @@ var (
 	_ raft.LogStore          = (*Log)(nil)
 	_ raft.StableStore       = (*Log)(nil)
 	_ raft.MonotonicLogStore = (*Log)(nil)
+	_ raft.AsyncLogStore     = (*Log)(nil)
 )
 
 // Open opens the log in dir, creating the directory and an empty log if
@@ -112,7 +125,8 @@ func Open(dir string, o Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Log{dir: dir, log: log, crypt: c, segSize: segSize, lockF: lf}
+	l := &Log{dir: dir, log: log, crypt: c, segSize: segSize, lockF: lf, onFail: o.OnFailure}
+	l.acond = sync.NewCond(&l.amu)
 	if err := l.load(); err != nil {
 		for _, s := range l.segs {
 			s.f.Close()
@@ -139,13 +153,14 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Close closes the log's files and releases its lock. Everything stored
-// was already synced. Further calls return ErrClosed; a second Close nil.
+// Close closes the log's files and releases its lock, once a
+// StoreLogsAsync sync under way has ended. Further calls return ErrClosed; a second Close nil.
 func (l *Log) Close() error {
 	l.stMu.Lock()
 	defer l.stMu.Unlock()
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	_ = l.settled()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {

@@ -156,7 +156,7 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	turnLen := map[int]time.Duration{1: 4 * dur / 10, 200: 2 * dur / 10}
 	link, relay, skip := setupLink(ctx, o, inNetns, why)
 	w("\n%s (targets: the cluster's ack p99 ≤ 2× the single coordinator's; the single coordinator's ≤ 1.3× the floor's)\n\n", clusterHeading)
-	w("Since the coordinator became a Raft cluster, a *single coordinator* is a cluster of one: its store (`Replicated`) hands each group commit to Raft, which makes it durable with one write and one fdatasync of its log (internal/raftlog) and then applies it to Badger without a sync; that is the product's default path. The *3-coordinator cluster* is three such members in this process, each with its own store and log in its own directory on the same disk, talking Raft over TCP with mutual TLS (a CA and coordinator certificates made for the run); frames are written through the leader's store and acknowledged once two of the three logs have them and the leader has applied them. *Badger alone* is the store synced by itself, as the coordinator wrote before the cluster (the Badger rows above), kept for reference; the *floor* is the append-only file with group commit and fdatasync. Every store writes each frame with `PutFrames`, as the rows above. The stores are opened once and kept open; for each number of calls they take %d turns each — the order rotating by one each turn — of one 3,200 B frame per call every 100 ms, %v per turn at 1 call and %v at 200, and every ack (submit → durable) of all turns is pooled per store. A *commit* is one group commit of the store (for the single coordinator and the cluster: the whole replicated write, propose → applied).\n\n", o.turns, turnLen[1], turnLen[200])
+	w("Since the coordinator became a Raft cluster, a *single coordinator* is a cluster of one: its store (`Replicated`) hands each group commit to Raft, which makes it durable with one write and one fdatasync of its log (internal/raftlog); the write is acknowledged once committed, and the store's applier writes it to Badger behind, unsynced (reads wait for it); that is the product's default path. The *3-coordinator cluster* is three such members in this process, each with its own store and log in its own directory on the same disk, talking Raft over TCP with mutual TLS (a CA and coordinator certificates made for the run); frames are written through the leader's store and acknowledged once two of the three logs have them on disk (the leader sends each batch to the followers while it syncs its own log: third_party/raft/PATCHES.md). *Badger alone* is the store synced by itself, as the coordinator wrote before the cluster (the Badger rows above), kept for reference; the *floor* is the append-only file with group commit and fdatasync. Every store writes each frame with `PutFrames`, as the rows above. The stores are opened once and kept open; for each number of calls they take %d turns each — the order rotating by one each turn — of one 3,200 B frame per call every 100 ms, %v per turn at 1 call and %v at 200, and every ack (submit → durable) of all turns is pooled per store. A *commit* is one group commit of the store (for the single coordinator and the cluster: the whole replicated write, propose → committed and handed to the store).\n\n", o.turns, turnLen[1], turnLen[200])
 
 	// The disk, as this section found it.
 	p, _ := fresh(dir, "cl-fsync")
@@ -197,7 +197,7 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 		if rtt, err = bench.EchoRTT(relay, 100); err != nil {
 			return fmt.Errorf("round trip between members: %w", err)
 		}
-		w("The delay between the members: %s. A 64-byte round trip between two sockets on 127.0.0.1 here, by the same path, took p50 %s ms, p99 %s ms (100 in a row). The disk, measured at the start of this section: 4 KiB write + fdatasync, one at a time, p50 %s ms, p99 %s ms, max %s ms (300).\n\n",
+		w("The delay between the members (`-cluster-delay`; by default 250 µs each way, a round trip of 0.5 ms: a loaded LAN, where one centre's coordinators sit): %s. A 64-byte round trip between two sockets on 127.0.0.1 here, by the same path, took p50 %s ms, p99 %s ms (100 in a row). The disk, measured at the start of this section: 4 KiB write + fdatasync, one at a time, p50 %s ms, p99 %s ms, max %s ms (300).\n\n",
 			link, bench.MS(rtt.P50), bench.MS(rtt.P99), bench.MS(fs.P50), bench.MS(fs.P99), bench.MS(fs.Max))
 	} else {
 		w("**The cluster is not measured here**: %s.\n\nThe disk, measured at the start of this section: 4 KiB write + fdatasync, one at a time, p50 %s ms, p99 %s ms, max %s ms (300).\n\n", skip, bench.MS(fs.P50), bench.MS(fs.P99), bench.MS(fs.Max))
@@ -219,7 +219,6 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	var summary, stages, explain strings.Builder
 	var loads []float64                 // the 1-minute load average at each turn's start
 	missed := map[string][]int{}        // ratio → the numbers of calls where it missed
-	applyMax := map[int]time.Duration{} // calls → the single coordinator's longest apply
 	defer bench.StopRaftStages()
 	for _, calls := range []int{1, 200} {
 		slice := turnLen[calls]
@@ -265,8 +264,6 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 				float64(c.N)/timed.Seconds(), sd.commits.PerCommit(), bench.MS(c.P50), bench.MS(c.P99), 100*sd.cpu.Seconds()/timed.Seconds())
 		}
 		writeStages(&stages, calls, sides)
-		a, _ := sides[2].stages.Stage("raft.fsm.apply")
-		applyMax[calls] = a.Max
 		if cl != nil {
 			late, relayed := cl.RelayLateness(true)
 			explainPhase(&explain, calls, o.delay, sides, late, relayed)
@@ -307,13 +304,13 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	w("%s", explain.String())
 	for _, calls := range missed["single coordinator / floor"] {
 		if calls == 1 {
-			w("\nWhy the single coordinator misses 1.3× at 1 call: its log's write + fdatasync is about the floor's whole commit (the stage table), and what it adds is Raft's hand-offs between goroutines and the apply — with one write every 100 ms every goroutine on the way is asleep and must be woken — on top of a disk whose own tail varies from turn to turn as much as the margin (see the turn-by-turn medians).\n")
+			w("\nWhy the single coordinator misses 1.3× at 1 call: its log's write + fdatasync is about the floor's whole commit (the stage table), and what it adds is Raft's hand-offs between goroutines — with one write every 100 ms every goroutine on the way is asleep and must be woken — on top of a disk whose own tail varies from turn to turn as much as the margin (see the turn-by-turn medians).\n")
 			continue
 		}
-		w("\nWhy the single coordinator misses 1.3× at %d calls: its log's write + fdatasync is about the floor's whole commit (the stage table); what it adds at the tail is the apply (the longest here took %s ms). Badger's writes stall now and then — measured while preparing this section: about 25 ms every 1.3 s through the last third or so of each 64 MB value-log file and 60–70 ms at each of its rotations (Badger truncates the full file, and ristretto's truncate msyncs it first: the syscall profile shows `msync` under `logFile.doneWriting`) — and while the apply is stalled Raft's FSM goroutine waits, and so does every ack, since the store acknowledges a write once it is applied. In three separate alternating runs of 15 turns at 200 calls (not in this report's run), with the apply replaced by one that does nothing (Raft's log alone), the single coordinator's ack p99 was 0.92–1.08× the floor's, against 1.56–1.96× with Badger.\n", calls, bench.MS(applyMax[calls]))
+		w("\nWhy the single coordinator misses 1.3× at %d calls: its log's write + fdatasync is about the floor's whole commit at p50 (the stage table); at the tail that fdatasync shares the disk with Badger's own writes, which the applier makes behind the ack — Badger stalls now and then (a value-log file filling or rotating: 25–70 ms, measured while preparing this section), and its writes then reach the disk in bursts. Before the applier (acks waited for the apply) the single coordinator's ack p99 here was 6.1× the floor's at 200 calls.\n", calls)
 	}
 	if len(missed["cluster / single coordinator"]) > 0 {
-		w("\nWhy the cluster misses 2× (at %s): a replicated commit is a chain — the leader's fdatasync, the link's round trip, a follower's fdatasync — that no setting of Raft's shortens (hashicorp/raft has no option to write the leader's log while it sends), and on this disk one fdatasync takes %s ms at p50, so the link's 2 × %v alone is several times the single coordinator's whole commit. The single coordinator's ack p99 is only a few of its commits (plus the disk's stalls); the cluster's is a few of its much longer ones. Its 3 members also share this one disk (three streams of fdatasyncs) and the 2 cores with the 200 calls and the relays, which separate machines would not. Measured while preparing this section, in separate alternating runs (not in this report's run): keeping 2 or 4 group commits in flight through Raft — the store proposing the next before the last is committed, so an ack would wait for its own commit only — made things worse here, not better: the cluster's commit p50 went from 4.2 ms to 6.2–6.5 ms and its ack p50 from 6.8–6.9 ms to 7.6–8.2 ms, and the single coordinator's ack p99 rose from 12–15 ms to 51–75 ms in those runs, since smaller, more numerous Raft entries mean more fdatasyncs from the three members on the one disk and more work on the two cores; it was not kept.\n", callsList(missed["cluster / single coordinator"]), bench.MS(fs.P50), o.delay)
+		w("\nWhy the cluster misses 2× (at %s): a replicated commit is at least the link's round trip and a follower's write + fdatasync — the leader's own fdatasync now runs alongside (third_party/raft/PATCHES.md) — and a follower writes each AppendEntries it is sent with its own fdatasync. Its 3 members share this one disk (three streams of fdatasyncs, three Badger appliers) and the 2 cores with the calls and the relays, which separate machines would not; as the load grows, so does each commit, and an ack waits for the commit under way before its own. Measured while preparing this section, in separate alternating runs (not in this report's run): keeping 2 or 4 group commits in flight through Raft — the store proposing the next before the last is committed, so an ack would wait for its own commit only — made things worse here, not better, both before the leader's parallel write (the cluster's ack p50 from 6.8–6.9 ms to 7.6–8.2 ms at 1 ms of delay) and after it (at 250 µs and 200 calls, the cluster's ack p99 from 7.4 ms to 26 ms and the single coordinator's from 2.1 to 3.4 ms), since smaller, more numerous Raft entries mean more fdatasyncs from the three members on the one disk and more work on the two cores; it was not kept.\n", callsList(missed["cluster / single coordinator"]))
 	}
 	if prof != "" {
 		w("\nWhere the single coordinator's CPU goes: one more turn of it at 200 calls (%v) under Go's CPU profiler; the heaviest frames of callscribe, Raft, Badger and the crypto they use, by cumulative time (`go tool pprof -top -cum`):\n\n```\n%s```\n", turnLen[200], prof)
@@ -339,7 +336,7 @@ func explainPhase(b *strings.Builder, calls int, delay time.Duration, sides []*s
 	if relayed {
 		relay = fmt.Sprintf(", the relay writing each chunk %s ms late at p50 and %s ms at p99 — what it adds beyond the delay, which netem would not", bench.MS(late.P50), bench.MS(late.P99))
 	}
-	fmt.Fprintf(b, "At %d call%s, at p50: the single coordinator's commit (%.2f ms) is its log's write + fdatasync (%.2f ms; the floor's whole commit %.2f ms), then Raft's hand-offs between goroutines (committer → Raft's leader loop → its FSM goroutine → Badger's writer, and back) and the apply to Badger (%.2f ms). The cluster's commit (%.2f ms) is the leader's write + fdatasync (%.2f ms) and then — hashicorp/raft sends entries only once they are in the leader's log — their round trip to a follower, of which a bare heartbeat takes %.2f ms (2 × %v of delay, TLS, Raft's RPC handling%s) and the follower's write + fdatasync %.2f ms. An ack waits for the commit under way, then its own (the store proposes one group commit at a time): the cluster's ack p50 is %s ms, %.1f of its commits.\n\n",
+	fmt.Fprintf(b, "At %d call%s, at p50: the single coordinator's commit (%.2f ms) is its log's write + fdatasync (%.2f ms; the floor's whole commit %.2f ms), then Raft's hand-offs between goroutines (committer → Raft's leader loop → its FSM goroutine, which hands the entry to the store's applier (%.2f ms), and back). The cluster's commit (%.2f ms) is the leader's write (%.2f ms; its fdatasync runs alongside) and the entries' round trip to a follower, of which a bare heartbeat takes %.2f ms (2 × %v of delay, TLS, Raft's RPC handling%s) and the follower's write + fdatasync %.2f ms. An ack waits for the commit under way, then its own (the store proposes one group commit at a time): the cluster's ack p50 is %s ms, %.1f of its commits.\n\n",
 		calls, plural(calls), sc, p50(single, "raft.leader.dispatchLog"), fc, p50(single, "raft.fsm.apply"),
 		cc, p50(cl, "raft.leader.dispatchLog"), p50(cl, "raft.replication.heartbeat"), delay, relay, p50(cl, "raft.rpc.appendEntries.storeLogs"),
 		bench.MS(cl.acks.Summary().P50), ms(cl.acks.Summary().P50)/cc)
@@ -423,12 +420,12 @@ var raftStages = []struct {
 	key, label string
 	network    bool
 }{
-	{"raft.leader.dispatchLog", "leader: the batch written to its log + fdatasync (`raft.leader.dispatchLog`)", false},
+	{"raft.leader.dispatchLog", "leader: the batch written to its log (`raft.leader.dispatchLog`; alone, with its fdatasync; in the cluster the fdatasync runs alongside the round trip)", false},
 	{"raft.replication.appendEntries.rpc", "leader → follower: AppendEntries sent → answered, pipelined, empty ones (sent every `CommitTimeout`) included (`raft.replication.appendEntries.rpc`)", true},
 	{"raft.rpc.appendEntries.storeLogs", "follower: the entries written to its log + fdatasync (`raft.rpc.appendEntries.storeLogs`)", true},
 	{"raft.replication.heartbeat", "leader → follower: a heartbeat's round trip, the link's own (`raft.replication.heartbeat`)", true},
 	{"raft.commitTime", "leader: dispatched → committed (`raft.commitTime`)", false},
-	{"raft.fsm.apply", "apply to Badger, unsynced, per entry (`raft.fsm.apply`)", false},
+	{"raft.fsm.apply", "handed to the store, per entry (`raft.fsm.apply`; Badger applies it behind the ack)", false},
 }
 
 // writeStages writes the table of Raft's stages at one number of calls:
@@ -452,7 +449,7 @@ func writeStages(b *strings.Builder, calls int, sides []*side) {
 	}
 	b.WriteString("\n|---|" + strings.Repeat("---|", len(raft)) + "\n")
 	fmt.Fprintf(b, "| floor: its commit, write + fdatasync | %s |%s\n", cell(commitStats(sides[0])), strings.Repeat(" |", max(len(raft)-1, 0)))
-	b.WriteString("| the store's commit, propose → applied (as in the table above) |")
+	b.WriteString("| the store's commit, propose → committed (as in the table above) |")
 	for _, sd := range raft {
 		fmt.Fprintf(b, " %s |", cell(commitStats(sd)))
 	}

@@ -35,7 +35,7 @@ func main() {
 	soakOnly := flag.Bool("memory-soak-only", false, "run only the memory soak (1,000 calls through the bench appliance) and print the section")
 	clusterOnly := flag.Bool("cluster-turns-only", false, "measure only the single coordinator and the 3-coordinator cluster against the floor (taking turns) and replace that section of -out")
 	var co clusterOpts
-	flag.DurationVar(&co.delay, "cluster-delay", time.Millisecond, "one-way delay added between the cluster's members")
+	flag.DurationVar(&co.delay, "cluster-delay", 250*time.Microsecond, "one-way delay added between the cluster's members (250µs: a round trip of 0.5 ms, a loaded LAN, where one centre's coordinators sit)")
 	flag.StringVar(&co.link, "cluster-link", "auto", "how the delay is added: netem (tc, in a network namespace), relay (in user space), or auto (netem where the kernel has it)")
 	flag.IntVar(&co.turns, "cluster-turns", 25, "turns per store and number of calls in the cluster comparison")
 	clusterChild := flag.Bool("cluster-child", false, "(internal) run the cluster comparison here, in the benchmark's network namespace, and print the section")
