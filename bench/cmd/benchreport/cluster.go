@@ -217,8 +217,8 @@ func clusterTurns(ctx context.Context, w, log func(string, ...any), dir string, 
 	ratios = append(ratios, ratio{"Badger alone / floor (for reference)", 1, 0, 0})
 	w("| calls | store | acks | errors | ack p50 / p99 / max ms | commits/s | writes per commit | commit p50 / p99 ms | CPU, %% of one core |\n|---|---|---|---|---|---|---|---|---|\n")
 	var summary, stages, explain strings.Builder
-	var loads []float64                 // the 1-minute load average at each turn's start
-	missed := map[string][]int{}        // ratio → the numbers of calls where it missed
+	var loads []float64          // the 1-minute load average at each turn's start
+	missed := map[string][]int{} // ratio → the numbers of calls where it missed
 	defer bench.StopRaftStages()
 	for _, calls := range []int{1, 200} {
 		slice := turnLen[calls]
