@@ -160,4 +160,3 @@ func errCh(f raft.Future) <-chan error {
 	go func() { c <- f.Error() }()
 	return c
 }
-
