@@ -88,6 +88,14 @@ func (c checkpoint) Persist(sink raft.SnapshotSink) error {
 		_ = sink.Cancel()
 		return err
 	}
+	// A leader applies an entry once the followers have it, maybe before
+	// its own log's sync: the checkpoint is kept only once the log holds
+	// everything it covers, so a crash never leaves the log ending before
+	// the snapshot.
+	if err := c.n.logs.Synced(); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("cluster: checkpoint: %w", err)
+	}
 	if s, ok := sink.(*snapSink); ok {
 		s.checkpoint = true
 	}

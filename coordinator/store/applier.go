@@ -86,7 +86,8 @@ func (s *Store) OnApplyFailure(fn func(error)) {
 // a restart) and skipped. It returns once the command is queued; the
 // applier writes it to Badger. An error means this member cannot go on
 // applying the log (a command that does not decode; an earlier apply
-// failed on a full or failing disk): the caller stops the member.
+// failed on a full or failing disk), and every later command and read gets
+// it: the caller stops the member.
 func (s *Store) Apply(index uint64, cmd []byte) error {
 	a := &s.apply
 	a.mu.Lock()
@@ -96,7 +97,11 @@ func (s *Store) Apply(index uint64, cmd []byte) error {
 	}
 	es, err := decodeBatch(cmd)
 	if err != nil {
-		return fmt.Errorf("store: apply %d: %w", index, err)
+		// Sticky, as a failed apply is: nothing after it is applied, so
+		// the store never holds the log with a command missing.
+		a.err = fmt.Errorf("store: apply %d: %w", index, err)
+		a.cond.Broadcast()
+		return a.err
 	}
 	for a.qBytes >= applyQueueBytes && a.err == nil && !a.stop {
 		a.cond.Wait()
@@ -196,7 +201,9 @@ func (s *Store) applyBatch(batch []applyItem) error {
 	return nil
 }
 
-// caughtUp waits until everything handed over so far is applied.
+// caughtUp waits until everything handed over so far is applied; after a
+// command was refused or failed to apply it fails (the member is stopping,
+// and its store no longer follows the log).
 func (s *Store) caughtUp() error {
 	a := &s.apply
 	a.mu.Lock()
@@ -205,11 +212,11 @@ func (s *Store) caughtUp() error {
 	for s.applied.Load() < want && a.err == nil && a.running {
 		a.cond.Wait()
 	}
-	if s.applied.Load() >= want {
-		return nil
-	}
 	if a.err != nil {
 		return a.err
+	}
+	if s.applied.Load() >= want {
+		return nil
 	}
 	return errApplierStopped
 }

@@ -86,7 +86,7 @@ func TestApplyRefusesGarbage(t *testing.T) {
 	s, _ := openReplicated(t, t.TempDir())
 	defer s.Close()
 	for _, cmd := range [][]byte{{7}, {0, 200}, {0, 1, 'k', 5, 'v'}} {
-		if err := s.Apply(s.Applied()+1, cmd); !errors.Is(err, errBadCommand) {
+		if _, err := decodeBatch(cmd); !errors.Is(err, errBadCommand) {
 			t.Errorf("%v: %v", cmd, err)
 		}
 	}
@@ -94,6 +94,18 @@ func TestApplyRefusesGarbage(t *testing.T) {
 	es, err := decodeBatch(good)
 	if err != nil || len(es) != 2 || string(es[0].key) != "m/x" || !es[1].del {
 		t.Fatalf("round trip: %+v %v", es, err)
+	}
+	// Refused, and for good: a later command is not applied past it (the
+	// store would miss one), and reads fail.
+	ix := s.Handed() + 1
+	if err := s.Apply(ix, []byte{7}); !errors.Is(err, errBadCommand) {
+		t.Fatalf("garbage applied: %v", err)
+	}
+	if err := s.Apply(ix+1, good); !errors.Is(err, errBadCommand) {
+		t.Fatalf("a command after a refused one: %v", err)
+	}
+	if _, err := s.Cluster(); err == nil {
+		t.Fatal("a read after a refused command")
 	}
 }
 

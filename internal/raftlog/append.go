@@ -95,6 +95,7 @@ func (l *Log) storeLogs(logs []*raft.Log, done func(error)) error {
 	if done != nil {
 		l.amu.Lock()
 		l.inflight = true
+		l.started++
 		l.amu.Unlock()
 		go l.syncAsync(s, done)
 	}
@@ -110,6 +111,7 @@ func (l *Log) syncAsync(s *segment, done func(error)) {
 	done(err)
 	l.amu.Lock()
 	l.inflight = false
+	l.finished++
 	if err != nil {
 		l.aerr = err
 	}
@@ -123,9 +125,25 @@ func (l *Log) syncAsync(s *segment, done func(error)) {
 	}
 }
 
+// Synced returns once every entry stored before it was called is durable
+// (a StoreLogsAsync sync under way has ended), with that sync's failure if
+// it failed. A snapshot of state built from the log calls it before it is
+// kept, so the log never ends before a snapshot of it after a crash.
+func (l *Log) Synced() error {
+	l.amu.Lock()
+	defer l.amu.Unlock()
+	for want := l.started; l.finished < want && l.aerr == nil; {
+		l.acond.Wait()
+	}
+	if l.aerr != nil {
+		return fmt.Errorf("raftlog: %w", l.aerr)
+	}
+	return nil
+}
+
 // settled waits for a StoreLogsAsync sync under way, and returns its
-// failure, if any (then writes are refused). Callers hold wmu, so no
-// other starts meanwhile.
+// failure, if any (then writes are refused). Writers call it holding wmu,
+// so no other starts meanwhile.
 func (l *Log) settled() error {
 	l.amu.Lock()
 	defer l.amu.Unlock()

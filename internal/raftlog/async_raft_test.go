@@ -61,8 +61,10 @@ func TestLeaderSyncsAlongsideReplication(t *testing.T) {
 		conf := raft.DefaultConfig()
 		conf.LocalID = id
 		conf.LogOutput = io.Discard
-		conf.HeartbeatTimeout, conf.ElectionTimeout = 100*time.Millisecond, 100*time.Millisecond
-		conf.LeaderLeaseTimeout = 100 * time.Millisecond
+		// Long enough that a stall of a loaded machine does not unseat
+		// the leader during the test's windows.
+		conf.HeartbeatTimeout, conf.ElectionTimeout = time.Second, time.Second
+		conf.LeaderLeaseTimeout = 500 * time.Millisecond
 		conf.CommitTimeout = 5 * time.Millisecond
 		snaps := raft.NewInmemSnapshotStore()
 		if err := raft.BootstrapCluster(conf, l, l, snaps, trans[id], raft.Configuration{Servers: servers}); err != nil {
@@ -141,7 +143,11 @@ func TestLeaderSyncsAlongsideReplication(t *testing.T) {
 	two := errCh(r.Apply([]byte("two"), 5*time.Second))
 	select {
 	case err := <-two:
-		t.Fatalf("committed (%v) on one follower's disk while the leader's sync was held", err)
+		if err == nil {
+			t.Fatal("committed on one follower's disk while the leader's sync was held")
+		}
+		// Not committed, but the leader lost its place: nothing to judge.
+		t.Skipf("the leader changed during the window: %v", err)
 	case <-time.After(300 * time.Millisecond):
 	}
 	release(hold)

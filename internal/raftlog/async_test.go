@@ -41,6 +41,14 @@ func TestStoreLogsAsync(t *testing.T) {
 			t.Fatalf("done before the sync ended: %v", err)
 		default:
 		}
+		// Synced waits for it too (a snapshot is kept only after it).
+		synced := make(chan error, 1)
+		go func() { synced <- l.Synced() }()
+		select {
+		case err := <-synced:
+			t.Fatalf("Synced returned with a batch unsynced: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
 		// The next batch waits for the sync.
 		wrote := make(chan error, 1)
 		go func() { wrote <- l.StoreLogsAsync([]*raft.Log{entry(3, 1)}, func(err error) { done <- err }) }()
@@ -51,6 +59,9 @@ func TestStoreLogsAsync(t *testing.T) {
 		}
 		release <- struct{}{}
 		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-synced; err != nil {
 			t.Fatal(err)
 		}
 		if err := <-wrote; err != nil {

@@ -86,7 +86,9 @@ type Log struct {
 	acond    *sync.Cond
 	inflight bool
 	aerr     error // a failed sync: writes refused
-	onFail   func(error)
+	// started and finished count the asynchronous syncs (Synced).
+	started, finished uint64
+	onFail            func(error)
 
 	// Test hooks (nil: the real calls).
 	writeAt  func(f *os.File, b []byte, off int64) (int, error)
