@@ -116,11 +116,13 @@ func (s *Store) committer() {
 		}
 		err := s.persist(ok)
 		took := time.Since(t0)
-		for _, r := range ok {
-			r.finish(err)
-		}
+		// Counted before its writers are answered: a write acknowledged is
+		// in the commit counts.
 		if s.onCommit != nil {
 			s.onCommit(len(ok), size, took)
+		}
+		for _, r := range ok {
+			r.finish(err)
 		}
 	}
 }
