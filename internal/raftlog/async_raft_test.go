@@ -112,6 +112,11 @@ func TestLeaderSyncsAlongsideReplication(t *testing.T) {
 	if err := r.Apply([]byte("warm"), time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
+	// Committed by the followers, perhaps before the leader's own sync
+	// ended: let it end, or the hold below would catch it.
+	if err := logs[leader].Synced(); err != nil {
+		t.Fatal(err)
+	}
 
 	// The leader's sync held: the followers commit the entry without it.
 	hold := logs[leader].hold()
@@ -126,6 +131,9 @@ func TestLeaderSyncsAlongsideReplication(t *testing.T) {
 		t.Fatal("the commit waited for the leader's own sync, with both followers holding the entry")
 	}
 	release(hold)
+	if err := logs[leader].Synced(); err != nil {
+		t.Fatal(err)
+	}
 
 	// One follower cut off and the leader's sync held: one disk of three
 	// has the entry, so it must not commit until the leader's sync ends.
