@@ -128,11 +128,10 @@ func (s *Store) loadApplied() error {
 }
 
 func (s *Store) loadAppliedLocked() error {
-	return s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get(appliedKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			s.applied.Store(0)
-			s.apply.reset(0)
 			return nil
 		}
 		if err != nil {
@@ -143,10 +142,14 @@ func (s *Store) loadAppliedLocked() error {
 				return s.valueErr(appliedKey, "applied index", fmt.Errorf("%d bytes", len(v)))
 			}
 			s.applied.Store(binary.BigEndian.Uint64(v))
-			s.apply.reset(binary.BigEndian.Uint64(v))
 			return nil
 		})
 	})
+	if err == nil {
+		// What Badger holds is what was handed over (none is queued).
+		s.apply.reset(s.applied.Load())
+	}
+	return err
 }
 
 // Checkpoint makes everything applied so far durable in Badger itself and

@@ -31,7 +31,7 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 // fdatasync runs on another goroutine, and done is called with its
 // outcome (raft.AsyncLogStore: a leader sends the entries to its
 // followers meanwhile). Only one batch is unsynced at a time: a write
-// waits for the sync before it. A failed sync leaves the log refusing
+// waits for the sync before it (Synced). A failed sync leaves the log refusing
 // writes until reopened (Options.OnFailure is called); Open then treats
 // the unsynced batch as the torn tail it may be.
 func (l *Log) StoreLogsAsync(logs []*raft.Log, done func(error)) error {
@@ -50,7 +50,7 @@ func (l *Log) storeLogs(logs []*raft.Log, done func(error)) error {
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if err := l.settled(); err != nil {
+	if err := l.Synced(); err != nil {
 		return err
 	}
 	if err := l.writable(); err != nil {
@@ -94,7 +94,6 @@ func (l *Log) storeLogs(logs []*raft.Log, done func(error)) error {
 	l.size.Add(int64(len(buf)))
 	if done != nil {
 		l.amu.Lock()
-		l.inflight = true
 		l.started++
 		l.amu.Unlock()
 		go l.syncAsync(s, done)
@@ -110,7 +109,6 @@ func (l *Log) syncAsync(s *segment, done func(error)) {
 	}
 	done(err)
 	l.amu.Lock()
-	l.inflight = false
 	l.finished++
 	if err != nil {
 		l.aerr = err
@@ -126,28 +124,14 @@ func (l *Log) syncAsync(s *segment, done func(error)) {
 }
 
 // Synced returns once every entry stored before it was called is durable
-// (a StoreLogsAsync sync under way has ended), with that sync's failure if
-// it failed. A snapshot of state built from the log calls it before it is
-// kept, so the log never ends before a snapshot of it after a crash.
+// (a StoreLogsAsync sync under way has ended), with a failed sync's error
+// (then writes are refused). Writers call it holding wmu, before they
+// change the log; a snapshot of state built from the log calls it before
+// it is kept, so the log never ends before a snapshot of it after a crash.
 func (l *Log) Synced() error {
 	l.amu.Lock()
 	defer l.amu.Unlock()
-	for want := l.started; l.finished < want && l.aerr == nil; {
-		l.acond.Wait()
-	}
-	if l.aerr != nil {
-		return fmt.Errorf("raftlog: %w", l.aerr)
-	}
-	return nil
-}
-
-// settled waits for a StoreLogsAsync sync under way, and returns its
-// failure, if any (then writes are refused). Writers call it holding wmu,
-// so no other starts meanwhile.
-func (l *Log) settled() error {
-	l.amu.Lock()
-	defer l.amu.Unlock()
-	for l.inflight {
+	for want := l.started; l.finished < want; {
 		l.acond.Wait()
 	}
 	if l.aerr != nil {

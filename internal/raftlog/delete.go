@@ -25,7 +25,7 @@ import (
 func (l *Log) DeleteRange(min, max uint64) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if err := l.settled(); err != nil {
+	if err := l.Synced(); err != nil {
 		return err
 	}
 	if err := l.writable(); err != nil {

@@ -80,14 +80,13 @@ type Log struct {
 	stMu   sync.Mutex
 	stable map[string][]byte
 
-	// StoreLogsAsync's sync under way (at most one: only the last batch
-	// may be unsynced, as Open's recovery assumes).
-	amu      sync.Mutex
-	acond    *sync.Cond
-	inflight bool
-	aerr     error // a failed sync: writes refused
-	// started and finished count the asynchronous syncs (Synced).
+	// StoreLogsAsync's syncs, counted as started and finished: one is
+	// under way while they differ (at most one: only the last batch may be
+	// unsynced, as Open's recovery assumes).
+	amu               sync.Mutex
+	acond             *sync.Cond
 	started, finished uint64
+	aerr              error // a failed sync: writes refused
 	onFail            func(error)
 
 	// Test hooks (nil: the real calls).
@@ -162,7 +161,7 @@ func (l *Log) Close() error {
 	defer l.stMu.Unlock()
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	_ = l.settled()
+	_ = l.Synced()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
