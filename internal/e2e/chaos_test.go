@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +72,35 @@ func enterNetns(name string) error {
 	}
 	defer f.Close()
 	return unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+}
+
+// pinToNetns locks the calling goroutine to its thread for good and moves
+// the thread into namespace name: every socket or device the goroutine
+// opens then lives there, and the thread is discarded when the goroutine
+// ends.
+func pinToNetns(name string) error {
+	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	return enterNetns(name)
+}
+
+// inNetns runs fn on a goroutine pinned to namespace ns and returns what
+// it returns.
+func inNetns[T any](ns string, fn func() (T, error)) (T, error) {
+	type res struct {
+		v   T
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		if err := pinToNetns(ns); err != nil {
+			ch <- res{err: err}
+			return
+		}
+		v, err := fn()
+		ch <- res{v, err}
+	}()
+	r := <-ch
+	return r.v, r.err
 }
 
 // call starts a console in namespace a, in this process.

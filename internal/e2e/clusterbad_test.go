@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -123,20 +122,9 @@ func TestClusterBadInput(t *testing.T) {
 	})
 
 	t.Run("wrong-join-token", func(t *testing.T) {
-		h := r.w.add(t, 51, "c9")
-		m := &clusterMember{name: "c9", idx: 51, host: h, dir: t.TempDir()}
-		for _, f := range []string{pki.CAFile, pki.CAKeyFile, pki.OperatorToken, pki.ConsoleToken, pki.NodeToken} {
-			b, err := os.ReadFile(filepath.Join(r.shared, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(m.dir, f), b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		run(t, "ca", "issue", "--dir", r.shared, "--kind", pki.KindCoordinator, "--name", "c9", "--host", h.ip, "--out", filepath.Join(m.dir, "coordinator"))
-		m.p = start(t, "netns-exec", h.ns, "coordinator", "--data", m.dir, "--quic", m.quic(), "--http", h.ip+":8080", "--http-tls",
-			"--hosts", "localhost,"+h.ip, "--cluster-listen", h.ip+":7000", "--cluster-name", "c9", "--workers", "0")
+		// A machine that is not a member, asking to join.
+		m := r.newMember(t, 51, "c9", 0)
+		m.p = start(t, m.args...)
 		r.waitServing(t, m)
 		before, logBefore := r.membership(t), len(l.p.output())
 		wrong := "cj_" + strings.Repeat("0", 64)
@@ -197,8 +185,7 @@ func deadConsole(t *testing.T, r *clusterRack, addrs []string) error {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := enterNetns(r.clients.ns); err != nil {
+		if err := pinToNetns(r.clients.ns); err != nil {
 			done <- err
 			return
 		}

@@ -149,10 +149,22 @@ func newClusterRack(t *testing.T, workers int) *clusterRack {
 	return r
 }
 
-// addMember prepares a new machine (host i on the wire) and data
-// directory — the CA and the tokens copied in, a coordinator certificate
-// issued for its address — and starts its coordinator.
+// addMember prepares a new machine (newMember) and starts its coordinator
+// as a member of the rack.
 func (r *clusterRack) addMember(t *testing.T, i byte, name string) *clusterMember {
+	t.Helper()
+	m := r.newMember(t, i, name, r.workers)
+	m.p = start(t, m.args...)
+	r.procs = append(r.procs, namedProc{name, m.p})
+	r.members = append(r.members, m)
+	return m
+}
+
+// newMember prepares a new machine (host i on the wire) and data
+// directory — the CA and the tokens copied in, a coordinator certificate
+// issued for its address — and the arguments of its coordinator (with
+// workers local workers), not started.
+func (r *clusterRack) newMember(t *testing.T, i byte, name string, workers int) *clusterMember {
 	t.Helper()
 	m := &clusterMember{name: name, idx: i, host: r.w.add(t, i, name), dir: t.TempDir()}
 	for _, f := range []string{pki.CAFile, pki.CAKeyFile, pki.OperatorToken, pki.ConsoleToken, pki.NodeToken} {
@@ -166,14 +178,11 @@ func (r *clusterRack) addMember(t *testing.T, i byte, name string) *clusterMembe
 	}
 	run(t, "ca", "issue", "--dir", r.shared, "--kind", pki.KindCoordinator, "--name", name, "--host", m.host.ip, "--out", filepath.Join(m.dir, "coordinator"))
 	m.args = []string{"netns-exec", m.host.ns, "coordinator", "--data", m.dir, "--quic", m.quic(), "--http", m.host.ip + ":8080", "--http-tls",
-		"--hosts", "localhost," + m.host.ip, "--cluster-listen", m.host.ip + ":7000", "--cluster-name", name, "--workers", fmt.Sprint(r.workers),
+		"--hosts", "localhost," + m.host.ip, "--cluster-listen", m.host.ip + ":7000", "--cluster-name", name, "--workers", fmt.Sprint(workers),
 		// Snapshots (and log compaction) every few seconds of calls, so
 		// that a member joining or coming back far behind is sent one, as
 		// after hours of service.
 		"--cluster-snapshot-entries", fmt.Sprint(clusterSnapshotEntries), "--cluster-trailing-entries", fmt.Sprint(clusterTrailingEntries), "--cluster-snapshot-interval", "1s"}
-	m.p = start(t, m.args...)
-	r.procs = append(r.procs, namedProc{name, m.p})
-	r.members = append(r.members, m)
 	return m
 }
 

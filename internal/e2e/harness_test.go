@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -449,10 +448,7 @@ func startCall(t *testing.T, to callTarget, id, wavPath string, speed float64) *
 	t.Cleanup(cancel)
 	go func() {
 		if to.netns != "" {
-			// Every socket this goroutine opens lives in the namespace; the
-			// thread is discarded when the goroutine ends.
-			runtime.LockOSThread()
-			if err := enterNetns(to.netns); err != nil {
+			if err := pinToNetns(to.netns); err != nil {
 				s.done <- err
 				return
 			}

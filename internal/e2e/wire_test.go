@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -121,21 +120,10 @@ func (w *wire) add(t *testing.T, i byte, name string) *wireHost {
 // blocking, so reads and writes go through Go's poller and Close ends
 // them). The thread that entered the namespace is discarded.
 func openTUN(ns, name string) (*os.File, error) {
-	type res struct {
-		f   *os.File
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := enterNetns(ns); err != nil {
-			ch <- res{nil, err}
-			return
-		}
+	return inNetns(ns, func() (*os.File, error) {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err != nil {
-			ch <- res{nil, err}
-			return
+			return nil, err
 		}
 		ifr, err := unix.NewIfreq(name)
 		if err == nil {
@@ -144,13 +132,10 @@ func openTUN(ns, name string) (*os.File, error) {
 		}
 		if err != nil {
 			unix.Close(fd)
-			ch <- res{nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)}
-			return
+			return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
 		}
-		ch <- res{os.NewFile(uintptr(fd), "/dev/net/tun:"+ns), nil}
-	}()
-	r := <-ch
-	return r.f, r.err
+		return os.NewFile(uintptr(fd), "/dev/net/tun:"+ns), nil
+	})
 }
 
 // read forwards host i's packets until its device is closed.
@@ -253,22 +238,7 @@ func (w *wire) close() {
 // discarded), so the test's own HTTP clients can reach hosts on a wire.
 func nsDialer(ns string, timeout time.Duration) func(network, addr string) (net.Conn, error) {
 	return func(network, addr string) (net.Conn, error) {
-		type res struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan res, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-			if err := enterNetns(ns); err != nil {
-				ch <- res{nil, err}
-				return
-			}
-			c, err := net.DialTimeout(network, addr, timeout)
-			ch <- res{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
+		return inNetns(ns, func() (net.Conn, error) { return net.DialTimeout(network, addr, timeout) })
 	}
 }
 
@@ -278,23 +248,9 @@ func TestWire(t *testing.T) {
 	w := newWire(t, 5*time.Millisecond)
 	a, b := w.add(t, 1, "a"), w.add(t, 2, "b")
 	// A listener in b, dialled from a.
-	lnc := make(chan net.Listener, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := enterNetns(b.ns); err != nil {
-			t.Error(err)
-			lnc <- nil
-			return
-		}
-		ln, err := net.Listen("tcp", b.ip+":9000")
-		if err != nil {
-			t.Error(err)
-		}
-		lnc <- ln
-	}()
-	ln := <-lnc
-	if ln == nil {
-		t.FailNow()
+	ln, err := inNetns(b.ns, func() (net.Listener, error) { return net.Listen("tcp", b.ip+":9000") })
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer ln.Close()
 	go func() {
