@@ -305,7 +305,8 @@ func newStore(db *badger.DB, dir string, o Options, log *slog.Logger, g *diskGua
 }
 
 // Close stops the committer (writes still queued fail with ErrClosed),
-// applies the log commands already handed over, closes Badger and records the clean close in the state record.
+// applies the log commands already handed over, closes Badger and records
+// the clean close in the state record.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closeMu.Lock()
